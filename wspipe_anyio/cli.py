@@ -1,0 +1,344 @@
+"""The ``wspipe`` command: ``wspipe serve`` runs the proxy, ``wspipe demo`` shows failover.
+
+Every ``serve`` flag has a key of the same name (``-`` or ``_``) in the TOML file
+given with ``--config``; flags override the file. Keys that are not flags:
+any other :class:`wspipe_core.ProxyConfig` field (``subprotocols``,
+``forward_headers``, ``interruption_codes``, ...), and ``[plugins.NAME]`` tables
+(settings passed to plugins). Flag → key names that differ:
+``--backend`` → ``backends``, ``--plugin`` → ``plugin_modules``,
+``--no-entrypoints`` → ``load_entrypoints = false``.
+
+Sizes accept units (``5MiB``, ``512KiB``, ``1GB``); times are seconds and accept
+``500ms``, ``2s``, ``1m``. Invalid flags or configuration: one line on stderr,
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import logging
+import signal
+import ssl
+import sys
+import tomllib
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import anyio
+
+from wspipe_core import BackendError, ConfigError, ProxyConfig
+
+from . import tls
+from .server import Address, ProxyServer
+from .units import parse_address, parse_duration, parse_size
+
+log = logging.getLogger("wspipe")
+
+#: ProxyConfig fields that are byte sizes and durations (accept units).
+SIZE_KEYS = frozenset({"buffer_limit", "memory_budget", "max_message_size", "max_header_size",
+                       "write_high_water", "write_low_water"})
+DURATION_KEYS = frozenset({"handshake_timeout", "ping_interval", "ping_timeout",
+                           "max_interruption", "close_timeout", "eject_base", "eject_max",
+                           "backoff_base", "backoff_max",
+                           "shutdown_grace", "connect_timeout", "close_linger"})
+#: Keys of the driver (everything else goes to ProxyConfig).
+DRIVER_KEYS = frozenset({"listen", "async_lib", "plugin_modules", "load_entrypoints",
+                         "log_level", "log_format", "certfile", "keyfile", "cafile",
+                         "shutdown_grace", "connect_timeout", "close_linger"})
+DRIVER_DEFAULTS: dict[str, Any] = {
+    "listen": ["127.0.0.1:8080"], "async_lib": "asyncio", "plugin_modules": [],
+    "load_entrypoints": True, "log_level": "info", "log_format": "text", "certfile": None,
+    "keyfile": None, "cafile": None, "shutdown_grace": 10.0, "connect_timeout": None,
+    "close_linger": 2.0,
+}
+EXIT_USAGE = 2
+
+
+class UsageFailure(Exception):
+    """A flag, config file or value is invalid; exit 2 with this message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageFailure(message)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``wspipe`` command."""
+    parser = _Parser(prog="wspipe", description="Interruption-resistant WebSocket proxy.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = sub.add_parser("serve", help="run the proxy",
+                           description="Run the proxy until SIGTERM or SIGINT.")
+    add = serve.add_argument
+    add("--config", metavar="FILE", help="TOML configuration file; flags override it")
+    add("--listen", action="append", metavar="HOST:PORT",
+        help="client listen address, repeatable (default 127.0.0.1:8080; IPv6 as [::1]:8080)")
+    add("--backend", dest="backends", action="append", metavar="URL",
+        help="backend ws:// or wss:// URL, repeatable")
+    add("--async-lib", choices=("asyncio", "trio"),
+        help="event loop (default asyncio, with uvloop when installed)")
+    add("--strategy", help="backend selection: least_connections, round_robin, "
+        "consistent_hash, exclusive")
+    add("--plugin", dest="plugin_modules", action="append", metavar="MODULE",
+        help="import and register a plugin module, repeatable")
+    add("--no-entrypoints", dest="load_entrypoints", action="store_const", const=False,
+        help="do not load plugins from the 'wspipe' entry-point group")
+    add("--buffer-limit", type=_size, metavar="SIZE", help="per-pipe buffer limit (5MiB)")
+    add("--memory-budget", type=_size, metavar="SIZE", help="buffer limit over all pipes")
+    add("--max-message-size", type=_size, metavar="SIZE", help="largest message relayed")
+    add("--max-connections", type=int, metavar="N", help="client connections before 503")
+    add("--max-interruption", type=_duration, metavar="SECONDS",
+        help="longest time without a link before the client gets 1013")
+    add("--ping-interval", type=_duration, metavar="SECONDS", help="keepalive ping interval")
+    add("--ping-timeout", type=_duration, metavar="SECONDS", help="pong wait before a link is dead")
+    add("--handshake-timeout", type=_duration, metavar="SECONDS",
+        help="time for a client upgrade or a backend connect+handshake")
+    add("--shutdown-grace", type=_duration, metavar="SECONDS",
+        help="longest wait for clients to close on SIGTERM (10)")
+    add("--connect-timeout", type=_duration, metavar="SECONDS",
+        help="TCP/TLS connect timeout to backends (default: handshake timeout)")
+    add("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
+    add("--log-format", choices=("text", "json"), help="default text")
+    add("--certfile", metavar="PEM", help="serve clients over TLS with this certificate chain")
+    add("--keyfile", metavar="PEM", help="private key of --certfile (if not in it)")
+    add("--cafile", metavar="PEM", help="CAs trusted for wss:// backends (default: system)")
+    demo = sub.add_parser("demo", help="show a pipe surviving two backend restarts",
+                          description="Run a proxy, two echo backends and a client in-process.")
+    demo.add_argument("--async-lib", choices=("asyncio", "trio"), default="asyncio")
+    demo.add_argument("--messages", type=int, default=120, help="messages to send (120)")
+    return parser
+
+
+# Configuration.
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a TOML config file into a flat dict of ``_`` keys.
+
+    :raises UsageFailure: Unreadable or invalid file.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise UsageFailure(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageFailure(f"invalid config file {path}: {exc}") from None
+    out = {key.replace("-", "_"): value for key, value in data.items()}
+    if "plugins" in out:
+        if not isinstance(out["plugins"], dict):
+            raise UsageFailure(f"{path}: 'plugins' must be a table of [plugins.NAME] settings")
+        out["plugin_settings"] = out.pop("plugins")
+    return out
+
+
+def merge_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The file's settings, overridden by the flags given, with units parsed."""
+    settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for key, value in vars(args).items():
+        if key in ("command", "config") or value is None:
+            continue
+        settings[key] = value
+    for key in SIZE_KEYS & settings.keys():
+        settings[key] = _convert(key, settings[key], parse_size)
+    for key in DURATION_KEYS & settings.keys():
+        if settings[key] is not None:
+            settings[key] = _convert(key, settings[key], parse_duration)
+    for key in ("listen", "backends", "plugin_modules"):
+        if isinstance(settings.get(key), str):
+            settings[key] = [settings[key]]
+    return settings
+
+
+def _convert(key: str, value: Any, parse: Callable[[Any], Any]) -> Any:
+    try:
+        return parse(value)
+    except (ValueError, TypeError) as exc:
+        raise UsageFailure(f"{key}: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeOptions:
+    """Everything ``wspipe serve`` needs, validated."""
+
+    config: ProxyConfig
+    listen: tuple[Address, ...]
+    async_lib: str
+    plugin_modules: tuple[str, ...]
+    load_entrypoints: bool
+    log_level: str
+    log_format: str
+    ssl_context: ssl.SSLContext | None
+    backend_ssl_context: ssl.SSLContext | None
+    shutdown_grace: float
+    connect_timeout: float | None
+    close_linger: float
+
+
+def build_options(settings: dict[str, Any]) -> ServeOptions:
+    """Validate merged settings into :class:`ServeOptions`.
+
+    :raises UsageFailure: Any invalid value, with one line saying which.
+    """
+    driver = {**DRIVER_DEFAULTS, **{k: v for k, v in settings.items() if k in DRIVER_KEYS}}
+    core = {k: v for k, v in settings.items() if k not in DRIVER_KEYS}
+    try:
+        config = ProxyConfig.from_mapping(core)
+    except ConfigError as exc:
+        raise UsageFailure(str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise UsageFailure(f"invalid configuration: {exc}") from None
+    try:
+        listen = tuple(parse_address(str(item)) for item in driver["listen"])
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from None
+    if not listen:
+        raise UsageFailure("listen: at least one address is needed")
+    if driver["async_lib"] not in ("asyncio", "trio"):
+        raise UsageFailure(f"async_lib must be asyncio or trio, got {driver['async_lib']!r}")
+    if str(driver["log_level"]).lower() not in ("debug", "info", "warning", "error"):
+        raise UsageFailure(f"invalid log_level {driver['log_level']!r}")
+    if driver["log_format"] not in ("text", "json"):
+        raise UsageFailure(f"log_format must be text or json, got {driver['log_format']!r}")
+    server_ctx = backend_ctx = None
+    try:
+        if driver["certfile"]:
+            server_ctx = tls.server_context(driver["certfile"], driver["keyfile"])
+        elif driver["keyfile"]:
+            raise UsageFailure("keyfile given without certfile")
+        if driver["cafile"]:
+            backend_ctx = tls.backend_context(driver["cafile"])
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageFailure(f"TLS setup failed: {exc}") from None
+    for key in ("shutdown_grace", "close_linger"):
+        if not isinstance(driver[key], float) or driver[key] < 0:
+            raise UsageFailure(f"{key} must be a number of seconds >= 0")
+    if driver["connect_timeout"] is not None and driver["connect_timeout"] <= 0:
+        raise UsageFailure("connect_timeout must be > 0")
+    return ServeOptions(
+        config=config, listen=listen, async_lib=driver["async_lib"],
+        plugin_modules=tuple(str(m) for m in driver["plugin_modules"]),
+        load_entrypoints=bool(driver["load_entrypoints"]),
+        log_level=str(driver["log_level"]).upper(), log_format=driver["log_format"],
+        ssl_context=server_ctx, backend_ssl_context=backend_ctx,
+        shutdown_grace=driver["shutdown_grace"], connect_timeout=driver["connect_timeout"],
+        close_linger=driver["close_linger"],
+    )
+
+
+# Logging.
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg`` (and ``exc``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format ``record`` as a JSON line."""
+        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname,
+                               "logger": record.name, "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Log to stderr at ``level`` in ``text`` or ``json``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+# Running.
+
+
+def run_async(func: Callable[[], Any], async_lib: str) -> Any:
+    """Run ``func`` on asyncio (uvloop when installed) or trio."""
+    options: dict[str, Any] = {}
+    if async_lib == "asyncio" and importlib.util.find_spec("uvloop") is not None:
+        options["use_uvloop"] = True
+    return anyio.run(func, backend=async_lib, backend_options=options)
+
+
+async def serve_until_signalled(server: ProxyServer) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cancels."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with server, anyio.create_task_group() as tg:
+            async def watch() -> None:
+                shutting_down = False
+                async for signum in signals:  # bounded: the second signal returns
+                    name = signal.Signals(signum).name
+                    if shutting_down:
+                        log.warning("%s again: stopping now", name)
+                        tg.cancel_scope.cancel()
+                        return
+                    log.info("%s: shutting down", name)
+                    shutting_down = True
+                    tg.start_soon(server.shutdown)
+
+            tg.start_soon(watch)
+            log.info("ready")
+            await server.serve()
+            tg.cancel_scope.cancel()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``wspipe serve``."""
+    options = build_options(merge_settings(args))
+    setup_logging(options.log_level, options.log_format)
+    try:
+        server = ProxyServer(
+            options.config, listen=options.listen, plugins=options.plugin_modules,
+            load_entrypoints=options.load_entrypoints, ssl_context=options.ssl_context,
+            backend_ssl_context=options.backend_ssl_context,
+            connect_timeout=options.connect_timeout, close_linger=options.close_linger,
+            shutdown_grace=options.shutdown_grace)
+    except (ConfigError, BackendError) as exc:
+        raise UsageFailure(str(exc)) from None
+    try:
+        run_async(lambda: serve_until_signalled(server), options.async_lib)
+    except OSError as exc:
+        print(f"wspipe: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``wspipe demo``."""
+    from .demo import run_demo
+
+    ok: bool = run_async(lambda: run_demo(messages=args.messages), args.async_lib)
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``wspipe`` console script and ``python -m wspipe_anyio``."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "serve":
+            return cmd_serve(args)
+        return cmd_demo(args)
+    except UsageFailure as exc:
+        print(f"wspipe: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,182 @@
+"""Per-socket I/O: a reader task and a writer task around one byte stream.
+
+A :class:`Channel` is one client connection or one link. It knows nothing about
+WebSocket: bytes read go to ``on_data``, bytes written are reported to
+``on_sent``, and the end of the socket to ``on_eof``. The outbox holds what the
+core asked to send, in order; only the core's accounting bounds it (it pauses the
+other side above its high-water mark, from the ``*DataSent`` reports).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import ByteStream
+
+log = logging.getLogger("wspipe.driver")
+
+#: Largest read from a socket; bounds the work of one ``Proxy.handle`` call.
+MAX_READ = 64 * 1024
+#: Outbox chunks are joined into writes of up to this many bytes.
+MAX_WRITE = 256 * 1024
+
+#: Exceptions that mean "this socket is gone" on reads and writes.
+SOCKET_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+class Channel:
+    """One socket's outbox, writer and pausable reader.
+
+    :param name: ``conn=N`` or ``link=N``, for logs.
+    :param on_data: Called with each chunk read (not while closing).
+    :param on_sent: Called with the byte count of each completed write.
+    :param on_eof: Called once when the socket reaches EOF or fails, with why.
+    :param linger: After ``close()``, the longest time spent flushing the outbox
+        and waiting for the peer's EOF before the socket is closed anyway.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        on_data: Callable[[bytes], None],
+        on_sent: Callable[[int], None],
+        on_eof: Callable[[str], None],
+        linger: float,
+    ) -> None:
+        self.name = name
+        self._on_data = on_data
+        self._on_sent = on_sent
+        self._on_eof = on_eof
+        self._linger = linger
+        self._outbox: deque[bytes] = deque()
+        self._closing = False
+        self._paused = False
+        self._eof = False
+        self._writer_wakeup = anyio.Event()
+        self._reader_wakeup = anyio.Event()
+        self._reader_done = anyio.Event()
+        #: Cancels everything about this channel (connecting, handshaking, relaying).
+        self.scope = anyio.CancelScope()
+        self._write_scope = anyio.CancelScope()
+        self._stream: ByteStream | None = None
+
+    # Called from dispatch(): synchronous, never await.
+
+    def send(self, data: bytes) -> None:
+        """Queue ``data`` behind what is already queued."""
+        if self._closing:
+            log.debug("%s: dropping %d bytes queued after close", self.name, len(data))
+            return
+        self._outbox.append(data)
+        self._writer_wakeup.set()
+
+    def close(self) -> None:
+        """Close the socket once the queued data is written (bounded by ``linger``)."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._stream is None:
+            self.scope.cancel()
+            return
+        self._write_scope.deadline = min(self._write_scope.deadline,
+                                         anyio.current_time() + self._linger)
+        self._writer_wakeup.set()
+        self._reader_wakeup.set()
+
+    def pause(self) -> None:
+        """Stop reading until :meth:`resume`."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Read again."""
+        self._paused = False
+        self._reader_wakeup.set()
+
+    # Tasks.
+
+    async def run(self, stream: ByteStream) -> None:
+        """Move bytes until the channel is closed or the socket fails; then close it."""
+        self._stream = stream
+        if self._closing:  # closed while connecting: nothing to write
+            self._write_scope.deadline = anyio.current_time()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_loop)
+                with self._write_scope:
+                    await self._write_loop(stream)
+                    await self._half_close(stream)
+                    await self._reader_done.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            await anyio.aclose_forcefully(stream)
+
+    def _report_eof(self, why: str) -> None:
+        if not self._eof:
+            self._eof = True
+            log.debug("%s: %s", self.name, why)
+            self._on_eof(why)
+
+    async def _read_loop(self) -> None:
+        assert self._stream is not None
+        try:
+            while True:
+                if self._paused and not self._closing:
+                    self._reader_wakeup = anyio.Event()
+                    await self._reader_wakeup.wait()
+                    continue
+                try:
+                    data = await self._stream.receive(MAX_READ)
+                except anyio.EndOfStream:
+                    self._report_eof("connection closed by peer")
+                    return
+                except SOCKET_ERRORS as exc:
+                    self._report_eof(f"read failed: {exc!r}")
+                    return
+                if not self._closing:  # after close() the core has forgotten us
+                    self._on_data(data)
+        finally:
+            self._reader_done.set()
+            # A socket at EOF is done: write what is queued, then close it.
+            self.close()
+
+    async def _write_loop(self, stream: ByteStream) -> None:
+        while True:
+            while not self._outbox:
+                if self._closing:
+                    return
+                self._writer_wakeup = anyio.Event()
+                await self._writer_wakeup.wait()
+            chunk = self._take()
+            try:
+                await stream.send(chunk)
+            except SOCKET_ERRORS as exc:
+                self._report_eof(f"write failed: {exc!r}")
+                self._outbox.clear()
+                self._write_scope.deadline = -math.inf
+                return
+            self._on_sent(len(chunk))
+
+    def _take(self) -> bytes:
+        first = self._outbox.popleft()
+        if not self._outbox or len(first) >= MAX_WRITE:
+            return first
+        parts = [first]
+        size = len(first)
+        while self._outbox and size + len(self._outbox[0]) <= MAX_WRITE:
+            part = self._outbox.popleft()
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts)
+
+    async def _half_close(self, stream: ByteStream) -> None:
+        # Send FIN and let the peer read our last bytes before we close: closing a
+        # socket with unread input sends RST, which can destroy what we just wrote.
+        try:
+            await stream.send_eof()
+        except (NotImplementedError, *SOCKET_ERRORS):
+            pass

@@ -1,0 +1,373 @@
+"""The proxy server: listeners, client connections, links, timers and shutdown.
+
+Every socket event becomes a :mod:`wspipe_core.events` event fed to
+:meth:`wspipe_core.Proxy.handle`; the actions it returns are executed by
+:meth:`ProxyServer.dispatch`, synchronously and in order. The driver decides
+nothing about WebSocket, clients or backends: it only moves bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import ssl
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Self, cast
+
+import anyio
+import pluggy
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.tls import TLSStream
+
+from wspipe_core import (
+    BackendInfo,
+    PipeInfo,
+    Proxy,
+    ProxyConfig,
+    make_plugin_manager,
+)
+from wspipe_core import actions as act
+from wspipe_core import events as ev
+
+from .connection import Channel
+from .timers import TimerLoop
+
+log = logging.getLogger("wspipe.driver")
+
+#: A listen address: host and port (0 picks a free port).
+Address = tuple[str, int]
+
+#: Pause after a failed ``accept()`` (e.g. out of file descriptors) before the next.
+ACCEPT_RETRY_DELAY = 0.1
+
+
+class ProxyServer:
+    """A wspipe proxy bound to one or more listen addresses.
+
+    Use it as an async context manager (binds, starts the tasks; leaving it shuts
+    down gracefully) and wait in :meth:`serve`::
+
+        async with ProxyServer(ProxyConfig(backends=("ws://127.0.0.1:9000",))) as server:
+            print(server.ports)
+            await server.serve()        # until server.shutdown() is called
+
+    or start it in a task group with ``server = await tg.start(ProxyServer(cfg).run)``.
+
+    :param config: Limits, timeouts and the start-up backends (``config.backends``).
+    :param listen: Addresses to listen on for clients.
+    :param plugins: Plugin objects or module paths (see ``make_plugin_manager``).
+    :param load_entrypoints: Also load plugins from the ``wspipe`` entry-point group.
+    :param blocked_plugins: Plugin names not to register.
+    :param pm: A ready plugin manager; replaces the three arguments above.
+    :param ssl_context: Serve clients over TLS with this context.
+    :param backend_ssl_context: Context for ``wss://`` backends (default: system CAs,
+        verification on).
+    :param connect_timeout: Longest TCP (and TLS) connect to a backend; default
+        ``config.handshake_timeout``.
+    :param close_linger: After closing a socket, the longest time spent flushing it
+        and waiting for the peer's EOF.
+    :param shutdown_grace: Longest time :meth:`shutdown` waits for clients and links
+        to close before it cancels what is left.
+    :param rng: Random source of the core (for reproducible backend choices).
+    :raises ConfigError: A plugin cannot be loaded or a start-up backend URL is invalid.
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        listen: Sequence[Address] = (("127.0.0.1", 8080),),
+        plugins: Iterable[object | str] = (),
+        load_entrypoints: bool = False,
+        blocked_plugins: Iterable[str] = (),
+        pm: pluggy.PluginManager | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        backend_ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float | None = None,
+        close_linger: float = 2.0,
+        shutdown_grace: float = 10.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if pm is None:
+            pm = make_plugin_manager(config, plugins=plugins, load_entrypoints=load_entrypoints,
+                                     blocked=blocked_plugins)
+        self.config = config
+        self.proxy = Proxy(config, pm=pm, rng=rng)
+        self._listen = tuple(listen)
+        self._ssl_context = ssl_context
+        self._backend_ssl_context = backend_ssl_context
+        self._connect_timeout = connect_timeout or config.handshake_timeout
+        self._close_linger = close_linger
+        self._shutdown_grace = shutdown_grace
+        self._clients: dict[int, Channel] = {}
+        self._links: dict[int, Channel] = {}
+        self._conn_ids = itertools.count(1)
+        self._listeners: list[SocketListener] = []
+        self._timers: TimerLoop | None = None
+        self._tg: TaskGroup | None = None
+        self._stopping = False
+        self._stopped: anyio.Event | None = None  # anyio objects need a running loop
+        #: Exceptions the core raised into the driver (a bug); each closed one socket.
+        self.internal_errors = 0
+
+    # Library face.
+
+    @property
+    def addresses(self) -> list[Address]:
+        """The bound listen addresses (host, port), after start."""
+        out: list[Address] = []
+        for listener in self._listeners:
+            address = listener.extra(SocketAttribute.local_address)
+            assert isinstance(address, tuple)
+            out.append((str(address[0]), int(address[1])))
+        return out
+
+    @property
+    def ports(self) -> list[int]:
+        """The bound listen ports, after start."""
+        return [port for _, port in self.addresses]
+
+    @property
+    def port(self) -> int:
+        """The first bound listen port."""
+        return self.ports[0]
+
+    def add_backend(self, url: str, *, weight: float = 1.0) -> BackendInfo:
+        """Register a backend in the pool (see ``Proxy.add_backend`` for errors)."""
+        return self.proxy.add_backend(url, weight=weight, now=anyio.current_time())
+
+    def remove_backend(self, id_or_url: str, *, migrate: bool = False) -> None:
+        """Drain a backend; with ``migrate`` move its pipes to other backends now."""
+        self._execute(self.proxy.remove_backend(id_or_url, migrate=migrate,
+                                                now=anyio.current_time()))
+
+    def backends(self) -> list[BackendInfo]:
+        """Snapshots of the pool's backends."""
+        return self.proxy.backends()
+
+    def pipes(self) -> list[PipeInfo]:
+        """Snapshots of the live pipes."""
+        return self.proxy.pipes()
+
+    async def __aenter__(self) -> Self:
+        self._stopped = anyio.Event()
+        self._timers = TimerLoop(self.proxy.next_deadline, self._fire_timer)
+        for host, port in self._listen:
+            multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+            self._listeners.extend(cast(Sequence[SocketListener], multi.listeners))
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._timers.run)
+        for listener in self._listeners:
+            tg.start_soon(self._accept_loop, listener)
+        scheme = "wss" if self._ssl_context else "ws"
+        for host, port in self.addresses:
+            shown = f"[{host}]" if ":" in host else host
+            log.info("listening on %s://%s:%d", scheme, shown, port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        if exc is None:
+            await self.shutdown()
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(exc_type, exc, tb)
+
+    async def serve(self) -> None:
+        """Wait until :meth:`shutdown` has finished."""
+        assert self._stopped is not None, "serve() before the server was started"
+        await self._stopped.wait()
+
+    async def run(self, *, task_status: TaskStatus[ProxyServer] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Bind, report ``self`` to ``tg.start()``, and serve until shut down."""
+        async with self:
+            task_status.started(self)
+            await self.serve()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, close every client (1001) and link, and wait for them.
+
+        Waits until the core is idle and every socket is closed, at most ``grace``
+        seconds (default ``shutdown_grace``); whatever is left is then cancelled.
+        """
+        assert self._stopped is not None, "shutdown() before the server was started"
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self._shutdown_grace if grace is None else grace
+        log.info("shutting down: %d client(s), %d link(s)", len(self._clients), len(self._links))
+        for listener in self._listeners:
+            await listener.aclose()
+        self._execute(self.proxy.shutdown(anyio.current_time()))
+        with anyio.move_on_after(grace) as scope:
+            # Bounded by ``grace``; each round waits for the next socket to finish.
+            while not (self.proxy.idle and not self._clients and not self._links):
+                await anyio.sleep(0.01)
+        if scope.cancelled_caught:
+            log.warning("shutdown grace of %.1fs over: cancelling %d client(s), %d link(s)",
+                        grace, len(self._clients), len(self._links))
+        for channel in [*self._clients.values(), *self._links.values()]:
+            channel.scope.cancel()
+        self._stopped.set()
+
+    # Feeding the core and executing its actions.
+
+    def _feed(self, event: ev.Event) -> None:
+        self._execute(self.proxy.handle(event, anyio.current_time()))
+
+    def _fire_timer(self, now: float) -> None:
+        self._execute(self.proxy.handle_timer(now))
+
+    def _execute(self, actions: list[act.Action]) -> None:
+        self.dispatch(actions)
+        if self._timers is not None:
+            self._timers.poke()
+
+    def dispatch(self, actions: Iterable[act.Action]) -> None:
+        """Execute the core's actions in order. Synchronous: no ``await`` here."""
+        for action in actions:
+            match action:
+                case act.SendToClient(conn, data):
+                    if (client := self._clients.get(conn)) is not None:
+                        client.send(data)
+                case act.SendToLink(link, data):
+                    if (channel := self._links.get(link)) is not None:
+                        channel.send(data)
+                case act.CloseClient(conn):
+                    if (client := self._clients.get(conn)) is not None:
+                        client.close()
+                case act.CloseLink(link):
+                    if (channel := self._links.get(link)) is not None:
+                        channel.close()
+                case act.PauseClient(conn):
+                    if (client := self._clients.get(conn)) is not None:
+                        client.pause()
+                case act.ResumeClient(conn):
+                    if (client := self._clients.get(conn)) is not None:
+                        client.resume()
+                case act.PauseLink(link):
+                    if (channel := self._links.get(link)) is not None:
+                        channel.pause()
+                case act.ResumeLink(link):
+                    if (channel := self._links.get(link)) is not None:
+                        channel.resume()
+                case act.OpenLink():
+                    self._open_link(action)
+                case _:
+                    raise RuntimeError(f"unexpected action: {action!r}")
+
+    # Clients.
+
+    async def _accept_loop(self, listener: SocketListener) -> None:
+        assert self._tg is not None
+        while True:
+            try:
+                stream = await listener.accept()
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                await anyio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            self._tg.start_soon(self._serve_client, next(self._conn_ids), stream)
+
+    async def _serve_client(self, conn: int, stream: SocketStream) -> None:
+        name = f"conn={conn}"
+        peer = str(stream.extra(SocketAttribute.remote_address, ("", 0))[0])
+        channel = Channel(
+            name,
+            on_data=lambda data: self._feed(ev.ClientDataReceived(conn, data)),
+            on_sent=lambda n: self._feed(ev.ClientDataSent(conn, n)),
+            on_eof=lambda why: self._feed(ev.ClientEOF(conn)),
+            linger=self._close_linger,
+        )
+        self._clients[conn] = channel
+        log.debug("%s: accepted from %s", name, peer)
+        try:
+            with channel.scope:
+                self._feed(ev.ClientConnected(conn, peer, tls=self._ssl_context is not None))
+                byte_stream: SocketStream | TLSStream = stream
+                if self._ssl_context is not None:
+                    # The core's handshake timeout covers the TLS handshake too: a
+                    # CloseClient cancels it through channel.scope.
+                    try:
+                        byte_stream = await TLSStream.wrap(
+                            stream, server_side=True, ssl_context=self._ssl_context,
+                            standard_compatible=False)
+                    except (*_CONNECT_ERRORS, anyio.EndOfStream) as exc:
+                        log.debug("%s: TLS handshake failed: %r", name, exc)
+                        self._feed(ev.ClientEOF(conn))
+                        return
+                await channel.run(byte_stream)
+        except Exception:
+            self.internal_errors += 1
+            log.exception("%s: internal error; connection closed", name)
+        finally:
+            await anyio.aclose_forcefully(stream)
+            if self._clients.get(conn) is channel:
+                del self._clients[conn]
+            log.debug("%s: closed", name)
+
+    # Links.
+
+    def _open_link(self, action: act.OpenLink) -> None:
+        assert self._tg is not None
+        link = action.link
+        channel = Channel(
+            f"link={link}",
+            on_data=lambda data: self._feed(ev.LinkDataReceived(link, data)),
+            on_sent=lambda n: self._feed(ev.LinkDataSent(link, n)),
+            on_eof=lambda why: self._feed(ev.LinkEOF(link, why)),
+            linger=self._close_linger,
+        )
+        self._links[link] = channel
+        self._tg.start_soon(self._run_link, action, channel)
+
+    async def _run_link(self, action: act.OpenLink, channel: Channel) -> None:
+        link = action.link
+        try:
+            with channel.scope:
+                log.debug("link=%d: connecting to %s", link, action.url)
+                try:
+                    with anyio.fail_after(self._connect_timeout):
+                        stream: SocketStream | TLSStream
+                        if action.tls:
+                            stream = await anyio.connect_tcp(
+                                action.host, action.port, ssl_context=self._backend_context(),
+                                tls_hostname=action.host, tls_standard_compatible=False)
+                        else:
+                            stream = await anyio.connect_tcp(action.host, action.port)
+                except (*_CONNECT_ERRORS, TimeoutError) as exc:
+                    why = "connect timed out" if isinstance(exc, TimeoutError) else str(exc)
+                    log.debug("link=%d: connect to %s failed: %s", link, action.url, why)
+                    self._feed(ev.LinkConnectFailed(link, why or repr(exc)))
+                    return
+                self._feed(ev.LinkConnected(link))
+                await channel.run(stream)
+        except Exception:
+            self.internal_errors += 1
+            log.exception("link=%d: internal error; link closed", link)
+        finally:
+            if self._links.get(link) is channel:
+                del self._links[link]
+            log.debug("link=%d: closed", link)
+
+    def _backend_context(self) -> ssl.SSLContext:
+        if self._backend_ssl_context is None:
+            self._backend_ssl_context = ssl.create_default_context()
+        return self._backend_ssl_context
+
+
+#: Failures of a TCP connect or TLS handshake.
+_CONNECT_ERRORS = (OSError, ssl.SSLError, anyio.BrokenResourceError, anyio.ClosedResourceError)
+

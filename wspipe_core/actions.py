@@ -1,0 +1,92 @@
+"""Outputs of the core: what the driver must do, as frozen dataclasses.
+
+Actions come back from :meth:`wspipe_core.Proxy.handle` and friends in the order
+they must be executed. Per connection, order matters: ``CloseClient`` and
+``CloseLink`` are executed after every ``SendTo*`` queued before them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .events import ConnId, LinkId
+
+
+class Action:
+    """Base class of every action."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SendToClient(Action):
+    """Write ``data`` to the client; report ``ClientDataSent`` once written."""
+
+    conn: ConnId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseClient(Action):
+    """Close the client's socket after its pending data is written. The core forgot it."""
+
+    conn: ConnId
+
+
+@dataclass(frozen=True, slots=True)
+class PauseClient(Action):
+    """Stop reading from the client until ``ResumeClient``."""
+
+    conn: ConnId
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeClient(Action):
+    """Read from the client again."""
+
+    conn: ConnId
+
+
+@dataclass(frozen=True, slots=True)
+class OpenLink(Action):
+    """Connect to a backend; report ``LinkConnected`` or ``LinkConnectFailed``.
+
+    The core enforces the handshake timeout itself (it answers with ``CloseLink``);
+    the driver may apply its own connect timeout and report it as a failure.
+    """
+
+    link: LinkId
+    host: str
+    port: int
+    tls: bool
+    #: The backend URL, for logs and for TLS server-name checks.
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendToLink(Action):
+    """Write ``data`` to the backend on ``link``; report ``LinkDataSent`` once written."""
+
+    link: LinkId
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseLink(Action):
+    """Close the link's socket after its pending data is written. The core forgot it."""
+
+    link: LinkId
+
+
+@dataclass(frozen=True, slots=True)
+class PauseLink(Action):
+    """Stop reading from the link until ``ResumeLink``."""
+
+    link: LinkId
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeLink(Action):
+    """Read from the link again."""
+
+    link: LinkId

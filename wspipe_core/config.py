@@ -1,0 +1,145 @@
+"""The proxy's configuration: every limit and timeout, validated, with defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+
+#: Backend close codes that mean "this link failed, find another" (design note 4).
+DEFAULT_INTERRUPTION_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Limits, timeouts and policies of one proxy. All times are in seconds.
+
+    Construction validates every field and raises :class:`ConfigError` naming the
+    offending one. ``from_mapping`` builds one from a config-file table.
+    """
+
+    #: Backend URLs registered at start-up.
+    backends: tuple[str, ...] = ()
+    #: Client connections (handshaking or open) beyond which new ones get HTTP 503.
+    max_connections: int = 10_000
+    #: Per-pipe limit on buffered plus in-progress client message bytes.
+    buffer_limit: int = 5 * MiB
+    #: Limit on buffered plus in-progress message bytes over all pipes.
+    memory_budget: int = 1024 * MiB
+    #: Largest message (after assembly of fragments) relayed either way; over it: close 1009.
+    max_message_size: int = 4 * MiB
+    #: Largest request head a client may send before the upgrade; over it: HTTP 431.
+    max_header_size: int = 16 * KiB
+    #: Time a client has to complete its upgrade request, and a link to connect and
+    #: complete its handshake.
+    handshake_timeout: float = 10.0
+    #: Interval between keepalive pings on each link and client; 0 disables pings.
+    ping_interval: float = 20.0
+    #: A link (or client) that does not answer a ping within this time is dead.
+    ping_timeout: float = 20.0
+    #: Longest time a pipe may stay without a live link before the client gets 1013.
+    max_interruption: float = 30.0
+    #: Time a peer has to answer our Close frame before its socket is closed.
+    close_timeout: float = 5.0
+    #: Backend close codes treated as interruptions (fail over); others end the pipe.
+    interruption_codes: frozenset[int] = DEFAULT_INTERRUPTION_CODES
+    #: Consecutive failures after which a backend is ejected from the pool.
+    eject_after: int = 3
+    #: First ejection cool-down; doubles on each ejection in a row, up to ``eject_max``.
+    eject_base: float = 1.0
+    #: Longest ejection cool-down.
+    eject_max: float = 60.0
+    #: Total errors after which a backend is removed for good; ``None`` never removes.
+    max_errors: int | None = None
+    #: Name of the built-in backend-selection strategy.
+    strategy: str = "least_connections"
+    #: Name of the built-in buffer policy: ``close``, ``pause`` or ``drop_oldest``.
+    buffer_policy: str = "close"
+    #: Name of the built-in backoff: ``exponential`` (full jitter) or ``fixed``.
+    backoff: str = "exponential"
+    #: Backoff before the second attempt; the exponential backoff doubles it per attempt.
+    backoff_base: float = 0.05
+    #: Longest backoff between two attempts of one pipe.
+    backoff_max: float = 2.0
+    #: Subprotocols the proxy accepts from clients, in no particular order; ``*`` allows any.
+    subprotocols: tuple[str, ...] = ()
+    #: Append the client's path and query to the backend URL's path.
+    forward_target: bool = True
+    #: Client request headers copied to the backend handshake (case-insensitive).
+    forward_headers: tuple[str, ...] = ("cookie", "authorization")
+    #: Header carrying the client id to the backend.
+    client_id_header: str = "x-wspipe-client-id"
+    #: Unsent bytes towards one peer above which the other side is no longer read.
+    write_high_water: int = 256 * KiB
+    #: Unsent bytes below which reading resumes.
+    write_low_water: int = 64 * KiB
+    #: Settings tables of plugins, by plugin name (``[plugins.NAME]`` in the config file).
+    plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        positive_ints = ("max_connections", "buffer_limit", "memory_budget",
+                         "max_message_size", "max_header_size", "eject_after",
+                         "write_high_water")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        positive_times = ("handshake_timeout", "max_interruption", "close_timeout",
+                          "eject_base", "eject_max", "backoff_max")
+        for name in positive_times:
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+        for name in ("ping_interval", "ping_timeout", "backoff_base"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if self.ping_interval and not self.ping_timeout:
+            raise ConfigError("ping_timeout must be > 0 when ping_interval is set")
+        if self.max_header_size > 16 * KiB:
+            raise ConfigError("max_header_size must be <= 16384 (the request-head limit of h11, "
+                              "which wsproto parses with)")
+        if not 0 <= self.write_low_water < self.write_high_water:
+            raise ConfigError("write_low_water must be >= 0 and below write_high_water")
+        if self.max_message_size > self.buffer_limit:
+            raise ConfigError("max_message_size must not exceed buffer_limit")
+        if self.buffer_limit > self.memory_budget:
+            raise ConfigError("buffer_limit must not exceed memory_budget")
+        if self.max_errors is not None and self.max_errors <= 0:
+            raise ConfigError(f"max_errors must be a positive integer, got {self.max_errors!r}")
+        for code in self.interruption_codes:
+            if not (1000 <= code <= 4999):
+                raise ConfigError(f"interruption_codes: {code} is not a WebSocket close code")
+        if self.buffer_policy not in ("close", "pause", "drop_oldest"):
+            raise ConfigError(
+                f"buffer_policy must be close, pause or drop_oldest, got {self.buffer_policy!r}")
+        if self.backoff not in ("exponential", "fixed"):
+            raise ConfigError(f"backoff must be exponential or fixed, got {self.backoff!r}")
+        if not self.client_id_header or not self.client_id_header.isascii():
+            raise ConfigError("client_id_header must be a non-empty ASCII header name")
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> ProxyConfig:
+        """Build a config from a mapping (e.g. a parsed TOML table); unknown keys are errors.
+
+        Keys may use ``-`` or ``_``; lists become tuples; ``interruption_codes`` a frozenset.
+        """
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown configuration key {key!r}")
+            if name == "interruption_codes":
+                value = frozenset(value)
+            elif isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # pragma: no cover - from_mapping filters names
+            raise ConfigError(str(exc)) from None

@@ -1,0 +1,162 @@
+"""The hook specifications of wspipe (pluggy project ``wspipe``).
+
+Every hook runs inside the core, synchronously: it must not block and must not do
+I/O (a plugin that needs I/O runs it in its own background task and keeps the
+result in memory). Hooks get read-only snapshots, never core objects. Decision
+hooks are ``firstresult``: the first implementation that returns something other
+than ``None`` decides, and the built-in behaviour is itself a plugin registered
+``trylast``, so any user plugin overrides it. An exception raised by a hook is
+logged and the safe default described on each hook is used instead.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pluggy
+
+from .config import ProxyConfig
+from .info import (
+    BackendInfo,
+    BackendRequest,
+    BufferFullAction,
+    PipeEvent,
+    PipeInfo,
+    Reject,
+    RequestInfo,
+)
+
+PROJECT = "wspipe"
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Marker for hook implementations: ``@hookimpl def wspipe_select_backend(...)``.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def wspipe_configure(config: ProxyConfig) -> None:
+    """Read the configuration once, before the proxy handles anything.
+
+    :param config: The proxy's configuration; a plugin's own settings are in
+        ``config.plugin_settings.get(NAME, {})`` (the ``[plugins.NAME]`` table).
+
+    Called: once per proxy, when it is constructed. Raise ``ConfigError`` to refuse
+    the settings; start-up stops with that message.
+    """
+
+
+@hookspec(firstresult=True)
+def wspipe_client_id(request: RequestInfo) -> str | None:
+    """Extract the client id from the client's upgrade request.
+
+    Stops at the first non-None result.
+
+    :param request: The upgrade request.
+    :returns: The client id, or ``None`` for no opinion. When every implementation
+        returns ``None`` (the built-in one does when the path is not ``/<uuid>``)
+        the client is refused with HTTP 400.
+
+    Called: once per client, before ``wspipe_authenticate``. On exception: 400.
+    """
+
+
+@hookspec(firstresult=True)
+def wspipe_authenticate(request: RequestInfo, client_id: str) -> Reject | None:
+    """Decide whether the client may connect.
+
+    Stops at the first non-None result.
+
+    :param request: The upgrade request.
+    :param client_id: The id ``wspipe_client_id`` gave.
+    :returns: A :class:`Reject` (usually status 401 or 403) to refuse the client, or
+        ``None`` to raise no objection (later implementations still run).
+
+    Called: once per client, after the client id is known and before the upgrade
+    is accepted. On exception: the client is refused with 500.
+    """
+
+
+@hookspec(firstresult=True)
+def wspipe_select_backend(
+    pipe: PipeInfo, candidates: Sequence[BackendInfo], rng: random.Random
+) -> BackendInfo | None:
+    """Choose the backend for a pipe's next link.
+
+    Stops at the first non-None result.
+
+    :param pipe: The pipe that needs a link.
+    :param candidates: Backends that may take it, in registration order: ``up``
+        ones (or, when none is up, ``ejected`` ones, so an outage is probed), minus
+        the backend that just failed this pipe. Never empty.
+    :param rng: The proxy's random source; use it (not ``random``) so tests replay.
+    :returns: One of ``candidates``, or ``None`` for no opinion. If every
+        implementation returns ``None`` the pipe waits for its backoff and asks again.
+
+    Called: each time a pipe needs a link (open, interruption, migration, retry).
+    On exception, or a result not in ``candidates``: treated as ``None``.
+    """
+
+
+@hookspec(firstresult=True)
+def wspipe_backoff(pipe: PipeInfo, attempt: int, rng: random.Random) -> float | None:
+    """Seconds to wait before a pipe's next link attempt.
+
+    Stops at the first non-None result.
+
+    :param pipe: The pipe.
+    :param attempt: Failed attempts in a row so far (1 after the first failure).
+    :param rng: The proxy's random source.
+    :returns: A delay in seconds (>= 0), or ``None`` for no opinion.
+
+    Called: after each failed link attempt of a pipe, and when no backend could be
+    chosen. On exception: ``backoff_base`` from the configuration.
+    """
+
+
+@hookspec(firstresult=True)
+def wspipe_buffer_full(
+    pipe: PipeInfo, message_size: int, limit: int, reason: str
+) -> BufferFullAction | None:
+    """Decide what happens to a client message that does not fit in the buffer.
+
+    Stops at the first non-None result.
+
+    :param pipe: The pipe whose buffer is full.
+    :param message_size: Payload bytes of the message (or fragment) that did not fit.
+    :param limit: The limit it hit, in bytes.
+    :param reason: ``"buffer_limit"`` (the pipe's own limit) or ``"memory_budget"``
+        (the process-wide budget).
+    :returns: A :class:`BufferFullAction`, or ``None`` for no opinion.
+
+    Called: each time a client message (or, for in-progress messages, a fragment)
+    would take the pipe over a limit. On exception: ``CLOSE``.
+    """
+
+
+@hookspec(firstresult=True)
+def wspipe_backend_request(
+    pipe: PipeInfo, backend: BackendInfo, request: BackendRequest
+) -> BackendRequest | None:
+    """Shape the handshake a link sends to its backend.
+
+    Stops at the first non-None result.
+
+    :param pipe: The pipe the link is for.
+    :param backend: The backend being dialed.
+    :param request: The handshake wspipe built (target, headers, subprotocol).
+    :returns: A replacement :class:`BackendRequest` (e.g. ``dataclasses.replace``
+        with extra headers), or ``None`` to send ``request`` unchanged.
+
+    Called: once per link, when its connection is up. On exception: unchanged.
+    """
+
+
+@hookspec
+def wspipe_pipe_event(event: PipeEvent) -> None:
+    """Observe a pipe: opened, linked, interrupted, resumed or closed.
+
+    :param event: What happened, to which pipe, with which backend, when and why.
+
+    Called: for every implementation, at each transition, for logs and metrics.
+    Exceptions are logged and ignored.
+    """

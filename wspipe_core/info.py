@@ -1,0 +1,163 @@
+"""Read-only snapshots and small value types handed to and returned by hooks."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class BackendState(enum.Enum):
+    """The state of a backend in the pool."""
+
+    #: Eligible for new pipes.
+    UP = "up"
+    #: Failed ``eject_after`` times in a row; skipped until its cool-down ends, then probed.
+    EJECTED = "ejected"
+    #: Takes no new pipes; its pipes stay (or migrate) until it is empty and removed.
+    DRAINING = "draining"
+
+
+class PipeState(enum.Enum):
+    """The state of a pipe (see docs/architecture.md for the diagram)."""
+
+    #: The client was accepted; the first link is being established.
+    CONNECTING = "connecting"
+    #: A link is open; messages flow both ways.
+    LINKED = "linked"
+    #: The link was lost; client messages are buffered while a new link is sought.
+    INTERRUPTED = "interrupted"
+    #: The pipe sent the client a Close and waits for its answer.
+    CLOSING = "closing"
+    #: The pipe has ended.
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """The client's upgrade request."""
+
+    #: The request target as sent: path plus optional ``?query``.
+    target: str
+    #: The path part of ``target``.
+    path: str
+    #: The query part of ``target``, without ``?`` (empty if none).
+    query: str
+    #: Request headers, names lower-cased, in order (``Host`` and WebSocket keys included).
+    headers: tuple[tuple[str, str], ...]
+    #: Subprotocols the client offered, in order.
+    subprotocols: tuple[str, ...]
+    #: The client's address (IP), as the driver reported it.
+    peer: str
+    #: Whether the client connected over TLS.
+    tls: bool
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or ``None``."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """A backend in the pool, as of the moment of the hook call."""
+
+    #: Short stable id, e.g. ``b1``.
+    id: str
+    #: The backend URL as registered.
+    url: str
+    state: BackendState
+    #: Pipes assigned to this backend (linked or dialing).
+    pipes: int
+    #: Errors recorded in total.
+    errors: int
+    #: Failures in a row since the last success.
+    consecutive_failures: int
+    #: Relative weight given at registration (default 1).
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class PipeInfo:
+    """A pipe, as of the moment of the hook call."""
+
+    #: Process-unique pipe id, e.g. ``p17``.
+    id: str
+    client_id: str
+    state: PipeState
+    request: RequestInfo
+    #: The id of the backend of the current (or last) link, if any.
+    backend_id: str | None
+    #: The subprotocol agreed with the client, if any.
+    subprotocol: str | None
+    #: Bytes of client messages held in the buffer.
+    buffered_bytes: int
+    #: Interruptions so far.
+    interruptions: int
+    #: Monotonic time the pipe was opened.
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A refusal of a client's upgrade: HTTP ``status`` with one-line ``reason`` as body."""
+
+    status: int
+    reason: str
+
+
+class BufferFullAction(enum.Enum):
+    """What to do with a message that does not fit in a pipe's buffer."""
+
+    #: Close the client with 1013 "buffer limit reached" (the default).
+    CLOSE = "close"
+    #: Keep the message, stop reading the client until the buffer drains (TCP backpressure).
+    PAUSE = "pause"
+    #: Drop the oldest buffered messages until the new one fits; count what was dropped.
+    DROP_OLDEST = "drop_oldest"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRequest:
+    """The handshake a link sends to its backend; a hook may return a changed copy."""
+
+    #: Request target (path and query).
+    target: str
+    #: Extra request headers (names lower-case), besides Host and the WebSocket keys.
+    headers: tuple[tuple[str, str], ...]
+    #: The subprotocol offered to the backend, if any.
+    subprotocol: str | None
+
+
+class PipeEventKind(enum.Enum):
+    """What happened to a pipe, for ``wspipe_pipe_event``."""
+
+    OPENED = "opened"
+    LINKED = "linked"
+    INTERRUPTED = "interrupted"
+    RESUMED = "resumed"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class PipeEvent:
+    """One observation about a pipe: opened, linked, interrupted, resumed or closed."""
+
+    kind: PipeEventKind
+    pipe: PipeInfo
+    #: The backend concerned (the new one for ``linked``/``resumed``, the lost one for
+    #: ``interrupted``), if any.
+    backend: BackendInfo | None
+    #: Monotonic time of the event.
+    now: float
+    #: Why: interruption cause, or close reason.
+    reason: str = ""
+    #: The close code sent to the client for ``closed``; else ``None``.
+    code: int | None = None
+    #: For ``resumed``: seconds since the interruption; else ``None``.
+    duration: float | None = None
+    #: Free-form numbers (e.g. ``dropped_messages``).
+    extra: Mapping[str, float] = field(default_factory=dict)

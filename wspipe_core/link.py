@@ -1,0 +1,59 @@
+"""A link: one backend WebSocket connection of a pipe, as a wsproto client."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from wsproto import ConnectionType, WSConnection
+
+from .assembler import MessageAssembler
+from .events import LinkId
+
+if TYPE_CHECKING:
+    from .pipe import Pipe
+    from .pool import Backend
+
+
+class LinkState(enum.Enum):
+    """The state of a link."""
+
+    #: ``OpenLink`` was sent; waiting for ``LinkConnected``.
+    DIALING = "dialing"
+    #: The upgrade request was sent; waiting for the backend's answer.
+    HANDSHAKING = "handshaking"
+    #: Messages flow. Only an open link that is its pipe's ``link`` is live.
+    OPEN = "open"
+    #: A Close was sent or received; waiting for the close handshake to finish.
+    CLOSING = "closing"
+
+
+@dataclass(eq=False)
+class Link:
+    """One backend connection; belongs to at most one pipe."""
+
+    id: LinkId
+    backend: Backend
+    pipe: Pipe | None
+    #: Handshake deadline while dialing/handshaking; close deadline while closing.
+    deadline: float
+    state: LinkState = LinkState.DIALING
+    ws: WSConnection = field(default_factory=lambda: WSConnection(ConnectionType.CLIENT))
+    assembler: MessageAssembler = field(default_factory=MessageAssembler)
+    #: Bytes handed to the driver and not yet reported written.
+    pending: int = 0
+    #: Whether we told the driver to stop reading this link.
+    paused: bool = False
+    #: When the next keepalive ping is due (open links).
+    ping_at: float | None = None
+    #: When an unanswered ping times out.
+    pong_deadline: float | None = None
+    #: Messages written to the backend (for observation and benchmarks).
+    sent_messages: int = 0
+
+    def next_deadline(self) -> float | None:
+        if self.state is LinkState.OPEN:
+            times = [t for t in (self.ping_at, self.pong_deadline) if t is not None]
+            return min(times, default=None)
+        return self.deadline

@@ -1,0 +1,174 @@
+"""The pool of backends: registration, health (ejection, cool-down, probe), draining."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .config import ProxyConfig
+from .errors import BackendAlreadyRegistered, InvalidBackendURL, UnknownBackend
+from .info import BackendInfo, BackendState
+
+log = logging.getLogger("wspipe.pool")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendAddress:
+    """Where a backend URL points."""
+
+    host: str
+    port: int
+    tls: bool
+    #: Path and query of the URL (``/`` when empty).
+    target: str
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.tls else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_backend_url(url: str) -> BackendAddress:
+    """Parse a ``ws://`` or ``wss://`` URL; raise :class:`InvalidBackendURL` saying why."""
+    if not isinstance(url, str) or not url or url != url.strip():
+        raise InvalidBackendURL(f"invalid backend URL {url!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidBackendURL(f"invalid backend URL {url!r}: {exc}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise InvalidBackendURL(f"invalid backend URL {url!r}: scheme must be ws or wss")
+    if not parts.hostname:
+        raise InvalidBackendURL(f"invalid backend URL {url!r}: no host")
+    if parts.username or parts.password or parts.fragment:
+        raise InvalidBackendURL(f"invalid backend URL {url!r}: no credentials or fragment")
+    tls = parts.scheme == "wss"
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return BackendAddress(parts.hostname, port or (443 if tls else 80), tls, target)
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    """One backend and its health; owned by the :class:`Pool`."""
+
+    id: str
+    url: str
+    address: BackendAddress
+    weight: float = 1.0
+    state: BackendState = BackendState.UP
+    pipes: int = 0
+    errors: int = 0
+    consecutive_failures: int = 0
+    #: Ejections in a row (sets the next cool-down); reset by a success.
+    ejections: int = 0
+    ejected_until: float = 0.0
+    #: Whether the backend is still in the pool.
+    registered: bool = True
+    #: Pipe ids waiting to be migrated off this backend.
+    to_migrate: list[str] = field(default_factory=list)
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(self.id, self.url, self.state, self.pipes, self.errors,
+                           self.consecutive_failures, self.weight)
+
+
+class Pool:
+    """Backends by id, in registration order, with their health."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self._config = config
+        self._backends: dict[str, Backend] = {}
+        self._next_id = 1
+
+    def __iter__(self) -> Iterator[Backend]:
+        return iter(list(self._backends.values()))
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def add(self, url: str, weight: float = 1.0) -> Backend:
+        """Register ``url``; registering a URL twice is an error (as in the original)."""
+        address = parse_backend_url(url)
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
+            raise InvalidBackendURL(f"invalid weight {weight!r} for {url}: must be > 0")
+        if any(b.url == url for b in self._backends.values()):
+            raise BackendAlreadyRegistered(f"backend {url} is already registered")
+        backend = Backend(f"b{self._next_id}", url, address, float(weight))
+        self._next_id += 1
+        self._backends[backend.id] = backend
+        log.info("backend %s registered: %s", backend.id, url)
+        return backend
+
+    def get(self, id_or_url: str) -> Backend:
+        """The backend with this id or URL; raise :class:`UnknownBackend`."""
+        backend = self._backends.get(id_or_url)
+        if backend is None:
+            backend = next((b for b in self._backends.values() if b.url == id_or_url), None)
+        if backend is None:
+            raise UnknownBackend(f"no backend {id_or_url!r} in the pool")
+        return backend
+
+    def remove(self, backend: Backend, why: str) -> None:
+        if self._backends.pop(backend.id, None) is not None:
+            backend.registered = False
+            log.info("backend %s removed (%s): %s", backend.id, why, backend.url)
+
+    def refresh(self, now: float) -> None:
+        """Return ejected backends whose cool-down has ended to ``up`` (to be probed)."""
+        for backend in self._backends.values():
+            if backend.state is BackendState.EJECTED and now >= backend.ejected_until:
+                backend.state = BackendState.UP
+                log.info("backend %s cool-down over; probing it", backend.id)
+
+    def candidates(self, now: float, exclude: Backend | None) -> list[Backend]:
+        """Backends that may take a new pipe: ``up`` ones, else (outage) ``ejected`` ones."""
+        self.refresh(now)
+        backends = [b for b in self._backends.values() if b is not exclude]
+        up = [b for b in backends if b.state is BackendState.UP]
+        return up or [b for b in backends if b.state is BackendState.EJECTED]
+
+    def next_deadline(self) -> float | None:
+        """When the next ejected backend's cool-down ends."""
+        times = [b.ejected_until for b in self._backends.values()
+                 if b.state is BackendState.EJECTED]
+        return min(times, default=None)
+
+    def record_success(self, backend: Backend) -> None:
+        backend.consecutive_failures = 0
+        backend.ejections = 0
+        if backend.state is BackendState.EJECTED:
+            backend.state = BackendState.UP
+
+    def record_failure(self, backend: Backend, now: float, why: str) -> None:
+        """Count an error; eject after ``eject_after`` in a row; remove at ``max_errors``."""
+        backend.errors += 1
+        backend.consecutive_failures += 1
+        if not backend.registered:
+            return
+        cfg = self._config
+        if cfg.max_errors is not None and backend.errors >= cfg.max_errors:
+            self.remove(backend, f"{backend.errors} errors reached max_errors")
+            return
+        if backend.state is BackendState.UP and backend.consecutive_failures >= cfg.eject_after:
+            cooldown = min(cfg.eject_max, cfg.eject_base * 2 ** min(backend.ejections, 32))
+            backend.ejections += 1
+            backend.state = BackendState.EJECTED
+            backend.ejected_until = now + cooldown
+            log.warning("backend %s ejected for %.1fs after %d failures in a row (last: %s)",
+                        backend.id, cooldown, backend.consecutive_failures, why)
+
+    def drain(self, backend: Backend) -> None:
+        """Take no new pipes on ``backend``; it leaves the pool once empty."""
+        backend.state = BackendState.DRAINING
+        log.info("backend %s draining (%d pipes)", backend.id, backend.pipes)
+        self.remove_if_drained(backend)
+
+    def remove_if_drained(self, backend: Backend) -> None:
+        if backend.state is BackendState.DRAINING and backend.pipes == 0:
+            self.remove(backend, "drained")

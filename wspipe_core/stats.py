@@ -1,0 +1,35 @@
+"""Counters the core keeps for metrics; plain integers, read by the driver."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    """Process-wide counters since start. All monotonic except where noted."""
+
+    #: Client -> backend messages and payload bytes relayed (including replayed ones).
+    messages_in: int = 0
+    bytes_in: int = 0
+    #: Backend -> client messages and payload bytes relayed.
+    messages_out: int = 0
+    bytes_out: int = 0
+    #: Client messages that waited in a buffer and were replayed to a new link.
+    messages_replayed: int = 0
+    #: Client messages dropped by the ``drop_oldest`` buffer policy.
+    messages_dropped: int = 0
+    #: Interruptions by cause (``eof``, ``close_code``, ``ping_timeout``, ``protocol``,
+    #: ``message_too_big``, ``migrate``).
+    interruptions: Counter[str] = field(default_factory=Counter)
+    #: Interruptions that ended with a new link.
+    failovers: int = 0
+    #: Failed link attempts by cause (``connect``, ``handshake``, ``timeout``).
+    link_failures: Counter[str] = field(default_factory=Counter)
+    #: Clients refused before the upgrade, by HTTP status.
+    clients_rejected: Counter[int] = field(default_factory=Counter)
+    #: Clients accepted.
+    clients_accepted: int = 0
+    #: Pipes ended, by the close code the client got (1006 when it just went away).
+    clients_closed: Counter[int] = field(default_factory=Counter)
