@@ -199,14 +199,18 @@ class Proxy:
         """Move one pipe to another backend now (close its link with 1001, fail over)."""
         out: list[Action] = [] if _out is None else _out
         pipe = next((p for p in self._pipes.values() if p.id == pipe_id), None)
-        if pipe is None or pipe.link is None or pipe.state is not PipeState.LINKED:
+        if pipe is None or pipe.link is None or pipe.state is PipeState.CLOSING:
             return out
         link = pipe.link
         backend = link.backend
         self._detach_link(pipe)
         self._close_link(link, 1001, "backend draining, session moves", now, out)
-        self._interrupt(pipe, backend, "migrate", f"migrating off draining backend {backend.id}",
-                        now, out)
+        if pipe.state is PipeState.LINKED:
+            self._interrupt(pipe, backend, "migrate",
+                            f"migrating off draining backend {backend.id}", now, out)
+        else:  # still dialing that backend: choose another one instead
+            pipe.exclude = backend
+            self._dial(pipe, now, out)
         if _out is None:
             self._reschedule()
         return out
