@@ -314,6 +314,12 @@ class Proxy:
             client.ws.receive_data(data)
             for event in client.ws.events():
                 if isinstance(event, Request):
+                    # h11 bounds only an *incomplete* head: a complete one that came
+                    # in a single read is parsed whatever its size. A client sends
+                    # nothing after its request before our answer, so count it all.
+                    if client.received > limit:
+                        self._reject(client, 431, "request headers too large", out)
+                        return
                     self._on_request(client, event, now, out)
                     return
         except RemoteProtocolError as exc:

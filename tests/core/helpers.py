@@ -1,0 +1,95 @@
+"""Shared helpers of the core tests: configs, fixed client ids, peer instrumentation."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from wsproto.events import Event as WsEvent
+from wsproto.events import Pong
+
+from wspipe_core import ProxyConfig
+from wspipe_core import actions as act
+from wspipe_core.testing import BackendLink, FakeClient, Harness
+
+ID1 = "11111111-1111-4111-8111-111111111111"
+ID2 = "22222222-2222-4222-8222-222222222222"
+
+
+def config(**overrides: object) -> ProxyConfig:
+    """A config with keepalive pings off (tests that need pings turn them on)."""
+    overrides.setdefault("ping_interval", 0)
+    return ProxyConfig(**overrides)  # type: ignore[arg-type]
+
+
+def harness(**overrides: object) -> Harness:
+    auto_ack = bool(overrides.pop("auto_ack", True))
+    plugins = overrides.pop("plugins", ())
+    return Harness(config(**overrides), plugins=plugins, auto_ack=auto_ack)  # type: ignore[arg-type]
+
+
+def record_pongs(client: FakeClient) -> list[bytes]:
+    """Make ``client`` record the payloads of the Pongs it receives."""
+    pongs: list[bytes] = []
+    original = client._on_other
+
+    def on_other(event: WsEvent) -> None:
+        if isinstance(event, Pong):
+            pongs.append(bytes(event.payload))
+        original(event)
+
+    client._on_other = on_other  # type: ignore[method-assign]
+    return pongs
+
+
+def mute(link: BackendLink) -> None:
+    """The backend keeps the connection but reads and answers nothing (no pongs)."""
+    link._receive = lambda data: b""  # type: ignore[method-assign]
+
+
+@contextmanager
+def held_replies(link: BackendLink) -> Iterator[list[bytes]]:
+    """Hold back what the backend answers on ``link`` while the block runs.
+
+    Yields the list of held answers; the caller feeds them (``link.send_raw``)
+    when it wants them to arrive, e.g. after bytes the backend wrote earlier.
+    """
+    held: list[bytes] = []
+    original = link._receive
+
+    def receive(data: bytes) -> bytes:
+        reply = original(data)
+        if reply:
+            held.append(reply)
+        return b""
+
+    link._receive = receive  # type: ignore[method-assign]
+    try:
+        yield held
+    finally:
+        link._receive = original  # type: ignore[method-assign]
+
+
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """A client-to-server frame built by hand (mask key 0), for payloads wsproto won't send."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + b"\x00\x00\x00\x00" + payload
+
+
+def live_links(h: Harness) -> int:
+    """Links the core still tracks."""
+    return len(h.proxy._links)
+
+
+def apply(h: Harness, actions: list[act.Action]) -> None:
+    """Execute actions returned by a direct ``Proxy`` call and route the answers."""
+    h._run(actions)
+    h._drain()

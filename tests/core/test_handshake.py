@@ -1,0 +1,172 @@
+"""The client handshake (design note 1) and the backend request (design note 2)."""
+
+from __future__ import annotations
+
+import h11
+import pytest
+
+from wspipe_core import events as ev
+
+from .helpers import ID1, ID2, harness
+
+
+def _request_bytes(target: str, headers: list[tuple[str, str]]) -> bytes:
+    conn = h11.Connection(h11.CLIENT)
+    return conn.send(h11.Request(method="GET", target=target, headers=[
+        ("Host", "proxy"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13"),
+        *headers]))
+
+
+def test_valid_request_is_accepted_before_any_backend_is_reached():
+    h = harness()
+    c = h.client(f"/{ID1}")
+    assert c.accepted and c.status is None
+    assert h.proxy.pipes()[0].client_id == ID1
+
+
+@pytest.mark.parametrize("path", ["/", "/bad", f"/{ID1}x", "/not-a-uuid/at-all"])
+def test_bad_client_id_path_gets_400_with_a_reason(path):
+    h = harness()
+    c = h.client(path)
+    assert c.status == 400 and not c.accepted
+    assert b"client id" in c.body and c.body.endswith(b"\n") and c.body.count(b"\n") == 1
+    assert c.tcp_closed and h.proxy.connections == 0
+
+
+def test_client_id_is_the_last_path_segment_lower_cased():
+    h = harness()
+    h.client(f"/app/room/{ID1.upper()}?x=1")
+    assert h.proxy.pipes()[0].client_id == ID1
+
+
+@pytest.mark.parametrize("data", [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS ClientHello
+    b"HELLO WORLD\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # HTTP, but not an upgrade
+])
+def test_garbage_request_gets_400(data):
+    h = harness()
+    c = h.raw_client(data)
+    assert c.status == 400 and c.body.startswith(b"malformed upgrade request")
+    assert c.tcp_closed and h.proxy.connections == 0
+
+
+def test_request_head_over_max_header_size_in_pieces_gets_431():
+    h = harness(max_header_size=1024)
+    data = _request_bytes(f"/{ID1}", [("X-Big", "a" * 2000)])
+    c = h.raw_client()
+    for i in range(0, len(data), 500):
+        c.send_raw(data[i:i + 500])
+        if c.status:
+            break
+    assert c.status == 431 and b"too large" in c.body
+
+
+@pytest.mark.parametrize("max_header_size,header", [(1024, 2000), (16 * 1024, 20_000)])
+def test_request_head_over_max_header_size_in_one_read_gets_431(max_header_size, header):
+    h = harness(max_header_size=max_header_size)
+    c = h.client(f"/{ID1}", headers=[("X-Big", "a" * header)])
+    assert c.status == 431 and not c.accepted
+    assert h.proxy.pipes() == []
+
+
+def test_duplicate_live_client_id_gets_409_and_id_is_reusable_after_pipe_ends():
+    h = harness()
+    h.backend("ws://b1/")
+    first = h.client(f"/{ID1}")
+    second = h.client(f"/{ID1}")
+    assert second.status == 409 and ID1.encode() in second.body
+    assert first.close is None
+    first.close_ws(1000)
+    third = h.client(f"/app/{ID1}")
+    assert third.accepted
+
+
+def test_over_max_connections_gets_503():
+    h = harness(max_connections=2)
+    h.backend("ws://b1/")
+    a, b = h.client(), h.client()
+    c = h.client()
+    assert a.accepted and b.accepted
+    assert c.status == 503 and b"max_connections" in c.body
+    a.close_ws()
+    assert h.client().accepted
+
+
+def test_unfinished_handshake_gets_408_after_handshake_timeout():
+    h = harness(handshake_timeout=10)
+    c = h.raw_client(b"GET /" + ID1.encode() + b" HTTP/1.1\r\nHost: x\r\n")
+    h.advance(9.9)
+    assert c.status is None and not c.tcp_closed
+    h.advance(0.1)
+    assert c.status == 408 and c.tcp_closed
+    assert h.proxy.connections == 0 and h.proxy.next_deadline() is None
+
+
+def test_client_that_hangs_up_during_handshake_is_forgotten():
+    h = harness()
+    c = h.raw_client(b"GET / HTTP/1.1\r\n")
+    c.eof()
+    assert h.proxy.connections == 0 and h.proxy.next_deadline() is None
+
+
+@pytest.mark.parametrize("offered,allowed,chosen", [
+    (["b", "a"], ("a", "b"), "b"),
+    (["x", "a", "b"], ("a", "b"), "a"),
+    (["x"], ("a",), None),
+    (["x", "y"], ("*",), "x"),
+    ([], ("a",), None),
+])
+def test_subprotocol_is_first_client_offered_allowed_and_offered_to_backend(offered, allowed,
+                                                                            chosen):
+    h = harness(subprotocols=allowed)
+    b1 = h.backend("ws://b1/")
+    c = h.client(subprotocols=offered)
+    assert c.accepted and c.subprotocol == chosen
+    request = b1.links[0].request
+    assert request is not None
+    assert request.subprotocols == ([chosen] if chosen else [])
+
+
+def test_backend_request_carries_path_query_forwarding_headers_and_client_id():
+    h = harness()
+    b1 = h.backend("ws://b1:8080/base?k=v")
+    h.client(f"/app/{ID1}?room=7", peer="10.0.0.9",
+             headers=[("Cookie", "s=1"), ("Authorization", "Bearer t"), ("X-Other", "no")])
+    link = b1.links[0]
+    assert link.request is not None
+    assert link.request.target == f"/base/app/{ID1}?k=v&room=7"
+    assert link.request.host == "b1:8080"
+    assert link.header("x-forwarded-for") == "10.0.0.9"
+    assert link.header("x-forwarded-proto") == "http"
+    assert link.header("x-wspipe-client-id") == ID1
+    assert link.header("cookie") == "s=1"
+    assert link.header("authorization") == "Bearer t"
+    assert link.header("x-other") is None
+
+
+def test_backend_request_appends_peer_to_existing_forwarded_for_and_tls_proto():
+    h = harness(forward_headers=("x-trace",), client_id_header="X-Session")
+    b1 = h.backend("ws://b1/")
+    conn = 99
+    c = h.raw_client()
+    del h.clients[c.conn]
+    c.conn = conn
+    h.clients[conn] = c
+    h.feed(ev.ClientConnected(conn, "10.0.0.2", True))
+    c.send_raw(_request_bytes(f"/{ID2}", [("X-Forwarded-For", "1.2.3.4"), ("X-Trace", "t1"),
+                                          ("Cookie", "not forwarded")]))
+    link = b1.links[0]
+    assert link.header("x-forwarded-for") == "1.2.3.4, 10.0.0.2"
+    assert link.header("x-forwarded-proto") == "https"
+    assert link.header("x-session") == ID2
+    assert link.header("x-trace") == "t1"
+    assert link.header("cookie") is None
+
+
+def test_backend_request_without_forward_target_uses_backend_url_target():
+    h = harness(forward_target=False)
+    b1 = h.backend("ws://b1/fixed")
+    h.client(f"/app/{ID1}?q=1")
+    assert b1.links[0].request is not None and b1.links[0].request.target == "/fixed"
