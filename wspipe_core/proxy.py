@@ -574,6 +574,9 @@ class Proxy:
         pipe.interrupted_at = now
         pipe.exclude = backend
         pipe.attempts = 0
+        # Backpressure from the lost link's outbox ended with it (_detach_link): read
+        # the client again, into the buffer, unless the pause policy holds it.
+        self._sync_client_pause(pipe, out)
         self.stats.interruptions[cause] += 1
         self._plog(logging.WARNING, pipe, "interrupted: %s", why)
         self._event(PipeEventKind.INTERRUPTED, pipe, backend, now, why)

@@ -1,0 +1,213 @@
+"""Interruptions and failover (design notes 4 and 5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from wspipe_core import PipeState
+
+from .helpers import harness, mute
+
+
+def test_backend_eof_mid_stream_outage_messages_reach_next_backend_in_order_once():
+    h = harness(backoff="fixed", backoff_base=1.0)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    c.send("m1")
+    c.send(b"m2")
+    b1.kill()  # link EOF; b1 refuses new connections
+    c.send("m3")
+    c.send(b"m4", fragments=2)
+    c.send("m5")
+    assert h.proxy.pipes()[0].state is PipeState.INTERRUPTED
+    b2 = h.backend("ws://b2/")
+    h.advance(0)  # the waiting pipe dials again at once: b1 (least connections), refused
+    h.advance(1)  # then b2, b1 being excluded after its failure
+    c.send("m6")
+    assert b1.messages() == ["m1", b"m2"]
+    assert b2.messages() == ["m3", b"m4", "m5", "m6"]
+    assert c.close is None and c.received == []
+    assert h.proxy.stats.messages_replayed == 3 and h.proxy.stats.failovers == 1
+
+
+def test_backend_eof_fails_over_at_once_when_another_backend_is_up():
+    h = harness()
+    b1 = h.backend("ws://b1/")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    c.send("before")
+    b1.links[0].eof()
+    c.send("after")
+    assert b1.messages() == ["before"] and b2.messages() == ["after"]
+    assert h.proxy.stats.interruptions["eof"] == 1
+    assert h.proxy.backends()[0].errors == 1
+
+
+def test_message_completed_during_outage_is_replayed_whole():
+    from wsproto.events import TextMessage
+
+    h = harness(backoff="fixed", backoff_base=1.0)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    c.send_raw(c.ws.send(TextMessage(data="part1-", message_finished=False)))
+    b1.kill()
+    c.send_raw(c.ws.send(TextMessage(data="part2", message_finished=True)))
+    b1.mode = "accept"
+    h.advance(1)
+    assert b1.links[0].received == []
+    assert b1.links[1].received == ["part1-part2"]
+
+
+@pytest.mark.parametrize("code", [1012, 1001, 1011, 1013, 1014])
+def test_backend_close_with_interruption_code_fails_over(code):
+    h = harness()
+    b1 = h.backend("ws://b1/")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    c.send("one")
+    b1.links[0].close_ws(code, "restarting")
+    c.send("two")
+    assert c.close is None
+    assert b1.messages() == ["one"] and b2.messages() == ["two"]
+    assert b1.links[0].tcp_closed
+    assert sum(h.proxy.stats.interruptions.values()) == 1
+
+
+def test_backend_close_1012_loses_and_duplicates_nothing_when_restarted():
+    """A graceful restart of the only backend: close 1012, come back, carry on."""
+    h = harness(backoff="fixed", backoff_base=0.5)
+    b1 = h.backend("ws://b1/", echo=True)
+    c = h.client()
+    c.send("a")
+    b1.mode = "refuse"
+    b1.links[0].close_ws(1012)
+    c.send("b")
+    c.send("c")
+    b1.mode = "accept"
+    h.advance(2)
+    c.send("d")
+    assert b1.messages() == ["a", "b", "c", "d"]
+    assert c.received == ["a", "b", "c", "d"]
+
+
+def test_configured_interruption_codes_replace_the_default():
+    h = harness(interruption_codes=frozenset({4500}))
+    b1 = h.backend("ws://b1/")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    b1.links[0].close_ws(4500)
+    assert c.close is None and len(b2.links) == 1
+    b2.links[0].close_ws(1012)
+    assert c.close is not None and c.close.code == 1012
+
+
+def test_backend_handshake_rejected_counts_error_and_next_backend_is_tried():
+    h = harness(backoff="fixed", backoff_base=0.1)
+    b1 = h.backend("ws://b1/", mode="reject")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    assert b1.links[0].tcp_closed and b2.links == []
+    h.advance(0.1)
+    c.send("hi")
+    assert b2.messages() == ["hi"]
+    info = {b.url: b for b in h.proxy.backends()}
+    assert info["ws://b1/"].errors == 1 and info["ws://b2/"].errors == 0
+    assert h.proxy.stats.link_failures["handshake"] == 1
+
+
+def test_connect_refused_counts_error_and_next_backend_is_tried():
+    h = harness(backoff="fixed", backoff_base=0.1)
+    h.backend("ws://b1/", mode="refuse")
+    b2 = h.backend("ws://b2/")
+    h.client()
+    h.advance(0.1)
+    assert len(b2.links) == 1
+    assert h.proxy.backends()[0].errors == 1
+    assert h.proxy.stats.link_failures["connect"] == 1
+
+
+def test_black_holed_backend_times_out_handshake_and_next_backend_is_tried():
+    h = harness(handshake_timeout=3, backoff="fixed", backoff_base=0.1)
+    b1 = h.backend("ws://b1/", mode="blackhole")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    c.send("waiting")
+    h.advance(2.9)
+    assert b2.links == []
+    h.advance(0.2)
+    assert b1.links[0].tcp_closed
+    h.advance(0.1)
+    assert b2.messages() == ["waiting"]
+    assert h.proxy.stats.link_failures["timeout"] == 1
+    assert h.proxy.backends()[0].errors == 1
+
+
+def test_backend_eof_during_handshake_counts_as_link_failure():
+    h = harness(backoff="fixed", backoff_base=0.1)
+    b1 = h.backend("ws://b1/", mode="blackhole")
+    b2 = h.backend("ws://b2/")
+    h.client()
+    b1.links[0].eof()
+    h.advance(0.1)
+    assert len(b2.links) == 1 and h.proxy.stats.link_failures["handshake"] == 1
+
+
+def test_link_ping_timeout_is_an_interruption():
+    h = harness(ping_interval=5, ping_timeout=3)
+    b1 = h.backend("ws://b1/")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    h.advance(10)  # pings answered: nothing happens
+    assert b2.links == [] and c.close is None
+    mute(b1.links[0])
+    h.advance(5 + 3)
+    assert len(b2.links) == 1 and c.close is None
+    assert h.proxy.stats.interruptions["ping_timeout"] == 1
+    c.send("moved")
+    assert b2.messages() == ["moved"]
+
+
+def test_no_backend_within_max_interruption_closes_client_with_1013():
+    h = harness(max_interruption=30)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    b1.kill()
+    c.send("lost")
+    h.advance(29.9)
+    assert c.close is None
+    h.advance(0.1)
+    assert c.close is not None and c.close.code == 1013 and c.close.reason
+    assert h.proxy.pipes() == [] and h.proxy.budget.used == 0
+
+
+def test_client_accepted_with_no_backend_at_all_gets_1013_after_max_interruption():
+    h = harness(max_interruption=5)
+    c = h.client()
+    assert c.accepted
+    h.advance(5)
+    assert c.close is not None and c.close.code == 1013
+
+
+def test_add_backend_wakes_waiting_pipes_at_once():
+    h = harness(backoff="fixed", backoff_base=20.0)
+    c = h.client()
+    c.send("queued")
+    b1 = h.backend("ws://b1/")
+    h.advance(0)
+    assert b1.messages() == ["queued"]
+    assert h.proxy.pipes()[0].state is PipeState.LINKED
+
+
+def test_backpressured_client_is_resumed_when_its_link_is_lost():
+    """Paused because the old link's outbox was full; the new link must not inherit that."""
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False)
+    b1 = h.backend("ws://b1/")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    h.ack()
+    c.send("x" * 1500)
+    assert c.paused
+    b1.links[0].eof()
+    assert not c.paused
+    c.send("more")
+    assert b2.messages() == ["more"]
