@@ -1,0 +1,211 @@
+"""The admin commands of ``wspipe``: a command-line client of the admin API.
+
+::
+
+    wspipe backends list
+    wspipe backends add ws://10.0.0.7:9000/ [--weight 2]
+    wspipe backends drain b3 [--migrate]
+    wspipe pipes list
+
+Each takes ``--admin URL`` (``http://HOST:PORT`` or ``HOST:PORT``; default
+``$WSPIPE_ADMIN``, else ``127.0.0.1:9090``), ``--admin-token TOKEN`` (default
+``$WSPIPE_ADMIN_TOKEN``; prefer the variable: a flag shows in ``ps``) and
+``--json`` (print the API's JSON instead of a table). Exit status: 0 done, 1 the
+API refused or could not be reached (one line on stderr saying why), 2 usage.
+
+The ``wspipe`` CLI wires these in with :func:`add_admin_subcommands` and
+:func:`run_admin_command`; ``python -m wspipe_anyio.admin_cli`` runs them alone.
+Standard library only (``urllib``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+#: Default admin address when neither ``--admin`` nor ``$WSPIPE_ADMIN`` is given.
+DEFAULT_ADMIN = "127.0.0.1:9090"
+#: The top-level commands this module adds.
+ADMIN_COMMANDS = frozenset({"backends", "pipes"})
+#: Seconds to wait for the admin API.
+DEFAULT_TIMEOUT = 10.0
+
+
+class AdminError(Exception):
+    """The admin API answered with an error or could not be reached."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--admin", metavar="URL",
+                        help="admin API: http://HOST:PORT or HOST:PORT "
+                             f"(default $WSPIPE_ADMIN or {DEFAULT_ADMIN})")
+    parser.add_argument("--admin-token", metavar="TOKEN",
+                        help="admin bearer token (default $WSPIPE_ADMIN_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print JSON, not a table")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                        help=f"request timeout ({DEFAULT_TIMEOUT:g})")
+
+
+def add_admin_subcommands(subparsers: Any) -> None:
+    """Add ``backends`` and ``pipes`` to a ``parser.add_subparsers(dest="command")``.
+
+    The chosen action is in ``args.admin_action``; run it with :func:`run_admin_command`.
+    """
+    backends = subparsers.add_parser(
+        "backends", help="list, add or drain backends (admin API client)",
+        description="List, add or drain the proxy's backends through its admin API.")
+    actions = backends.add_subparsers(dest="admin_action", required=True)
+    _common(actions.add_parser("list", help="list the backends and their state"))
+    add = actions.add_parser("add", help="register a backend")
+    add.add_argument("url", help="ws:// or wss:// URL")
+    add.add_argument("--weight", type=float, default=1.0, help="relative weight (1)")
+    _common(add)
+    drain = actions.add_parser(
+        "drain", help="drain a backend: no new pipes; it leaves the pool once empty")
+    drain.add_argument("id", help="backend id (see 'backends list')")
+    drain.add_argument("--migrate", action="store_true",
+                       help="move its pipes to other backends now, at the proxy's migrate rate")
+    _common(drain)
+    pipes = subparsers.add_parser(
+        "pipes", help="list pipes (admin API client)",
+        description="List the proxy's live pipes through its admin API.")
+    pipe_actions = pipes.add_subparsers(dest="admin_action", required=True)
+    _common(pipe_actions.add_parser("list", help="list the live pipes"))
+
+
+def admin_base_url(value: str | None) -> str:
+    """``http://host:port`` from ``--admin``/``$WSPIPE_ADMIN`` (``HOST:PORT`` or a URL)."""
+    value = (value or os.environ.get("WSPIPE_ADMIN") or DEFAULT_ADMIN).strip()
+    if "://" not in value:
+        value = "http://" + value
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise AdminError(f"invalid admin address {value!r}: expected http://HOST:PORT or "
+                         "HOST:PORT")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def request(base: str, method: str, path: str, *, token: str | None,
+            body: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """One admin API call; the decoded JSON answer.
+
+    :raises AdminError: HTTP error (with the API's ``detail``) or unreachable API.
+    """
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method)
+    req.add_header("Accept", "application/json")
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("detail", "")
+        except (ValueError, AttributeError):
+            detail = ""
+        raise AdminError(f"{method} {path}: HTTP {exc.code}"
+                         f"{': ' + detail if detail else ''}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AdminError(f"cannot reach the admin API at {base}: {reason}") from None
+    except ValueError as exc:
+        raise AdminError(f"{method} {path}: the answer is not JSON: {exc}") from None
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as an aligned text table with an upper-case header."""
+    cells = [[str(c).upper() for c in columns]]
+    cells += [["-" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths,
+                                                                          strict=True)).rstrip()
+                     for line in cells)
+
+
+def _age(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+def run_admin_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
+                      stderr: TextIO | None = None) -> int:
+    """Run ``backends ...`` or ``pipes ...`` parsed by :func:`add_admin_subcommands`."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    token = args.admin_token if args.admin_token is not None else os.environ.get(
+        "WSPIPE_ADMIN_TOKEN")
+    try:
+        base = admin_base_url(args.admin)
+
+        def call(method: str, path: str, body: Any = None) -> Any:
+            return request(base, method, path, token=token, body=body, timeout=args.timeout)
+
+        action = (args.command, args.admin_action)
+        if action == ("backends", "list"):
+            result = call("GET", "/backends")
+            table = format_table(result, ["id", "url", "state", "pipes", "errors", "weight"])
+        elif action == ("backends", "add"):
+            result = call("POST", "/backends", {"url": args.url, "weight": args.weight})
+            table = f"backend {result['id']} registered: {result['url']} (weight " \
+                    f"{result['weight']:g})"
+        elif action == ("backends", "drain"):
+            migrate = "true" if args.migrate else "false"
+            result = call("DELETE", f"/backends/{urllib.parse.quote(args.id, safe='')}"
+                                    f"?migrate={migrate}")
+            if result.get("removed"):
+                table = f"backend {result['id']} had no pipes: removed from the pool"
+            elif args.migrate:
+                table = (f"backend {result['id']} draining: moving its {result['pipes']} "
+                         f"pipe(s) to other backends at {result['migrate_rate']:g}/s")
+            else:
+                table = (f"backend {result['id']} draining: no new pipes; it leaves the pool "
+                         f"when its {result['pipes']} pipe(s) end")
+        elif action == ("pipes", "list"):
+            result = call("GET", "/pipes")
+            now = time.time()
+            rows = [{**p, "age": _age(p.get("age_seconds", now - p.get("since", now))),
+                     "buffered": p.get("buffered_bytes"), "backend": p.get("backend_id")}
+                    for p in result]
+            table = format_table(rows, ["id", "client_id", "backend", "state", "buffered",
+                                        "interruptions", "age"])
+        else:
+            print(f"wspipe: error: unknown admin command {' '.join(action)}", file=err)
+            return 2
+    except AdminError as exc:
+        print(f"wspipe: error: {exc}", file=err)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else table, file=out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m wspipe_anyio.admin_cli backends list`` (the commands without ``serve``)."""
+    parser = argparse.ArgumentParser(prog="wspipe", description="wspipe admin API client.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_admin_subcommands(sub)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return run_admin_command(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
