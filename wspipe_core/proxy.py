@@ -104,6 +104,10 @@ class Proxy:
         self._links: dict[ev.LinkId, Link] = {}
         self._deadlines = Deadlines()
         self._dirty: set[PendingClient | Pipe | Link] = set()
+        #: Pipes paused by the ``pause`` policy because the memory budget was full,
+        #: retried whenever bytes are given back to the budget.
+        self._budget_waiters: dict[Pipe, None] = {}
+        self._budget_freed = False
         self._next_link = 1
         self._next_pipe = 1
         self._shutting_down = False
@@ -130,6 +134,7 @@ class Proxy:
             raise UsageError(f"not an input event: {event!r}")
         out: list[Action] = []
         handler(event, now, out)
+        self._wake_budget_waiters(now, out)
         self._reschedule()
         return out
 
@@ -158,6 +163,7 @@ class Proxy:
                 if link is not None:
                     self._dirty.add(link)
                     self._link_timer(link, now, out)
+        self._wake_budget_waiters(now, out)
         self._reschedule()
         return out
 
@@ -458,6 +464,8 @@ class Proxy:
             if action is BufferFullAction.PAUSE:
                 pipe.overflow = event
                 pipe.buffer_paused = True
+                if reason == "memory_budget":
+                    self._budget_waiters[pipe] = None
                 self._plog(logging.INFO, pipe, "%s reached (%d bytes); not reading the client",
                            reason, limit)
                 self._sync_client_pause(pipe, out)
@@ -466,6 +474,21 @@ class Proxy:
                        reason, limit)
             self._end_pipe(pipe, 1013, "buffer limit reached", now, out)
             return False
+
+    def _wake_budget_waiters(self, now: float, out: list[Action]) -> None:
+        """Bytes went back to the memory budget: pipes paused on it try again.
+
+        Their link may be live, so no flush would ever wake them. One that still
+        does not fit pauses (and waits) again.
+        """
+        freed, self._budget_freed = self._budget_freed, False
+        if not freed or not self._budget_waiters:
+            return
+        waiters, self._budget_waiters = list(self._budget_waiters), {}
+        for pipe in waiters:
+            if pipe.buffer_paused and pipe.state is not PipeState.CLOSING:
+                self._dirty.add(pipe)
+                self._resume_after_pause(pipe, now, out)
 
     def _update_held(self, pipe: Pipe) -> None:
         held = pipe.assembler.size + pipe.buffer.bytes
@@ -476,6 +499,7 @@ class Proxy:
                 self.budget.take(delta)
             else:
                 self.budget.give_back(-delta)
+                self._budget_freed = True
 
     def _client_close(self, pipe: Pipe, event: CloseConnection, now: float,
                       out: list[Action]) -> None:
@@ -525,6 +549,7 @@ class Proxy:
         pipe.buffer.drain()
         pipe.assembler.reset()
         pipe.overflow = None
+        self._budget_waiters.pop(pipe, None)
         self._update_held(pipe)
         pipe.retry_at = pipe.interrupted_at = pipe.ping_at = pipe.pong_deadline = None
         if self._by_client_id.get(pipe.client_id) is pipe:

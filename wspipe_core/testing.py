@@ -26,13 +26,13 @@ from wsproto.events import (
     AcceptConnection,
     BytesMessage,
     CloseConnection,
-    Event as WsEvent,
     Ping,
     RejectConnection,
     RejectData,
     Request,
     TextMessage,
 )
+from wsproto.events import Event as WsEvent
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from . import actions as act
@@ -325,7 +325,8 @@ class Harness:
         self.feed(ev.ClientConnected(conn, peer, False))
         target = path if path is not None else f"/{uuid.uuid4()}"
         data = client.ws.send(Request(host="proxy", target=target, subprotocols=list(subprotocols),
-                                      extra_headers=list(headers)))
+                                      extra_headers=[(k.encode(), v.encode())
+                                                     for k, v in headers]))
         client.send_raw(data)
         return client
 
@@ -382,7 +383,7 @@ class Harness:
         for action in actions:
             self._execute(action)
 
-    def _execute(self, action: act.Action) -> None:  # noqa: C901 - one branch per action
+    def _execute(self, action: act.Action) -> None:
         if isinstance(action, act.SendToClient):
             client = self.clients[action.conn]
             self._sent("c", action.conn, len(action.data))

@@ -1,0 +1,184 @@
+"""Buffers and memory: per-pipe limit, global budget, buffer policies (design note 6)."""
+
+from __future__ import annotations
+
+import pytest
+
+from wspipe_core import BufferFullAction, PipeEventKind, hookimpl
+from wspipe_core.buffer import MemoryBudget, ReplayBuffer
+
+from .helpers import harness
+
+# -- the data structures
+
+
+def test_replay_buffer_drains_in_arrival_order_and_counts_payload_bytes():
+    buf = ReplayBuffer()
+    buf.append("héllo")
+    buf.append(b"\x00\x01")
+    buf.append("x", size=10)
+    assert len(buf) == 3 and buf.bytes == 6 + 2 + 10
+    assert buf.drain() == ["héllo", b"\x00\x01", "x"]
+    assert len(buf) == 0 and buf.bytes == 0
+
+
+def test_replay_buffer_drop_oldest_returns_its_size():
+    buf = ReplayBuffer()
+    buf.append(b"aaaa")
+    buf.append(b"bb")
+    assert buf.drop_oldest() == 4
+    assert buf.bytes == 2 and buf.drain() == [b"bb"]
+
+
+def test_memory_budget_fits_takes_and_gives_back():
+    budget = MemoryBudget(100)
+    assert budget.fits(100) and not budget.fits(101)
+    budget.take(60)
+    assert budget.fits(40) and not budget.fits(41)
+    budget.give_back(50)
+    assert budget.used == 10 and budget.high_water == 60
+
+
+# -- through the proxy
+
+
+def _outage(h, *urls):
+    """Backends that refuse, so every pipe buffers."""
+    return [h.backend(url, mode="refuse") for url in urls]
+
+
+def test_buffer_overflow_closes_only_that_client_with_1013():
+    h = harness(buffer_limit=1000, max_message_size=500, backoff="fixed", backoff_base=1)
+    (b1,) = _outage(h, "ws://b1/")
+    greedy, modest = h.client(), h.client()
+    modest.send("m" * 300)
+    for _ in range(3):
+        greedy.send("g" * 400)
+    assert greedy.close is not None
+    assert (greedy.close.code, greedy.close.reason) == (1013, "buffer limit reached")
+    assert modest.close is None
+    b1.mode = "accept"
+    h.advance(2)
+    assert b1.messages() == ["m" * 300]
+    assert h.proxy.budget.used == 0
+
+
+def test_buffer_limit_counts_in_progress_fragments():
+    from wsproto.events import BytesMessage
+
+    h = harness(buffer_limit=1000, max_message_size=1000)
+    _outage(h, "ws://b1/")
+    c = h.client()
+    c.send(b"a" * 600)
+    c.send_raw(c.ws.send(BytesMessage(data=b"b" * 300, message_finished=False)))
+    assert h.proxy.pipes()[0].buffered_bytes == 600 and h.proxy.budget.used == 900
+    c.send_raw(c.ws.send(BytesMessage(data=b"b" * 300, message_finished=False)))
+    assert c.close is not None and c.close.code == 1013
+
+
+def test_global_memory_budget_is_enforced_across_pipes():
+    h = harness(buffer_limit=1000, max_message_size=1000, memory_budget=1500)
+    _outage(h, "ws://b1/")
+    a, b = h.client(), h.client()
+    a.send(b"a" * 900)
+    b.send(b"b" * 500)
+    assert h.proxy.budget.used == 1400
+    b.send(b"b" * 200)  # within b's own limit, over the budget
+    assert b.close is not None and b.close.code == 1013
+    assert a.close is None
+    assert h.proxy.budget.used == 900 and h.proxy.budget.high_water == 1400
+
+
+def test_pause_policy_pauses_client_loses_nothing_and_resumes_after_flush():
+    h = harness(buffer_policy="pause", buffer_limit=1000, max_message_size=400,
+                backoff="fixed", backoff_base=1)
+    (b1,) = _outage(h, "ws://b1/")
+    c = h.client()
+    sent = [f"{i}:" + "p" * 300 for i in range(6)]
+    for message in sent:
+        c.send(message)
+    assert c.paused and c.close is None
+    assert h.proxy.pipes()[0].buffered_bytes <= 1000
+    b1.mode = "accept"
+    h.advance(2)  # the retry after the failed attempt excludes b1; the next one takes it
+    assert not c.paused
+    c.send("last")
+    assert b1.messages() == [*sent, "last"]
+    assert h.proxy.budget.used == 0
+
+
+def test_pause_policy_on_global_budget_resumes_when_budget_is_freed():
+    """A pipe paused because *other* pipes filled the budget reads again once they free it."""
+    from wsproto.events import TextMessage
+
+    h = harness(buffer_policy="pause", buffer_limit=1000, max_message_size=1000,
+                memory_budget=1200, backoff="fixed", backoff_base=1)
+    b1 = h.backend("ws://b1/")
+    linked = h.client()
+    b1.mode = "refuse"
+    waiting = h.client()
+    waiting.send("w" * 900)  # buffered: the budget is nearly used up
+    linked.send_raw(linked.ws.send(TextMessage(data="a" * 400, message_finished=False)))
+    assert linked.paused  # its in-progress message does not fit in the budget
+    b1.mode = "accept"
+    h.advance(2)  # the waiting pipe links and flushes: the budget is free again
+    assert b1.links[-1].received == ["w" * 900]
+    assert not linked.paused
+    linked.send_raw(linked.ws.send(TextMessage(data="b", message_finished=True)))
+    assert b1.links[0].received == ["a" * 400 + "b"]
+    assert h.proxy.budget.used == 0
+
+
+def test_drop_oldest_policy_drops_oldest_messages_and_counts_them():
+    events = []
+
+    class Recorder:
+        @hookimpl
+        def wspipe_pipe_event(self, event):
+            events.append(event)
+
+    h = harness(buffer_policy="drop_oldest", buffer_limit=1000, max_message_size=500,
+                backoff="fixed", backoff_base=1, plugins=[Recorder()])
+    (b1,) = _outage(h, "ws://b1/")
+    c = h.client()
+    for i in range(5):
+        c.send(f"{i}" + "d" * 299)
+    assert c.close is None
+    assert h.proxy.stats.messages_dropped == 2
+    b1.mode = "accept"
+    h.advance(2)
+    assert b1.messages() == [f"{i}" + "d" * 299 for i in (2, 3, 4)]
+    resumed = [e for e in events if e.kind is PipeEventKind.LINKED]
+    assert resumed[-1].extra["dropped_messages"] == 2
+
+
+def test_drop_oldest_with_nothing_left_to_drop_closes_with_1013():
+    from wsproto.events import BytesMessage
+
+    h = harness(buffer_policy="drop_oldest", buffer_limit=1000, max_message_size=1000,
+                memory_budget=1000)
+    _outage(h, "ws://b1/")
+    a, b = h.client(), h.client()
+    a.send(b"a" * 600)
+    b.send_raw(b.ws.send(BytesMessage(data=b"b" * 600, message_finished=False)))
+    assert b.close is not None and b.close.code == 1013
+    assert a.close is None and h.proxy.budget.used == 600
+
+
+@pytest.mark.parametrize("answer", [BufferFullAction.CLOSE, "nonsense", None])
+def test_buffer_full_hook_answers_other_than_an_action_close(answer):
+    class Policy:
+        @hookimpl(tryfirst=True)
+        def wspipe_buffer_full(self):
+            return answer
+
+    h = harness(buffer_policy="pause", buffer_limit=1000, max_message_size=1000,
+                plugins=[Policy()])
+    _outage(h, "ws://b1/")
+    c = h.client()
+    c.send(b"x" * 600)
+    c.send(b"x" * 600)
+    if answer is None:  # None falls through to the built-in policy (pause)
+        assert c.paused and c.close is None
+    else:
+        assert c.close is not None and c.close.code == 1013
