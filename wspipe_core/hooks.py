@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import inspect
 import logging
 import random
+import types
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -38,6 +41,14 @@ ENTRYPOINT_GROUP = "wspipe"
 #: Names of the built-in plugins (block one to replace it entirely).
 BUILTIN_NAMES = ("wspipe.client_id", "wspipe.strategy", "wspipe.backoff", "wspipe.buffer_policy")
 
+#: Distributions whose ``wspipe`` entry points are a catalogue, not loaded at start-up:
+#: wspipe's own first-party plugins (``wspipe_plugins``) compete with each other (one
+#: strategy, one buffer policy), so each is loaded only when named (``--plugin NAME``).
+OPT_IN_DISTRIBUTIONS = frozenset({"wspipe"})
+
+#: Prefix of a plugin spec that blocks a name instead of loading it (``no:wspipe.strategy``).
+BLOCK_PREFIX = "no:"
+
 
 def make_plugin_manager(
     config: ProxyConfig,
@@ -48,14 +59,25 @@ def make_plugin_manager(
 ) -> pluggy.PluginManager:
     """Build a plugin manager with the specs, the built-ins and the given plugins.
 
+    Registration order (later plugins are called first, so they win): the
+    built-ins (``trylast``), then the ``wspipe`` entry points of other distributions
+    (with ``load_entrypoints``), then ``plugins`` in order.
+
     :param config: Chooses the built-in strategy, backoff and buffer policy.
-    :param plugins: Plugin objects or importable module paths, registered after the
-        built-ins (so they win).
-    :param load_entrypoints: Also load plugins from the ``wspipe`` entry-point group.
-    :param blocked: Plugin names not to register (built-in or entry-point names).
-    :raises ConfigError: A plugin fails to import, its strategy name is unknown, or it
-        implements a hook that does not exist.
+    :param plugins: Plugin objects, entry-point names (``"weighted"``) or importable
+        module paths, registered after the built-ins (see :func:`register_plugin`);
+        ``"no:NAME"`` blocks ``NAME`` like ``blocked``.
+    :param load_entrypoints: Also load the plugins of the ``wspipe`` entry-point group
+        that other distributions install (wspipe's own are loaded only when named).
+    :param blocked: Plugin names not to register (built-in, entry-point names or
+        module paths), e.g. ``"wspipe.strategy"``.
+    :raises ConfigError: A plugin fails to import, the strategy name is unknown, or a
+        plugin implements a hook that does not exist; the message names the plugin.
     """
+    plugins = list(plugins)
+    blocked = [*blocked, *(p[len(BLOCK_PREFIX):] for p in plugins
+                           if isinstance(p, str) and p.startswith(BLOCK_PREFIX))]
+    plugins = [p for p in plugins if not (isinstance(p, str) and p.startswith(BLOCK_PREFIX))]
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     for name in blocked:
@@ -76,34 +98,125 @@ def make_plugin_manager(
         if not pm.is_blocked(name):
             pm.register(plugin, name=name)
     if load_entrypoints:
-        try:
-            pm.load_setuptools_entrypoints(ENTRYPOINT_GROUP)
-        except Exception as exc:
-            raise ConfigError(f"cannot load entry-point plugins: {exc}") from None
+        for ep in _entry_points():
+            if _is_opt_in(ep) or pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+                continue
+            _register(pm, _load_entry_point(ep), ep.name)
     for plugin in plugins:
         register_plugin(pm, plugin)
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise ConfigError(f"plugin {pm.get_name(exc.plugin)!r}: {exc}") from None
+    check_plugins(pm)
     return pm
 
 
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRYPOINT_GROUP))
+
+
+def _is_opt_in(ep: importlib.metadata.EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    return dist is not None and dist.name in OPT_IN_DISTRIBUTIONS
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> object:
+    try:
+        return ep.load()
+    except Exception as exc:
+        raise ConfigError(f"cannot load plugin {ep.name!r} ({ep.value}): "
+                          f"{type(exc).__name__}: {exc}") from None
+
+
+def available_plugins() -> list[tuple[str, str, bool]]:
+    """Every plugin of the ``wspipe`` entry-point group: (name, target, loaded at start-up).
+
+    The last field is ``False`` for first-party plugins, loaded only when named.
+    """
+    return [(ep.name, ep.value, not _is_opt_in(ep)) for ep in _entry_points()]
+
+
 def register_plugin(pm: pluggy.PluginManager, plugin: object | str) -> None:
-    """Register a plugin object, or import a module path and register the module."""
-    name: str | None = None
-    if isinstance(plugin, str):
-        name = plugin
-        if pm.is_blocked(name) or pm.has_plugin(name):
-            return
+    """Register a plugin object, an entry-point name or a module path.
+
+    A string is looked up first as a name in the ``wspipe`` entry-point group
+    (``"weighted"``), then imported as a module path (``"my_plugins.sticky"``); the
+    plugin is registered under that string, so it is also the name that blocks it.
+    ``"no:NAME"`` blocks ``NAME`` (it must come before ``NAME`` is registered). A plugin
+    already registered (under any name) is skipped.
+
+    :raises ConfigError: The plugin cannot be imported or loaded, or it implements a
+        hook that does not exist; the message names it.
+    """
+    if not isinstance(plugin, str):
+        kind = type(plugin)
+        name = (plugin.__name__ if isinstance(plugin, types.ModuleType)
+                else f"{kind.__module__}.{kind.__qualname__}")
+        if not (pm.is_registered(plugin) or pm.is_blocked(name)):
+            # A second object of the same class gets pluggy's default (unique) name.
+            _register(pm, plugin, None if pm.has_plugin(name) else name)
+        return
+    name = plugin
+    if name.startswith(BLOCK_PREFIX):
+        pm.set_blocked(name[len(BLOCK_PREFIX):])
+        return
+    if pm.is_blocked(name) or pm.has_plugin(name):
+        return
+    ep = next((e for e in _entry_points() if e.name == name), None)
+    if ep is not None:
+        obj = _load_entry_point(ep)
+    else:
         try:
-            plugin = importlib.import_module(plugin)
+            obj = importlib.import_module(name)
         except Exception as exc:
-            raise ConfigError(f"cannot import plugin {name!r}: {exc}") from None
+            raise ConfigError(
+                f"cannot import plugin {name!r}: {type(exc).__name__}: {exc}") from None
+    if not pm.is_registered(obj):
+        _register(pm, obj, name)
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:
+    shown = name or pm.get_canonical_name(plugin)
+    _check_names(plugin, shown)
     try:
         pm.register(plugin, name=name)
     except (pluggy.PluginValidationError, ValueError) as exc:
-        raise ConfigError(f"plugin {name or plugin!r}: {exc}") from None
+        raise ConfigError(f"plugin {shown!r}: {exc}") from None
+
+
+def _check_names(plugin: object, name: str) -> None:
+    """Refuse attributes named like hooks that are no hook or lack ``@hookimpl``."""
+    known = {n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_")}
+    for attr in dir(plugin):
+        if not attr.startswith(f"{hookspecs.PROJECT}_"):
+            continue
+        value = getattr(plugin, attr, None)
+        if not inspect.isroutine(value):
+            continue
+        if attr not in known:
+            raise ConfigError(f"plugin {name!r} implements unknown hook {attr!r}")
+        if not hasattr(value, f"{hookspecs.PROJECT}_impl"):
+            raise ConfigError(f"plugin {name!r}: {attr} is not marked with @hookimpl")
+
+
+def check_plugins(pm: pluggy.PluginManager) -> None:
+    """Raise :class:`ConfigError` naming a plugin that implements an unknown hook."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        hook = str(exc).split("'")[1] if "'" in str(exc) else "?"
+        raise ConfigError(
+            f"plugin {pm.get_name(exc.plugin)!r} implements unknown hook {hook!r}") from None
+
+
+def describe_plugins(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
+    """The registered plugins in call order (first called first), with their hooks.
+
+    For ``wspipe plugins``: one ``(name, [hook names])`` per plugin.
+    """
+    hooks: dict[int, list[str]] = {}
+    for hook_name in sorted(n for n in dir(pm.hook) if n.startswith(f"{hookspecs.PROJECT}_")):
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            hooks.setdefault(id(impl.plugin), []).append(hook_name)
+    return [(name, hooks.get(id(plugin), []))
+            for name, plugin in reversed(pm.list_name_plugin()) if plugin is not None]
 
 
 class Hooks:
@@ -115,8 +228,12 @@ class Hooks:
         self._config = config
 
     def configure(self) -> None:
-        """Call ``wspipe_configure``; exceptions propagate (start-up must stop)."""
-        self._hook.wspipe_configure(config=self._config)
+        """Call ``wspipe_configure``; exceptions propagate (start-up must stop).
+
+        Plugins registered by ``wspipe_configure`` itself are checked afterwards.
+        """
+        self._hook.wspipe_configure(config=self._config, pm=self.pm)
+        check_plugins(self.pm)
 
     def client_id(self, request: RequestInfo) -> str | None:
         try:

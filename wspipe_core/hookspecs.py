@@ -34,14 +34,23 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def wspipe_configure(config: ProxyConfig) -> None:
+def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
     """Read the configuration once, before the proxy handles anything.
+
+    Every implementation is called. A plugin module that keeps state registers a
+    configured object here, once per proxy (pytest's ``pytest_configure`` pattern)::
+
+        @hookimpl
+        def wspipe_configure(config, pm):
+            pm.register(MyStrategy(config.plugin_settings.get("my", {})), name="my.strategy")
 
     :param config: The proxy's configuration; a plugin's own settings are in
         ``config.plugin_settings.get(NAME, {})`` (the ``[plugins.NAME]`` table).
+    :param pm: The proxy's plugin manager: register or block plugins here.
 
-    Called: once per proxy, when it is constructed. Raise ``ConfigError`` to refuse
-    the settings; start-up stops with that message.
+    Called: once per proxy, when it is constructed, before any other hook. Raise
+    ``ConfigError`` to refuse the settings; start-up stops with that message.
+    Plugins registered here are checked like the others (unknown hooks stop start-up).
     """
 
 

@@ -1,0 +1,1 @@
+"""Client authentication: each answers ``wspipe_authenticate`` (and maybe ``wspipe_client_id``)."""

@@ -1,0 +1,1 @@
+"""Buffer policies: each answers ``wspipe_buffer_full``."""

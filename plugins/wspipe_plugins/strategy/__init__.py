@@ -1,0 +1,1 @@
+"""Backend-selection strategies: each answers ``wspipe_select_backend``."""
