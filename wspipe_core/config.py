@@ -111,8 +111,17 @@ class ProxyConfig:
             raise ConfigError("buffer_limit must not exceed memory_budget")
         if self.max_errors is not None and self.max_errors <= 0:
             raise ConfigError(f"max_errors must be a positive integer, got {self.max_errors!r}")
+        for name in ("backends", "subprotocols", "forward_headers"):
+            # A bare string would be searched by substring ("chat" allows "ha").
+            value = getattr(self, name)
+            if (not isinstance(value, tuple | list)
+                    or not all(isinstance(item, str) for item in value)):
+                raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        if not isinstance(self.interruption_codes, frozenset | set):
+            raise ConfigError(
+                f"interruption_codes must be a set of close codes, got {self.interruption_codes!r}")
         for code in self.interruption_codes:
-            if not (1000 <= code <= 4999):
+            if not isinstance(code, int) or isinstance(code, bool) or not (1000 <= code <= 4999):
                 raise ConfigError(f"interruption_codes: {code} is not a WebSocket close code")
         if self.buffer_policy not in ("close", "pause", "drop_oldest"):
             raise ConfigError(
@@ -134,7 +143,7 @@ class ProxyConfig:
             name = key.replace("-", "_")
             if name not in known:
                 raise ConfigError(f"unknown configuration key {key!r}")
-            if name == "interruption_codes":
+            if name == "interruption_codes" and isinstance(value, list | tuple | set):
                 value = frozenset(value)
             elif isinstance(value, list):
                 value = tuple(value)

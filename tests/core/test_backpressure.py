@@ -1,0 +1,86 @@
+"""Flow control: a side is not read while the other side's outbox is over high water."""
+
+from __future__ import annotations
+
+from wspipe_core import actions as act
+
+from .helpers import harness
+
+
+def _actions(h, kind):
+    return [a for a in h.actions if isinstance(a, kind)]
+
+
+def test_client_paused_at_high_water_of_link_outbox_and_resumed_at_low_water():
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    h.ack()
+    c.send("a" * 600)
+    assert not c.paused
+    c.send("b" * 600)  # the link's outbox is over 1000 unsent bytes
+    assert c.paused and len(_actions(h, act.PauseClient)) == 1
+    h.ack()  # the driver wrote it all
+    assert not c.paused and len(_actions(h, act.ResumeClient)) == 1
+    assert b1.messages() == ["a" * 600, "b" * 600]
+
+
+def test_client_stays_paused_until_link_outbox_is_below_low_water():
+    from wspipe_core import events as ev
+
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False)
+    h.backend("ws://b1/")
+    c = h.client()
+    h.ack()
+    c.send("a" * 1200)
+    assert c.paused
+    link_id = next(iter(h.proxy._links))
+    pending = h.unacked.pop(("l", link_id))
+    h.feed(ev.LinkDataSent(link_id, pending - 150))  # 150 bytes still unsent
+    assert c.paused
+    h.feed(ev.LinkDataSent(link_id, 50))
+    assert not c.paused
+
+
+def test_link_paused_at_high_water_of_client_outbox_and_resumed_at_low_water():
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    h.ack()
+    link = b1.links[0]
+    link.send(b"x" * 700)
+    assert _actions(h, act.PauseLink) == []
+    link.send(b"y" * 700)
+    assert [a.link for a in _actions(h, act.PauseLink)] == [link.link]
+    h.ack()
+    assert [a.link for a in _actions(h, act.ResumeLink)] == [link.link]
+    assert c.received == [b"x" * 700, b"y" * 700]
+
+
+def test_new_link_is_paused_at_once_if_client_outbox_is_over_high_water():
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False)
+    b1 = h.backend("ws://b1/")
+    b2 = h.backend("ws://b2/")
+    h.client()
+    h.ack()
+    b1.links[0].send(b"x" * 1500)
+    b1.links[0].eof()
+    assert [a.link for a in _actions(h, act.PauseLink)] == [b1.links[0].link, b2.links[0].link]
+    h.ack()
+    assert [a.link for a in _actions(h, act.ResumeLink)] == [b2.links[0].link]
+
+
+def test_replayed_buffer_over_high_water_pauses_client_until_written():
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False,
+                backoff="fixed", backoff_base=1)
+    b1 = h.backend("ws://b1/", mode="refuse")
+    c = h.client()
+    h.ack()
+    for _ in range(3):
+        c.send("z" * 500)  # buffered: the client is read, nothing to backpressure yet
+    assert not c.paused
+    b1.mode = "accept"
+    h.advance(2)  # replays 1500 bytes to the new link
+    assert c.paused
+    h.ack()
+    assert not c.paused and b1.messages() == ["z" * 500] * 3
