@@ -146,21 +146,25 @@ def core_runner(direction: str) -> tuple[Callable[[list[bytes]], int], CoreRig]:
         def feed(chunks: list[bytes]) -> int:
             total = 0
             for chunk in chunks:
+                n = 0
                 for action in handle(ev.ClientDataReceived(conn, chunk), NOW):
                     if type(action) is send_to_link:
-                        n = len(action.data)
-                        total += n
-                        handle(ev.LinkDataSent(link, n), NOW)
+                        n += len(action.data)
+                if n:  # the driver joins queued writes and reports each write once
+                    handle(ev.LinkDataSent(link, n), NOW)
+                    total += n
             return total
     else:
         def feed(chunks: list[bytes]) -> int:
             total = 0
             for chunk in chunks:
+                n = 0
                 for action in handle(ev.LinkDataReceived(link, chunk), NOW):
                     if type(action) is send_to_client:
-                        n = len(action.data)
-                        total += n
-                        handle(ev.ClientDataSent(conn, n), NOW)
+                        n += len(action.data)
+                if n:
+                    handle(ev.ClientDataSent(conn, n), NOW)
+                    total += n
             return total
     return feed, rig
 

@@ -1,0 +1,636 @@
+"""End-to-end benchmark over loopback: throughput, latency, idle memory and failover.
+
+Every party is its own process, all on 127.0.0.1:
+
+* echo backends: ``websockets`` on asyncio + uvloop (compression off), echoing each
+  message; in ``--tag`` mode (failover only) they answer ``"<port> <message>"``;
+* the load generator: ``websockets`` on uvloop, closed loop — each connection sends
+  one message and awaits its echo, again and again, for ``--duration`` seconds;
+* the targets, measured in the same run and interleaved:
+
+  ``direct``          load generator -> backend, no proxy
+  ``wspipe-asyncio``  ``python -m wspipe_anyio serve --async-lib asyncio`` (uvloop)
+  ``wspipe-trio``     ``python -m wspipe_anyio serve --async-lib trio``
+  ``floor-asyncio``   ``benchmarks/floor_relay.py`` on asyncio (uvloop): wsproto + anyio,
+                      no wspipe logic — the floor of our own stack
+  ``floor-trio``      the same on trio
+
+Sections (``--sections``, default all):
+
+``throughput``  msgs/s (round trips), p50/p99 round-trip latency and the target's CPU
+                time per round trip, per message size, with ``--connections`` clients.
+                Each cell runs ``--repeat`` times; medians are shown.
+``idle``        RSS per idle pipe: a fresh target process, VmRSS before and after
+                ``--idle`` clients connect and each completes one echo (so every link
+                is open), divided by the number of clients.
+``failover``    wspipe with two backends; one client sends a numbered message every
+                ``--interval`` seconds; the backend its pipe is on is SIGKILLed; the time
+                from the kill to the first echo from the other backend is the failover
+                time (the first link attempt after an interruption has no backoff, so
+                nothing is subtracted). The killed backend is restarted for the next trial.
+
+Quick mode (< 60 s)::
+
+    python benchmarks/e2e.py --quick
+
+Full run, one section at a time (each < 2 min)::
+
+    python benchmarks/e2e.py --sections throughput --sizes 64 --repeat 3 --duration 4
+    python benchmarks/e2e.py --sections throughput --sizes 1KiB --repeat 3 --duration 4
+    python benchmarks/e2e.py --sections throughput --sizes 64KiB --repeat 3 --duration 4
+    python benchmarks/e2e.py --sections idle,failover
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import queue
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+HOST = "127.0.0.1"
+ALL_TARGETS = ("direct", "wspipe-asyncio", "wspipe-trio", "floor-asyncio", "floor-trio")
+PROXIES = ALL_TARGETS[1:]
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            try:
+                sock.connect((HOST, port))
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {HOST}:{port} after {timeout}s")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile(want: int = 65536) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(want, hard) if hard != resource.RLIM_INFINITY else want
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().lower()
+    for suffix, mult in (("kib", 1024), ("k", 1024), ("mib", 1 << 20), ("m", 1 << 20),
+                         ("b", 1)):
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * mult)
+    return int(text)
+
+
+def size_label(size: int) -> str:
+    return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
+
+
+def use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def pctl(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+# ----------------------------------------------------------------------------- child roles
+
+
+async def _backend_main(port: int, tag: bool) -> None:
+    from websockets.asyncio.server import serve
+
+    prefix = f"{port} "
+
+    async def echo(ws: Any) -> None:
+        with contextlib.suppress(Exception):  # a benchmark peer going away is normal
+            async for message in ws:
+                await ws.send(prefix + message if tag and isinstance(message, str) else message)
+
+    async with serve(echo, HOST, port, compression=None, max_size=None, ping_interval=None,
+                     backlog=4096):
+        print("ready", flush=True)
+        await asyncio.Future()
+
+
+async def _load_main(url: str, conns: int, size: int, duration: float, warmup: float) -> None:
+    from websockets.asyncio.client import connect
+
+    payload = bytes(size)
+    sockets = [await connect(url.replace("{uuid}", str(uuid.uuid4())), compression=None,
+                             max_size=None, ping_interval=None)
+               for _ in range(conns)]
+    latencies: list[float] = []
+    counting = False
+    count = 0
+    stop = False
+    clock = time.perf_counter
+
+    async def loop(ws: Any) -> None:
+        nonlocal count
+        send, recv = ws.send, ws.recv
+        while not stop:
+            t0 = clock()
+            await send(payload)
+            reply = await recv()
+            if counting:
+                latencies.append(clock() - t0)
+                count += 1
+            if len(reply) != size:
+                raise RuntimeError(f"echo of {len(reply)} bytes, sent {size}")
+
+    tasks = [asyncio.ensure_future(loop(ws)) for ws in sockets]
+    await asyncio.sleep(warmup)
+    counting = True
+    print(json.dumps({"event": "start"}), flush=True)
+    start = clock()
+    await asyncio.sleep(duration)
+    counting = False
+    elapsed = clock() - start
+    print(json.dumps({"event": "stop"}), flush=True)
+    stop = True
+    await asyncio.wait(tasks, timeout=10)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    for ws in sockets:
+        await ws.close()
+    print(json.dumps({"event": "result", "messages": count, "elapsed": elapsed,
+                      "p50": pctl(latencies, 0.5), "p99": pctl(latencies, 0.99)}), flush=True)
+
+
+async def _idle_main(url: str, conns: int, concurrency: int) -> None:
+    from websockets.asyncio.client import connect
+
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> Any:
+        async with sem:
+            ws = await connect(url.replace("{uuid}", str(uuid.uuid4())), compression=None,
+                               ping_interval=None, open_timeout=30)
+            await ws.send(b"x")
+            await ws.recv()
+            return ws
+
+    start = time.perf_counter()
+    sockets = await asyncio.gather(*(one(i) for i in range(conns)))
+    print(json.dumps({"event": "ready", "seconds": time.perf_counter() - start}), flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)  # the parent says when
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+
+
+async def _failover_client(url: str, interval: float) -> None:
+    """Send numbered text messages; print every echo; obey 'quit' on stdin."""
+    from websockets.asyncio.client import connect
+
+    ws = await connect(url, compression=None, ping_interval=None)
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    async def sender() -> None:
+        seq = 0
+        while not done.is_set():
+            await ws.send(f"{seq} {time.monotonic()!r}")
+            seq += 1
+            await asyncio.sleep(interval)
+
+    async def receiver() -> None:
+        async for message in ws:
+            port, seq, _ = message.split(" ", 2)
+            print(f"{time.monotonic()!r} {port} {seq}", flush=True)
+
+    async def control() -> None:
+        await loop.run_in_executor(None, sys.stdin.readline)
+        done.set()
+
+    print("ready", flush=True)
+    tasks = [asyncio.ensure_future(c) for c in (sender(), receiver(), control())]
+    await tasks[2]
+    for task in tasks[:2]:
+        task.cancel()
+    await ws.close()
+
+
+def child_main(argv: list[str]) -> int:
+    role = argv[0]
+    parser = argparse.ArgumentParser(prog=f"e2e.py {role}")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--tag", action="store_true")
+    parser.add_argument("--url")
+    parser.add_argument("--conns", type=int, default=50)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--concurrency", type=int, default=100)
+    parser.add_argument("--interval", type=float, default=0.002)
+    args = parser.parse_args(argv[1:])
+    raise_nofile()
+    use_uvloop()
+    if role == "_backend":
+        asyncio.run(_backend_main(args.port, args.tag))
+    elif role == "_load":
+        asyncio.run(_load_main(args.url, args.conns, args.size, args.duration, args.warmup))
+    elif role == "_idle":
+        asyncio.run(_idle_main(args.url, args.conns, args.concurrency))
+    elif role == "_failover_client":
+        asyncio.run(_failover_client(args.url, args.interval))
+    else:
+        raise SystemExit(f"unknown role {role}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[str]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+@dataclass
+class Procs:
+    """Every process this script started; stopped (by pid) at exit."""
+
+    items: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, cmd: list[str], port: int, *, stdin: bool = False,
+              wait: bool = True) -> Proc:
+        popen = subprocess.Popen(
+            cmd, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=None,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+        proc = Proc(name, popen, port)
+        self.items.append(proc)
+        if wait:
+            wait_port(port, popen)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.items):
+            proc.stop()
+        self.items.clear()
+
+
+def start_backend(procs: Procs, port: int | None = None, tag: bool = False) -> Proc:
+    port = port or free_port()
+    cmd = [sys.executable, str(HERE / "e2e.py"), "_backend", "--port", str(port)]
+    return procs.start(f"backend:{port}", cmd + (["--tag"] if tag else []), port)
+
+
+def start_target(procs: Procs, target: str, backends: list[str]) -> Proc:
+    port = free_port()
+    if target.startswith("wspipe-"):
+        cmd = [sys.executable, "-m", "wspipe_anyio", "serve", "--listen", f"{HOST}:{port}",
+               "--async-lib", target.split("-", 1)[1], "--log-level", "warning",
+               "--no-entrypoints", "--max-connections", "20000"]
+        for url in backends:
+            cmd += ["--backend", url]
+    elif target.startswith("floor-"):
+        cmd = [sys.executable, str(HERE / "floor_relay.py"), "--listen", f"{HOST}:{port}",
+               "--backend", backends[0], "--async-lib", target.split("-", 1)[1]]
+    else:
+        raise ValueError(target)
+    return procs.start(target, cmd, port)
+
+
+def target_url(target: str, proxies: dict[str, Proc], backend_port: int,
+               path: str | None = None) -> str:
+    port = backend_port if target == "direct" else proxies[target].port
+    return f"ws://{HOST}:{port}{path if path is not None else '/' + str(uuid.uuid4())}"
+
+
+#: Each client of the load generator replaces this with a fresh UUID (its client id).
+PER_CLIENT = "/{uuid}"
+
+
+def run_child(args: list[str], timeout: float) -> list[dict[str, Any]]:
+    out = subprocess.run([sys.executable, str(HERE / "e2e.py"), *args], cwd=ROOT, text=True,
+                         capture_output=True, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({out.returncode}): {out.stderr.strip()[-2000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+class LineReader:
+    """Lines of a child's stdout, read by a thread, with a timeout per line."""
+
+    def __init__(self, stream: Any) -> None:
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _run(self, stream: Any) -> None:
+        for line in stream:
+            self._queue.put(line)
+        self._queue.put("")
+
+    def readline(self, timeout: float = 10.0) -> str:
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"no output from the child within {timeout}s") from None
+        if not line:
+            raise RuntimeError("the child exited")
+        return line
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
+    backend = start_backend(procs)
+    backend_url = f"ws://{HOST}:{backend.port}"
+    proxies = {t: start_target(procs, t, [backend_url]) for t in args.targets if t != "direct"}
+    rows: list[dict[str, Any]] = []
+    for size in args.sizes:
+        runs: dict[str, list[dict[str, float]]] = {t: [] for t in args.targets}
+        for rep in range(args.repeat):
+            for target in args.targets:
+                url = target_url(target, proxies, backend.port, PER_CLIENT)
+                pid = proxies[target].pid if target in proxies else backend.pid
+                cmd = ["_load", "--url", url, "--conns", str(args.connections), "--size",
+                       str(size), "--duration", str(args.duration), "--warmup",
+                       str(args.warmup)]
+                cpu0 = cpu_seconds(pid)
+                result = run_child(cmd, timeout=args.duration + args.warmup + 60)[-1]
+                cpu = cpu_seconds(pid) - cpu0
+                rate = result["messages"] / result["elapsed"]
+                # CPU is counted over the whole child run (warm-up included).
+                total = rate * (args.duration + args.warmup)
+                runs[target].append({"rate": rate, "p50": result["p50"], "p99": result["p99"],
+                                     "cpu_us": cpu / total * 1e6 if total else float("nan")})
+                log(f"  {size_label(size):>7} {target:<15} run {rep + 1}: {rate:>9,.0f} msgs/s"
+                    f"  p50 {result['p50'] * 1e3:6.2f} ms  p99 {result['p99'] * 1e3:6.2f} ms"
+                    f"  {'proxy' if target in proxies else 'backend'} CPU "
+                    f"{runs[target][-1]['cpu_us']:.0f} us/msg")
+        for target in args.targets:
+            med = {k: statistics.median(r[k] for r in runs[target]) for k in runs[target][0]}
+            rows.append({"size": size, "target": target, **med,
+                         "rates": [r["rate"] for r in runs[target]]})
+    return rows
+
+
+def section_idle(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
+    backend = start_backend(procs)
+    backend_url = f"ws://{HOST}:{backend.port}"
+    rows: list[dict[str, Any]] = []
+    for target in [t for t in args.targets if t != "direct"]:
+        proxy = start_target(procs, target, [backend_url])
+        try:
+            # Warm up: one client, one echo, gone; then let the process settle.
+            run_child(["_idle", "--url", target_url(target, {target: proxy}, 0, PER_CLIENT),
+                       "--conns", "1"], timeout=30)
+            time.sleep(0.5)
+            before = rss_kib(proxy.pid)
+            idle = subprocess.Popen(
+                [sys.executable, str(HERE / "e2e.py"), "_idle", "--url",
+                 target_url(target, {target: proxy}, 0, PER_CLIENT), "--conns", str(args.idle)],
+                cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            procs.items.append(Proc("idle-clients", idle, 0))
+            assert idle.stdout is not None and idle.stdin is not None
+            line = idle.stdout.readline()
+            if not line:
+                raise RuntimeError(f"idle clients failed on {target}")
+            ready = json.loads(line)
+            time.sleep(1.0)
+            after = rss_kib(proxy.pid)
+            idle.stdin.write("done\n")
+            idle.stdin.flush()
+            idle.wait(60)
+            per_pipe = (after - before) / args.idle
+            rows.append({"target": target, "before_kib": before, "after_kib": after,
+                         "per_pipe_kib": per_pipe, "connect_s": ready["seconds"]})
+            log(f"  idle {target:<15} {before:,} KiB -> {after:,} KiB with {args.idle} clients:"
+                f" {per_pipe:.1f} KiB per pipe (connected in {ready['seconds']:.1f} s)")
+        finally:
+            proxy.stop()
+    return rows
+
+
+def section_failover(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for target in [t for t in args.targets if t.startswith("wspipe-")]:
+        backends = {p.port: p for p in (start_backend(procs, tag=True),
+                                        start_backend(procs, tag=True))}
+        proxy = start_target(procs, target, [f"ws://{HOST}:{port}" for port in backends])
+        client = subprocess.Popen(
+            [sys.executable, str(HERE / "e2e.py"), "_failover_client", "--url",
+             target_url(target, {target: proxy}, 0), "--interval", str(args.interval)],
+            cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        procs.items.append(Proc("failover-client", client, 0))
+        assert client.stdout is not None and client.stdin is not None
+        lines = LineReader(client.stdout)
+        if lines.readline().strip() != "ready":
+            raise RuntimeError("failover client did not start")
+        times: list[float] = []
+        lost: list[int] = []
+        try:
+            for trial in range(args.trials):
+                # Find the backend of the pipe: the port in the latest echo.
+                line = lines.readline().split()
+                current = int(line[1])
+                last_seq = int(line[2])
+                victim = backends[current]
+                t_kill = time.monotonic()
+                os.kill(victim.pid, signal.SIGKILL)
+                first = None
+                seqs: list[int] = []
+                deadline = t_kill + 10
+                while time.monotonic() < deadline:
+                    stamp, port, seq = lines.readline().split()
+                    if int(port) != current:
+                        first = float(stamp)
+                        seqs.append(int(seq))
+                        break
+                    last_seq = int(seq)
+                if first is None:
+                    raise RuntimeError(f"{target}: no echo from another backend after kill")
+                victim.popen.wait(5)
+                procs.items.remove(victim)
+                # Sequence numbers between the last echo of the old backend and the first
+                # of the new one that never come back were lost (at-most-once window).
+                for _ in range(20):
+                    stamp, port, seq = lines.readline().split()
+                    seqs.append(int(seq))
+                gap = sorted(set(range(last_seq + 1, seqs[0])) - set(seqs))
+                ms = (first - t_kill) * 1e3
+                times.append(ms)
+                lost.append(len(gap))
+                log(f"  failover {target:<15} trial {trial + 1}: {ms:6.1f} ms "
+                    f"(kill -> first echo from the other backend), {len(gap)} message(s) lost")
+                backends[current] = start_backend(procs, port=current, tag=True)
+                time.sleep(0.3)
+            rows.append({"target": target, "median_ms": statistics.median(times),
+                         "max_ms": max(times), "min_ms": min(times), "trials": times,
+                         "lost": lost})
+        finally:
+            client.stdin.write("quit\n")
+            client.stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                client.wait(10)
+            proxy.stop()
+            for backend in backends.values():
+                backend.stop()
+    return rows
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
+    print(f"\nwspipe end to end, loopback, python {platform.python_version()}, "
+          f"{os.cpu_count()} CPUs")
+    if "throughput" in results:
+        rows = results["throughput"]
+        print(f"\n### Throughput and latency ({args.connections} connections, closed loop, "
+              f"binary messages, median of {args.repeat} x {args.duration:g} s)\n")
+        print("| size | target | msgs/s | vs floor | p50 ms | p99 ms | target CPU us/msg |")
+        print("|---:|---|---:|---:|---:|---:|---:|")
+        floor = {(r["size"], r["target"].split("-", 1)[1]): r["rate"] for r in rows
+                 if r["target"].startswith("floor-")}
+        for r in rows:
+            lib = r["target"].split("-", 1)[1] if "-" in r["target"] else ""
+            ref = floor.get((r["size"], lib))
+            vs = f"{r['rate'] / ref:.0%}" if ref and r["target"].startswith("wspipe-") else ""
+            print(f"| {size_label(r['size'])} | {r['target']} | {r['rate']:,.0f} | {vs} | "
+                  f"{r['p50'] * 1e3:.2f} | {r['p99'] * 1e3:.2f} | {r['cpu_us']:.0f} |")
+    if "idle" in results:
+        print(f"\n### RSS per idle pipe ({args.idle} idle clients, each linked)\n")
+        print("| target | RSS before KiB | RSS after KiB | KiB per idle pipe |")
+        print("|---|---:|---:|---:|")
+        for r in results["idle"]:
+            print(f"| {r['target']} | {r['before_kib']:,} | {r['after_kib']:,} | "
+                  f"{r['per_pipe_kib']:.1f} |")
+    if "failover" in results:
+        print(f"\n### Failover (backend SIGKILLed; {args.trials} trials; a message every "
+              f"{args.interval * 1e3:g} ms; first attempt has no backoff)\n")
+        print("| target | median ms | min ms | max ms | messages lost per trial |")
+        print("|---|---:|---:|---:|---|")
+        for r in results["failover"]:
+            print(f"| {r['target']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
+                  f"{r['max_ms']:.1f} | {', '.join(map(str, r['lost']))} |")
+
+
+def main(argv: list[str]) -> int:
+    if argv and argv[0].startswith("_"):
+        return child_main(argv)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="throughput,idle,failover")
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS))
+    parser.add_argument("--sizes", default="64,1KiB,64KiB")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds before counting")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median)")
+    parser.add_argument("--idle", type=int, default=2000, help="idle clients")
+    parser.add_argument("--trials", type=int, default=5, help="failover trials per target")
+    parser.add_argument("--interval", type=float, default=0.002,
+                        help="failover client send interval (s)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--quick", action="store_true",
+                        help="2 s cells, 1 repeat, 500 idle clients, 3 failover trials")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.repeat, args.idle, args.trials = 2.0, 1, 500, 3
+        args.warmup = 0.3
+    args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [t for t in args.targets if t not in ALL_TARGETS] + [
+        s for s in sections if s not in ("throughput", "idle", "failover")]
+    if bad:
+        parser.error(f"unknown target or section: {', '.join(bad)}")
+    if not (0 < args.duration <= 10 and 1 <= args.repeat <= 5 and 1 <= args.idle <= 5000
+            and 1 <= args.trials <= 10 and 1 <= args.connections <= 1000):
+        parser.error("limits: duration (0, 10], repeat 1-5, idle 1-5000, trials 1-10, "
+                     "connections 1-1000")
+    raise_nofile()
+    procs = Procs()
+    results: dict[str, list[dict[str, Any]]] = {}
+    start = time.monotonic()
+    try:
+        for section in sections:
+            log(f"== {section}")
+            results[section] = {"throughput": section_throughput, "idle": section_idle,
+                                "failover": section_failover}[section](args, procs)
+            procs.stop_all()
+    finally:
+        procs.stop_all()
+    print_tables(args, results)
+    log(f"(took {time.monotonic() - start:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
