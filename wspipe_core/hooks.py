@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
+import math
 import random
 import types
 from collections.abc import Iterable, Sequence
@@ -272,7 +273,8 @@ class Hooks:
         except Exception:
             log.exception("wspipe_backoff raised; using backoff_base")
             result = None
-        if not isinstance(result, int | float) or result < 0:
+        # NaN would be a deadline that never compares due: the pipe would hang for good.
+        if not isinstance(result, int | float) or not math.isfinite(result) or result < 0:
             return self._config.backoff_base
         return float(result)
 
