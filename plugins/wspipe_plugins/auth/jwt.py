@@ -57,6 +57,16 @@ KEY_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"
 MAX_CLIENT_ID = 256
 
 
+def check_algorithms(algorithms: Sequence[str]) -> None:
+    """Refuse an empty, unknown or mixed (HMAC with public-key) list of algorithms."""
+    if not algorithms or not set(algorithms) <= HMAC_ALGORITHMS | KEY_ALGORITHMS:
+        raise ConfigError(f"[plugins.{NAME}] algorithms: choose from "
+                          f"{', '.join(sorted(HMAC_ALGORITHMS | KEY_ALGORITHMS))}")
+    if set(algorithms) & HMAC_ALGORITHMS and set(algorithms) & KEY_ALGORITHMS:
+        raise ConfigError(f"[plugins.{NAME}] algorithms: do not mix HMAC and public-key "
+                          "algorithms (a public key must never verify as an HMAC secret)")
+
+
 class InvalidToken(Exception):
     """The token failed a check; the message says which (it becomes the 403 body)."""
 
@@ -89,15 +99,9 @@ class JWTAuth:
         source: CredentialSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        algorithms = list(algorithms)
-        if not algorithms or not set(algorithms) <= HMAC_ALGORITHMS | KEY_ALGORITHMS:
-            raise ConfigError(f"[plugins.{NAME}] algorithms: choose from "
-                              f"{', '.join(sorted(HMAC_ALGORITHMS | KEY_ALGORITHMS))}")
-        if set(algorithms) & HMAC_ALGORITHMS and set(algorithms) & KEY_ALGORITHMS:
-            raise ConfigError(f"[plugins.{NAME}] algorithms: do not mix HMAC and public-key "
-                              "algorithms (a public key must never verify as an HMAC secret)")
+        check_algorithms(algorithms)
         self.key = key
-        self.algorithms = algorithms
+        self.algorithms = list(algorithms)
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway
@@ -205,6 +209,7 @@ def load_key(settings: Settings, algorithms: Sequence[str]) -> Any:
 def from_settings(settings: Settings) -> JWTAuth:
     """A :class:`JWTAuth` from a ``[plugins.jwt]`` table."""
     algorithms = settings.strings("algorithms", ("HS256",))
+    check_algorithms(algorithms)
     key = load_key(settings, algorithms)
     audience: str | tuple[str, ...] | None = None
     if "audience" in settings:
@@ -226,4 +231,4 @@ def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
     activate(pm, NAME, from_settings(Settings.of(config, NAME)))
 
 
-__all__ = ["InvalidToken", "JWTAuth", "from_settings"]
+__all__ = ["InvalidToken", "JWTAuth", "check_algorithms", "from_settings"]
