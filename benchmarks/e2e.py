@@ -341,16 +341,18 @@ def start_backend(procs: Procs, port: int | None = None, tag: bool = False) -> P
     return procs.start(f"backend:{port}", cmd + (["--tag"] if tag else []), port)
 
 
-def start_target(procs: Procs, target: str, backends: list[str]) -> Proc:
+def start_target(procs: Procs, target: str, backends: list[str],
+                 profile_to: str | None = None) -> Proc:
     port = free_port()
+    python = [sys.executable, *(["-m", "cProfile", "-o", profile_to] if profile_to else [])]
     if target.startswith("wspipe-"):
-        cmd = [sys.executable, "-m", "wspipe_anyio", "serve", "--listen", f"{HOST}:{port}",
+        cmd = [*python, "-m", "wspipe_anyio", "serve", "--listen", f"{HOST}:{port}",
                "--async-lib", target.split("-", 1)[1], "--log-level", "warning",
                "--no-entrypoints", "--max-connections", "20000"]
         for url in backends:
             cmd += ["--backend", url]
     elif target.startswith("floor-"):
-        cmd = [sys.executable, str(HERE / "floor_relay.py"), "--listen", f"{HOST}:{port}",
+        cmd = [*python, str(HERE / "floor_relay.py"), "--listen", f"{HOST}:{port}",
                "--backend", backends[0], "--async-lib", target.split("-", 1)[1]]
     else:
         raise ValueError(target)
@@ -405,6 +407,38 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def run_load(cmd: list[str], pid: int, timeout: float) -> tuple[dict[str, Any], float]:
+    """Run the load generator; return its result and ``pid``'s CPU seconds while counting."""
+    child = subprocess.Popen([sys.executable, str(HERE / "e2e.py"), *cmd], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert child.stdout is not None
+    lines = LineReader(child.stdout)
+    cpu0 = cpu1 = 0.0
+    result: dict[str, Any] | None = None
+    try:
+        while result is None:
+            line = lines.readline(timeout)
+            if not line.startswith("{"):
+                continue
+            message = json.loads(line)
+            if message["event"] == "start":
+                cpu0 = cpu_seconds(pid)
+            elif message["event"] == "stop":
+                cpu1 = cpu_seconds(pid)
+            elif message["event"] == "result":
+                result = message
+    finally:
+        if child.poll() is None:
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+    if child.returncode:
+        raise RuntimeError(f"load generator failed with {child.returncode}")
+    return result, cpu1 - cpu0
+
+
 def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
     backend = start_backend(procs)
     backend_url = f"ws://{HOST}:{backend.port}"
@@ -419,14 +453,11 @@ def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str,
                 cmd = ["_load", "--url", url, "--conns", str(args.connections), "--size",
                        str(size), "--duration", str(args.duration), "--warmup",
                        str(args.warmup)]
-                cpu0 = cpu_seconds(pid)
-                result = run_child(cmd, timeout=args.duration + args.warmup + 60)[-1]
-                cpu = cpu_seconds(pid) - cpu0
+                result, cpu = run_load(cmd, pid, timeout=args.duration + args.warmup + 60)
                 rate = result["messages"] / result["elapsed"]
-                # CPU is counted over the whole child run (warm-up included).
-                total = rate * (args.duration + args.warmup)
                 runs[target].append({"rate": rate, "p50": result["p50"], "p99": result["p99"],
-                                     "cpu_us": cpu / total * 1e6 if total else float("nan")})
+                                     "cpu_us": cpu / result["messages"] * 1e6
+                                     if result["messages"] else float("nan")})
                 log(f"  {size_label(size):>7} {target:<15} run {rep + 1}: {rate:>9,.0f} msgs/s"
                     f"  p50 {result['p50'] * 1e3:6.2f} ms  p99 {result['p99'] * 1e3:6.2f} ms"
                     f"  {'proxy' if target in proxies else 'backend'} CPU "
@@ -542,6 +573,30 @@ def section_failover(args: argparse.Namespace, procs: Procs) -> list[dict[str, A
     return rows
 
 
+def profile_target(args: argparse.Namespace, procs: Procs, target: str) -> None:
+    """Run one throughput cell with the target under cProfile; print its hot spots."""
+    import pstats
+    import tempfile
+
+    backend = start_backend(procs)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "target.prof")
+        proxy = start_target(procs, target, [f"ws://{HOST}:{backend.port}"], profile_to=out)
+        url = target_url(target, {target: proxy}, backend.port, PER_CLIENT)
+        size = args.sizes[0]
+        cmd = ["_load", "--url", url, "--conns", str(args.connections), "--size", str(size),
+               "--duration", str(args.duration), "--warmup", str(args.warmup)]
+        result, cpu = run_load(cmd, proxy.pid, timeout=args.duration + args.warmup + 60)
+        rate = result["messages"] / result["elapsed"]
+        proxy.stop()  # SIGTERM: the target shuts down and cProfile writes its file
+        print(f"\n### {target} under cProfile: {size_label(size)}, {args.connections} "
+              f"connections: {rate:,.0f} msgs/s, {cpu / max(result['messages'], 1) * 1e6:.0f} "
+              f"us CPU per round trip (profiler overhead included)\n")
+        stats = pstats.Stats(out)
+        stats.strip_dirs().sort_stats("tottime").print_stats(args.top)
+        stats.sort_stats("cumulative").print_stats(args.top)
+
+
 # ----------------------------------------------------------------------------- output
 
 
@@ -552,16 +607,21 @@ def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any
         rows = results["throughput"]
         print(f"\n### Throughput and latency ({args.connections} connections, closed loop, "
               f"binary messages, median of {args.repeat} x {args.duration:g} s)\n")
-        print("| size | target | msgs/s | vs floor | p50 ms | p99 ms | target CPU us/msg |")
-        print("|---:|---|---:|---:|---:|---:|---:|")
-        floor = {(r["size"], r["target"].split("-", 1)[1]): r["rate"] for r in rows
+        print("| size | target | msgs/s | vs floor | p50 ms | p99 ms | target CPU us/msg "
+              "| CPU vs floor |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        floor = {(r["size"], r["target"].split("-", 1)[1]): r for r in rows
                  if r["target"].startswith("floor-")}
         for r in rows:
             lib = r["target"].split("-", 1)[1] if "-" in r["target"] else ""
-            ref = floor.get((r["size"], lib))
-            vs = f"{r['rate'] / ref:.0%}" if ref and r["target"].startswith("wspipe-") else ""
+            ref = floor.get((r["size"], lib)) if r["target"].startswith("wspipe-") else None
+            vs = f"{r['rate'] / ref['rate']:.0%}" if ref else ""
+            # CPU per round trip of the floor over wspipe's: the throughput ratio the proxy
+            # would reach if it had a core to itself (less sensitive to a busy machine).
+            cpu_vs = f"{ref['cpu_us'] / r['cpu_us']:.0%}" if ref else ""
             print(f"| {size_label(r['size'])} | {r['target']} | {r['rate']:,.0f} | {vs} | "
-                  f"{r['p50'] * 1e3:.2f} | {r['p99'] * 1e3:.2f} | {r['cpu_us']:.0f} |")
+                  f"{r['p50'] * 1e3:.2f} | {r['p99'] * 1e3:.2f} | {r['cpu_us']:.0f} | "
+                  f"{cpu_vs} |")
     if "idle" in results:
         print(f"\n### RSS per idle pipe ({args.idle} idle clients, each linked)\n")
         print("| target | RSS before KiB | RSS after KiB | KiB per idle pipe |")
@@ -596,6 +656,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--interval", type=float, default=0.002,
                         help="failover client send interval (s)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--profile", metavar="TARGET",
+                        help="instead of the sections: cProfile TARGET for one throughput cell "
+                        "(first of --sizes) and print its hot spots")
+    parser.add_argument("--top", type=int, default=30, help="profile rows (default 30)")
     parser.add_argument("--quick", action="store_true",
                         help="2 s cells, 1 repeat, 500 idle clients, 3 failover trials")
     args = parser.parse_args(argv)
@@ -617,6 +681,14 @@ def main(argv: list[str]) -> int:
     procs = Procs()
     results: dict[str, list[dict[str, Any]]] = {}
     start = time.monotonic()
+    if args.profile:
+        if args.profile not in PROXIES:
+            parser.error(f"--profile takes one of {', '.join(PROXIES)}")
+        try:
+            profile_target(args, procs, args.profile)
+        finally:
+            procs.stop_all()
+        return 0
     try:
         for section in sections:
             log(f"== {section}")
