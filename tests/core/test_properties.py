@@ -1,0 +1,272 @@
+"""Property-based test: random interleavings of traffic, failures and time.
+
+Clients send text and binary messages (some fragmented, some split across reads
+with a failure in between) while backend links hit EOF or close with 1012/1001,
+backends refuse or black-hole connections and come back, new backends appear and
+time passes. Throughout and afterwards:
+
+- read in link order, the backends received each client message at most once
+  and in the order it was sent;
+- every message a client sent while its pipe had no live link was delivered once
+  a link opened for that pipe;
+- the core never holds more than its limits, and its budget matches its pipes;
+- once every client is gone, no internal structure keeps anything.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from wsproto.connection import ConnectionState
+from wsproto.events import BytesMessage, TextMessage
+
+from wspipe_core import PipeEventKind, hookimpl
+from wspipe_core.link import LinkState
+from wspipe_core.testing import Harness
+
+from .helpers import config
+
+CLIENT_IDS = [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(1, 3)]
+MAX_BACKENDS = 5
+
+CONFIG = config(
+    ping_interval=2.0, ping_timeout=2.0, handshake_timeout=1.0, close_timeout=1.0,
+    buffer_limit=2000, max_message_size=1000, memory_budget=3000, max_interruption=8.0,
+    backoff_base=0.05, backoff_max=0.5, eject_after=2, eject_base=1.0, eject_max=4.0,
+)
+
+backend_index = st.integers(0, MAX_BACKENDS - 1)
+failure = st.one_of(
+    st.tuples(st.just("eof"), backend_index),
+    st.tuples(st.just("close"), backend_index, st.sampled_from([1012, 1001])),
+    st.tuples(st.just("mode"), backend_index, st.sampled_from(["accept", "refuse",
+                                                               "blackhole"])),
+    st.tuples(st.just("add")),
+    st.tuples(st.just("kill_all")),
+    st.tuples(st.just("tick"), st.sampled_from([0.01, 0.1, 0.5, 1.0, 3.0])),
+)
+send = st.tuples(
+    st.just("send"),
+    st.integers(0, len(CLIENT_IDS) - 1),
+    st.booleans(),  # text?
+    st.integers(1, 3),  # fragments
+    st.integers(0, 450),  # payload size
+    st.one_of(st.none(), st.tuples(st.floats(0.05, 0.95), failure)),  # split the read here
+)
+tick = st.tuples(st.just("tick"), st.sampled_from([0.01, 0.1, 0.5, 1.0, 3.0]))
+operation = st.one_of(send, send, send, failure, failure, tick,
+                      st.tuples(st.just("reconnect"), st.integers(0, len(CLIENT_IDS) - 1)))
+initial_modes = st.lists(st.sampled_from(["accept", "refuse", "blackhole"]), min_size=1,
+                         max_size=3)
+
+
+class World:
+    def __init__(self, modes: list[str]) -> None:
+        self.clock = 0
+        #: (pipe id, clock) of every link that opened for a pipe.
+        self.link_opened: list[tuple[str, int]] = []
+        world = self
+
+        class Recorder:
+            @hookimpl
+            def wspipe_pipe_event(self, event):
+                if event.kind in (PipeEventKind.LINKED, PipeEventKind.RESUMED):
+                    world.clock += 1
+                    world.link_opened.append((event.pipe.id, world.clock))
+
+        self.h = Harness(CONFIG, plugins=[Recorder()])
+        self._check_limits_on_every_call()
+        self.backends = [self.h.backend(f"ws://b{i}/", mode=mode)
+                         for i, mode in enumerate(modes)]
+        self.clients = [self.h.client(f"/{cid}") for cid in CLIENT_IDS]
+        #: Per client id: every message sent, in order.
+        self.sent: dict[str, list[object]] = {cid: [] for cid in CLIENT_IDS}
+        #: Messages completed while their pipe had no live link: (pipe id, clock, message).
+        self.outage: list[tuple[str, int, object]] = []
+        self.seq = 0
+
+    def _check_limits_on_every_call(self) -> None:
+        proxy = self.h.proxy
+        handle, handle_timer = proxy.handle, proxy.handle_timer
+
+        def checked(fn):
+            def call(*args):
+                out = fn(*args)
+                self.check_limits()
+                return out
+            return call
+
+        proxy.handle = checked(handle)  # type: ignore[method-assign]
+        proxy.handle_timer = checked(handle_timer)  # type: ignore[method-assign]
+
+    def check_limits(self) -> None:
+        proxy = self.h.proxy
+        pipes = list(proxy._pipes.values())
+        for pipe in pipes:
+            assert 0 <= pipe.held <= CONFIG.buffer_limit
+            assert pipe.held == pipe.buffer.bytes + pipe.assembler.size
+        assert 0 <= proxy.budget.used <= CONFIG.memory_budget
+        assert proxy.budget.used == sum(p.held for p in pipes)
+
+    # -- helpers
+
+    def pipe_of(self, slot: int):
+        client = self.clients[slot]
+        return self.h.proxy._pipes.get(client.conn)
+
+    def live(self, slot: int) -> bool:
+        pipe = self.pipe_of(slot)
+        return pipe is not None and pipe.link is not None and pipe.link.state is LinkState.OPEN
+
+    def backend(self, index: int):
+        return self.backends[index % len(self.backends)]
+
+    # -- operations
+
+    def failure(self, op) -> None:
+        kind = op[0]
+        if kind == "eof":
+            links = self.backend(op[1]).live
+            if links:
+                links[0].eof()
+        elif kind == "close":
+            links = [link for link in self.backend(op[1]).live
+                     if link.peer is not None and link.ws.state is ConnectionState.OPEN]
+            if links:
+                links[0].close_ws(op[2], "restart")
+        elif kind == "mode":
+            self.backend(op[1]).mode = op[2]
+        elif kind == "kill_all":
+            for backend in self.backends:
+                backend.kill()
+        elif kind == "add":
+            if len(self.backends) < MAX_BACKENDS:
+                self.backends.append(self.h.backend(f"ws://b{len(self.backends)}/"))
+        elif kind == "tick":
+            self.h.advance(op[1])
+
+    def send(self, op) -> None:
+        _, slot, text, fragments, size, split = op
+        client = self.clients[slot]
+        if client.ws.state is not ConnectionState.OPEN or client.tcp_closed:
+            return
+        self.seq += 1
+        head = f"{slot}:{self.seq}:"
+        payload = (head + "é" * ((size - len(head)) // 2)) if text else \
+            (head.encode() + bytes(range(256)) * 2)[:max(size, len(head))]
+        step = max(1, -(-len(payload) // fragments))
+        chunks = [payload[i:i + step] for i in range(0, len(payload), step)]
+        data = b""
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            frame = (TextMessage(data=chunk, message_finished=last) if text
+                     else BytesMessage(data=chunk, message_finished=last))
+            data += client.ws.send(frame)
+        cid = CLIENT_IDS[slot]
+        self.sent[cid].append(payload)
+        held: list[bytes] = []
+        if split is not None:
+            # A client does not write a Pong (or Close) into the middle of its own
+            # frame: hold its automatic answers until the frame is complete.
+            receive = client._receive
+
+            def holding(incoming: bytes) -> bytes:
+                reply = receive(incoming)
+                if reply:
+                    held.append(reply)
+                return b""
+
+            client._receive = holding  # type: ignore[method-assign]
+            cut = max(1, int(len(data) * split[0]))
+            client.send_raw(data[:cut])
+            self.failure(split[1])
+            data = data[cut:]
+            client._receive = receive  # type: ignore[method-assign]
+        if client.tcp_closed:
+            return
+        pipe = self.pipe_of(slot)
+        was_live = self.live(slot)
+        client.send_raw(data)
+        for reply in held:
+            if not client.tcp_closed:
+                client.send_raw(reply)
+        if pipe is not None and not was_live:
+            self.clock += 1
+            self.outage.append((pipe.id, self.clock, payload))
+
+    def reconnect(self, slot: int) -> None:
+        client = self.clients[slot]
+        if client.ws.state is ConnectionState.OPEN and not client.tcp_closed:
+            client.close_ws(1000)
+        if not client.tcp_closed:
+            client.eof()
+        new = self.h.client(f"/{CLIENT_IDS[slot]}")
+        assert new.accepted, new.body
+        self.clients[slot] = new
+
+    def run(self, op) -> None:
+        if op[0] == "send":
+            self.send(op)
+        elif op[0] == "reconnect":
+            self.reconnect(op[1])
+        else:
+            self.failure(op)
+        self.check_delivery()
+
+    # -- properties
+
+    def delivered(self) -> dict[str, list[object]]:
+        links = sorted((link for b in self.backends for link in b.links),
+                       key=lambda link: link.link)
+        out: dict[str, list[object]] = {cid: [] for cid in CLIENT_IDS}
+        for link in links:
+            if link.request is not None:
+                out[link.header("x-wspipe-client-id")].extend(link.received)
+        return out
+
+    def check_delivery(self) -> None:
+        delivered = self.delivered()
+        for cid in CLIENT_IDS:
+            order = {m: i for i, m in enumerate(self.sent[cid])}
+            indexes = [order[m] for m in delivered[cid]]  # KeyError: never sent
+            assert indexes == sorted(set(indexes)), "duplicated or reordered"
+        everything = {m for ms in delivered.values() for m in ms}
+        for pipe_id, when, message in self.outage:
+            if any(p == pipe_id and t > when for p, t in self.link_opened):
+                assert message in everything, "buffered message lost after a link opened"
+
+    def record_coverage(self) -> None:
+        """Label the example for ``--hypothesis-show-statistics``."""
+        stats = self.h.proxy.stats
+        replayed = sum(1 for pipe_id, when, _ in self.outage
+                       if any(p == pipe_id and t > when for p, t in self.link_opened))
+        bucket = "none" if not replayed else "1-4" if replayed < 5 else "5+"
+        event(f"buffered then replayed: {bucket}")
+        event(f"failovers: {'none' if not stats.failovers else 'some'}")
+        event(f"clients closed 1013: {'yes' if stats.clients_closed[1013] else 'no'}")
+        event(f"link failures: {'yes' if sum(stats.link_failures.values()) else 'no'}")
+
+    def finish(self) -> None:
+        self.record_coverage()
+        for client in self.clients:
+            if client.ws.state is ConnectionState.OPEN and not client.tcp_closed:
+                client.close_ws(1000)
+        self.h.advance(CONFIG.close_timeout + CONFIG.handshake_timeout + 1)
+        self.check_delivery()
+        proxy = self.h.proxy
+        assert proxy._pipes == {} and proxy._pending == {} and proxy._by_client_id == {}
+        assert proxy._links == {}
+        assert proxy._budget_waiters == {}
+        assert proxy.budget.used == 0
+        assert proxy.next_deadline() is None
+        assert len(proxy._deadlines) == 0 and proxy._deadlines._heap == []
+        assert proxy.idle
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(initial_modes, st.lists(operation, min_size=20, max_size=80))
+def test_random_interleavings_keep_order_lose_nothing_buffered_and_stay_bounded(modes, ops):
+    world = World(modes)
+    for op in ops:
+        world.run(op)
+    world.finish()
