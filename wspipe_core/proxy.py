@@ -873,8 +873,8 @@ class Proxy:
         if message is None:
             return True
         pipe = link.pipe
-        if pipe is None or pipe.state is PipeState.CLOSING:
-            return True
+        if pipe is None or pipe.state in (PipeState.CLOSING, PipeState.CLOSED):
+            return True  # written by the backend before it saw our Close: nobody to give it to
         self.stats.messages_out += 1
         self.stats.bytes_out += prior + n
         self._send_client(pipe, pipe.ws.send(_frame(message)), out)

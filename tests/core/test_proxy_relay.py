@@ -175,3 +175,29 @@ def test_shutdown_closes_clients_with_1001_and_links_and_refuses_new_clients():
     assert h.proxy.idle
     c3 = h.client()
     assert c3.status == 503 and not c3.accepted
+
+
+@pytest.mark.parametrize("how", ["client_close", "client_eof", "backend_app_close"])
+def test_backend_message_in_flight_when_the_pipe_ended_is_dropped_not_a_crash(how):
+    """The backend wrote before it saw our Close; its bytes arrive after the pipe is gone."""
+    from wsproto.events import TextMessage
+
+    from .helpers import held_replies
+
+    h = harness()
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    link = b1.links[0]
+    late = link.ws.send(TextMessage(data="in flight"))
+    with held_replies(link) as held:
+        if how == "client_close":
+            c.close_ws(1000)
+        elif how == "client_eof":
+            c.eof()
+        else:
+            apply(h, h.proxy.shutdown(h.now))
+    link.send_raw(late)
+    for data in held:
+        link.send_raw(data)
+    assert c.received == []
+    assert h.proxy._links == {}
