@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -73,16 +76,17 @@ class Backend:
         with self._lock:
             number = len(self.connections)
             self.connections.append(ws)
-        try:
+        # Iterating ends once the close handshake is done and every message that
+        # arrived before it was read: those count as delivered (design note 4).
+        with contextlib.suppress(ConnectionClosed):
             for message in ws:
                 with self._lock:
                     self.received.append((number, message))
-                if self.on_message is not None:
-                    self.on_message(ws, message)
-                else:
-                    ws.send(message)
-        except ConnectionClosed:
-            pass
+                with contextlib.suppress(ConnectionClosed):  # no echo once closing
+                    if self.on_message is not None:
+                        self.on_message(ws, message)
+                    else:
+                        ws.send(message)
 
     def messages(self) -> list[Message]:
         with self._lock:
@@ -118,6 +122,7 @@ class Client:
         kwargs.setdefault("proxy", None)
         kwargs.setdefault("legacy", True)  # connect directly, not as a context manager
         kwargs.setdefault("max_size", None)
+        kwargs.setdefault("max_queue", None)
         kwargs.setdefault("open_timeout", TIMEOUT)
         kwargs.setdefault("ping_interval", None)
         kwargs.setdefault("close_timeout", 2)
@@ -127,11 +132,23 @@ class Client:
     async def send(self, message: Message | list[Message]) -> None:
         await anyio.to_thread.run_sync(self.ws.send, message)
 
+    async def send_all(self, messages: list[Message]) -> None:
+        for message in messages:
+            await self.send(message)
+
     async def recv(self, timeout: float = TIMEOUT) -> Message:
         return await anyio.to_thread.run_sync(lambda: self.ws.recv(timeout=timeout))
 
     async def recv_n(self, n: int, timeout: float = TIMEOUT) -> list[Message]:
         return [await self.recv(timeout) for _ in range(n)]
+
+    async def recv_until(self, last: Message, timeout: float = TIMEOUT) -> list[Message]:
+        """Receive until ``last`` arrives; return everything received."""
+        out: list[Message] = []
+        with anyio.fail_after(timeout):
+            while not out or out[-1] != last:
+                out.append(await self.recv(timeout))
+        return out
 
     async def wait_closed(self, timeout: float = TIMEOUT) -> tuple[int | None, str | None]:
         """Read until the connection closes; return (code, reason) the proxy sent."""
@@ -225,4 +242,43 @@ async def running_proxy(backends: tuple[str, ...] | list[str] = (), *, events: E
 
 def url(server: ProxyServer, path: str, scheme: str = "ws") -> str:
     return f"{scheme}://127.0.0.1:{server.port}{path}"
+
+
+
+class ProcessBackend:
+    """``backend_process.py`` in a subprocess: killable with SIGKILL (its sockets reset)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("backend_process.py"))],
+            stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline().split()
+        assert first[:1] == ["PORT"], first
+        self.port = int(first[1])
+        self.received: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("MSG "):
+                self.received.append(line[4:].rstrip("\n"))
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(TIMEOUT)
+        self._reader.join(TIMEOUT)
+
+    def __enter__(self) -> ProcessBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.kill()
 

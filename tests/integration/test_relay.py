@@ -1,0 +1,81 @@
+"""Relay over loopback: message types, sizes, fragments, subprotocols, forwarded request data."""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import pytest
+
+from peers import Backend, Client, backends, client_path, running_proxy, url
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_text_and_binary_both_ways() -> None:
+    with anyio.fail_after(10), backends(Backend()) as (backend,):
+        async with running_proxy([backend.url]) as server:
+            client = await Client.connect(url(server, client_path()))
+            sent: list[str | bytes] = ["hello", b"\x00\x01\xff", "", b"", "héllo ✓"]
+            for message in sent:
+                await client.send(message)
+            assert await client.recv_n(len(sent)) == sent
+            assert backend.messages() == sent
+            await client.close()
+
+
+async def test_fragmented_message_is_relayed_whole() -> None:
+    def reply_in_fragments(ws, message) -> None:  # type: ignore[no-untyped-def]
+        ws.send([message[:3], message[3:6], message[6:]])  # fragments from the backend too
+
+    with anyio.fail_after(10), backends(Backend(on_message=reply_in_fragments)) as (backend,):
+        async with running_proxy([backend.url]) as server:
+            client = await Client.connect(url(server, client_path()))
+            await client.send(["frag", "mented ", "text"])
+            await client.send([b"bin", b"ary"])
+            assert await client.recv_n(2) == ["fragmented text", b"binary"]
+            assert backend.messages() == ["fragmented text", b"binary"]
+            await client.close()
+
+
+async def test_one_mib_messages_both_ways() -> None:
+    big_binary = bytes(range(256)) * 4096  # 1 MiB
+    big_text = "x" * (1 << 20)
+    with anyio.fail_after(20), backends(Backend()) as (backend,):
+        async with running_proxy([backend.url], max_message_size=2 << 20) as server:
+            client = await Client.connect(url(server, client_path()))
+            await client.send(big_binary)
+            await client.send(big_text)
+            assert await client.recv_n(2) == [big_binary, big_text]
+            assert backend.messages() == [big_binary, big_text]
+            await client.close()
+
+
+async def test_subprotocol_negotiated_with_client_and_offered_to_backend() -> None:
+    with anyio.fail_after(10), backends(Backend(subprotocols=["chat.v2", "chat.v1"])) as (backend,):
+        async with running_proxy([backend.url], subprotocols=("chat.v1", "chat.v2")) as server:
+            client = await Client.connect(url(server, client_path()),
+                                          subprotocols=["mqtt", "chat.v2", "chat.v1"])
+            assert client.ws.subprotocol == "chat.v2"  # first offered that config allows
+            await client.send("ping")
+            assert await client.recv() == "ping"
+            assert backend.requests[0].headers["Sec-WebSocket-Protocol"] == "chat.v2"
+            assert backend.connections[0].subprotocol == "chat.v2"
+            await client.close()
+
+
+async def test_path_query_and_client_id_forwarded_to_backend() -> None:
+    client_id = str(uuid.uuid4())
+    with anyio.fail_after(10), backends(Backend()) as (backend,):
+        async with running_proxy([backend.url + "/base"]) as server:
+            client = await Client.connect(url(server, f"/{client_id}?room=7&x=%20y"),
+                                          additional_headers={"Cookie": "session=abc"})
+            await client.send("hi")
+            assert await client.recv() == "hi"
+            request = backend.requests[0]
+            assert request.path.endswith(f"/{client_id}?room=7&x=%20y")
+            assert request.path.startswith("/base")
+            assert request.headers["X-Wspipe-Client-Id"] == client_id
+            assert request.headers["Cookie"] == "session=abc"
+            assert request.headers["X-Forwarded-For"] == "127.0.0.1"
+            await client.close()
