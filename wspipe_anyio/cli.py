@@ -328,6 +328,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``wspipe demo``."""
     from .demo import run_demo
 
+    setup_logging("ERROR", "text")  # the demo prints the pipe events itself
     ok: bool = run_async(lambda: run_demo(messages=args.messages), args.async_lib)
     return 0 if ok else 1
 

@@ -227,11 +227,17 @@ class EventLog:
 
 
 @contextlib.asynccontextmanager
-async def running_proxy(backends: tuple[str, ...] | list[str] = (), *, events: EventLog | None = None,
+async def running_proxy(backend_urls: list[str] | tuple[str, ...] = (), *,
+                        events: EventLog | None = None,
                         server_kwargs: dict[str, Any] | None = None,
                         **config: Any) -> AsyncIterator[ProxyServer]:
-    """Run a proxy on 127.0.0.1:<free port> in a task group for the duration of the block."""
-    cfg = ProxyConfig(**{**FAST, "backends": tuple(backends), **config})
+    """Run a proxy on 127.0.0.1:<free port> for the duration of the block.
+
+    ``config`` overrides :data:`FAST`; ``server_kwargs`` go to :class:`ProxyServer`.
+    Leaving the block shuts the proxy down gracefully and checks that the driver
+    saw no internal error.
+    """
+    cfg = ProxyConfig(**{**FAST, "backends": tuple(backend_urls), **config})
     plugins: list[object] = [events] if events is not None else []
     server = ProxyServer(cfg, listen=[("127.0.0.1", 0)], plugins=plugins,
                          shutdown_grace=2.0, close_linger=0.5, **(server_kwargs or {}))
@@ -242,7 +248,6 @@ async def running_proxy(backends: tuple[str, ...] | list[str] = (), *, events: E
 
 def url(server: ProxyServer, path: str, scheme: str = "ws") -> str:
     return f"{scheme}://127.0.0.1:{server.port}{path}"
-
 
 
 class ProcessBackend:

@@ -8,8 +8,8 @@ import json
 
 import anyio
 import pytest
-
 from test_admin import AUTH, TOKEN, admin_client, make_harness
+
 from wspipe_anyio.admin_cli import add_admin_subcommands, admin_base_url, main, run_admin_command
 
 pytestmark = pytest.mark.anyio

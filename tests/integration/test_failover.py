@@ -8,7 +8,6 @@ import time
 
 import anyio
 import pytest
-
 from peers import (
     Backend,
     Client,

@@ -6,7 +6,6 @@ import uuid
 
 import anyio
 import pytest
-
 from peers import Backend, Client, backends, client_path, running_proxy, url
 
 pytestmark = pytest.mark.anyio
