@@ -24,7 +24,7 @@ from wspipe_core import PipeEventKind, hookimpl
 from wspipe_core.link import LinkState
 from wspipe_core.testing import Harness
 
-from .helpers import config
+from .helpers import config, held_replies
 
 CLIENT_IDS = [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(1, 3)]
 MAX_BACKENDS = 5
@@ -54,7 +54,18 @@ send = st.tuples(
     st.one_of(st.none(), st.tuples(st.floats(0.05, 0.95), failure)),  # split the read here
 )
 tick = st.tuples(st.just("tick"), st.sampled_from([0.01, 0.1, 0.5, 1.0, 3.0]))
-operation = st.one_of(send, send, send, failure, failure, tick,
+client_gone = st.tuples(st.sampled_from(["client_close", "client_eof"]),
+                        st.integers(0, len(CLIENT_IDS) - 1))
+backend_send = st.tuples(
+    st.just("backend_send"),
+    backend_index,
+    st.booleans(),  # text?
+    st.integers(1, 3),  # fragments
+    st.integers(0, 300),  # payload size
+    # Something that happens after the backend wrote, before its bytes arrive.
+    st.one_of(st.none(), failure, client_gone),
+)
+operation = st.one_of(send, send, send, failure, failure, tick, backend_send,
                       st.tuples(st.just("reconnect"), st.integers(0, len(CLIENT_IDS) - 1)))
 initial_modes = st.lists(st.sampled_from(["accept", "refuse", "blackhole"]), min_size=1,
                          max_size=3)
@@ -79,6 +90,10 @@ class World:
         self.backends = [self.h.backend(f"ws://b{i}/", mode=mode)
                          for i, mode in enumerate(modes)]
         self.clients = [self.h.client(f"/{cid}") for cid in CLIENT_IDS]
+        #: Every client session, for what it received.
+        self.sessions = list(zip(CLIENT_IDS, self.clients, strict=True))
+        #: Messages each link's backend sent, in order, by link id.
+        self.backend_sent: dict[int, list[object]] = {}
         #: Per client id: every message sent, in order.
         self.sent: dict[str, list[object]] = {cid: [] for cid in CLIENT_IDS}
         #: Messages completed while their pipe had no live link: (pipe id, clock, message).
@@ -144,6 +159,13 @@ class World:
                 self.backends.append(self.h.backend(f"ws://b{len(self.backends)}/"))
         elif kind == "tick":
             self.h.advance(op[1])
+        elif kind in ("client_close", "client_eof"):
+            client = self.clients[op[1]]
+            if client.ws.state is ConnectionState.OPEN and not client.tcp_closed:
+                if kind == "client_close":
+                    client.close_ws(1000)
+                else:
+                    client.eof()
 
     def send(self, op) -> None:
         _, slot, text, fragments, size, split = op
@@ -194,6 +216,36 @@ class World:
             self.clock += 1
             self.outage.append((pipe.id, self.clock, payload))
 
+    def backend_send(self, op) -> None:
+        _, index, text, fragments, size, meanwhile = op
+        links = [link for link in self.backend(index).live
+                 if link.peer is not None and link.ws.state is ConnectionState.OPEN]
+        if not links:
+            return
+        link = links[0]
+        self.seq += 1
+        head = f"from-{link.link}:{self.seq}:"
+        payload = (head + "ü" * ((size - len(head)) // 2)) if text else \
+            (head.encode() + bytes(range(256)))[:max(size, len(head))]
+        step = max(1, -(-len(payload) // fragments))
+        data = b""
+        chunks = [payload[i:i + step] for i in range(0, len(payload), step)]
+        for i, chunk in enumerate(chunks):
+            last = i == len(chunks) - 1
+            data += link.ws.send(TextMessage(data=chunk, message_finished=last) if text
+                                 else BytesMessage(data=chunk, message_finished=last))
+        self.backend_sent.setdefault(link.link, []).append(payload)
+        if meanwhile is None:
+            link.send_raw(data)
+            return
+        with held_replies(link) as held:
+            self.failure(meanwhile)
+        if not link.tcp_closed:
+            link.send_raw(data)
+        for reply in held:
+            if not link.tcp_closed:
+                link.send_raw(reply)
+
     def reconnect(self, slot: int) -> None:
         client = self.clients[slot]
         if client.ws.state is ConnectionState.OPEN and not client.tcp_closed:
@@ -203,12 +255,15 @@ class World:
         new = self.h.client(f"/{CLIENT_IDS[slot]}")
         assert new.accepted, new.body
         self.clients[slot] = new
+        self.sessions.append((CLIENT_IDS[slot], new))
 
     def run(self, op) -> None:
         if op[0] == "send":
             self.send(op)
         elif op[0] == "reconnect":
             self.reconnect(op[1])
+        elif op[0] == "backend_send":
+            self.backend_send(op)
         else:
             self.failure(op)
         self.check_delivery()
@@ -231,6 +286,22 @@ class World:
             indexes = [order[m] for m in delivered[cid]]  # KeyError: never sent
             assert indexes == sorted(set(indexes)), "duplicated or reordered"
         everything = {m for ms in delivered.values() for m in ms}
+        # Backend -> client: each message at most once, each link's in its order,
+        # only to the client of that link.
+        origin = {m: (link_id, i) for link_id, ms in self.backend_sent.items()
+                  for i, m in enumerate(ms)}
+        link_client = {link.link: link.header("x-wspipe-client-id")
+                       for b in self.backends for link in b.links if link.request is not None}
+        seen: set[object] = set()
+        for cid, session in self.sessions:
+            last: dict[int, int] = {}
+            for message in session.received:
+                assert message not in seen, "backend message delivered twice"
+                seen.add(message)
+                link_id, i = origin[message]
+                assert link_client[link_id] == cid, "backend message went to another client"
+                assert link_id not in last or last[link_id] < i, "backend messages reordered"
+                last[link_id] = i
         for pipe_id, when, message in self.outage:
             if any(p == pipe_id and t > when for p, t in self.link_opened):
                 assert message in everything, "buffered message lost after a link opened"
