@@ -31,6 +31,7 @@ import argparse
 import cProfile
 import gc
 import io
+import os
 import platform
 import pstats
 import statistics
@@ -290,8 +291,9 @@ def run(sizes: list[int], kind: str, duration: float, repeat: int,
 
 
 def print_table(rows: list[dict[str, object]], kind: str, duration: float, repeat: int) -> None:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"\nwspipe_core relay vs bare wsproto ({kind} messages, median of {repeat} x "
-          f"{duration:g} s, python {platform.python_version()})\n")
+          f"{duration:g} s, python {platform.python_version()}, load average now {load})\n")
     print("| size | direction | core msgs/s | wsproto msgs/s | core / wsproto | core MB/s |")
     print("|---:|---|---:|---:|---:|---:|")
     for row in rows:

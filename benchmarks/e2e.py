@@ -602,7 +602,7 @@ def profile_target(args: argparse.Namespace, procs: Procs, target: str) -> None:
 
 def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
     print(f"\nwspipe end to end, loopback, python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load average at start {args.loadavg}")
     if "throughput" in results:
         rows = results["throughput"]
         print(f"\n### Throughput and latency ({args.connections} connections, closed loop, "
@@ -678,6 +678,7 @@ def main(argv: list[str]) -> int:
         parser.error("limits: duration (0, 10], repeat 1-5, idle 1-5000, trials 1-10, "
                      "connections 1-1000")
     raise_nofile()
+    args.loadavg = " ".join(f"{x:.2f}" for x in os.getloadavg())
     procs = Procs()
     results: dict[str, list[dict[str, Any]]] = {}
     start = time.monotonic()

@@ -43,6 +43,18 @@ _MESSAGE = (TextMessage, BytesMessage)
 _ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 
 
+class _Writer:
+    __slots__ = ("lock", "stream")
+
+    def __init__(self, stream: ByteStream) -> None:
+        self.stream = stream
+        self.lock = anyio.Lock(fast_acquire=True)
+
+    async def send(self, data: bytes) -> None:
+        async with self.lock:
+            await self.stream.send(data)
+
+
 class Relay:
     def __init__(self, backend_host: str, backend_port: int, backend_path: str) -> None:
         self.host = backend_host
@@ -51,7 +63,8 @@ class Relay:
 
     async def handle(self, client: SocketStream) -> None:
         async with client:
-            with contextlib.suppress(*_ERRORS):
+            # One connection failing never stops the server.
+            with contextlib.suppress(Exception):
                 await self._handle(client)
 
     async def _handle(self, client: SocketStream) -> None:
@@ -81,11 +94,17 @@ class Relay:
                         return
                     elif accepted:
                         pending.append(event)
+            # Both pumps may write to one stream (a relayed message, a pong or a close
+            # answer): one lock per stream; uncontended, it costs no checkpoint.
+            client_out = _Writer(client)
+            backend_out = _Writer(backend)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._pump, client, cws, backend, bws, [], tg.cancel_scope)
-                tg.start_soon(self._pump, backend, bws, client, cws, pending, tg.cancel_scope)
+                tg.start_soon(self._pump, client, client_out, cws, backend_out, bws, [],
+                              tg.cancel_scope)
+                tg.start_soon(self._pump, backend, backend_out, bws, client_out, cws, pending,
+                              tg.cancel_scope)
 
-    async def _pump(self, src: ByteStream, sws: WSConnection, dst: ByteStream,
+    async def _pump(self, src: ByteStream, src_out: _Writer, sws: WSConnection, dst: _Writer,
                     dws: WSConnection, first: list[Any], scope: anyio.CancelScope) -> None:
         """Read ``src``, relay whole messages to ``dst``; a Close ends the relay."""
         parts: list[Any] = []
@@ -106,10 +125,10 @@ class Relay:
                         out.append(dws.send(type(event)(data=data)))
                     elif isinstance(event, Ping):
                         if sws.state is ConnectionState.OPEN:
-                            await src.send(sws.send(event.response()))
+                            await src_out.send(sws.send(event.response()))
                     elif isinstance(event, CloseConnection):
                         if sws.state is ConnectionState.REMOTE_CLOSING:
-                            await src.send(sws.send(event.response()))
+                            await src_out.send(sws.send(event.response()))
                         if dws.state is ConnectionState.OPEN:
                             code = 1000 if event.code in (1005, 1006, 1015) else event.code
                             out.append(dws.send(CloseConnection(code=code,
