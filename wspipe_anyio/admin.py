@@ -24,13 +24,16 @@ adapts a :class:`~wspipe_anyio.ProxyServer`.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hmac
 import ipaddress
 import json
 import logging
 import math
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, cast
@@ -50,6 +53,8 @@ from wspipe_core import (
     Proxy,
     UnknownBackend,
 )
+
+from .units import parse_address
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -719,3 +724,90 @@ class AdminServer:
         finally:
             if self._migrations.get(backend_id) is scope:
                 del self._migrations[backend_id]
+
+
+# Wiring into ``wspipe serve``: flags, config-file keys, validation, lifetime.
+
+#: Config-file keys (and ``serve`` flags) of the admin listener; driver keys, not core ones.
+ADMIN_KEYS = frozenset({"admin", "admin_token", "admin_token_file", "migrate_rate"})
+#: Their defaults: no admin listener.
+ADMIN_DEFAULTS: dict[str, Any] = {"admin": None, "admin_token": None, "admin_token_file": None,
+                                  "migrate_rate": DEFAULT_MIGRATE_RATE}
+#: Environment variable holding the admin token (keeps it out of ``ps`` and config files).
+TOKEN_ENV = "WSPIPE_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True)
+class AdminOptions:
+    """A validated admin listener configuration."""
+
+    host: str
+    port: int
+    token: str | None
+    migrate_rate: float
+
+    def __repr__(self) -> str:  # never show the token
+        return (f"AdminOptions(host={self.host!r}, port={self.port}, "
+                f"token={'***' if self.token else None}, migrate_rate={self.migrate_rate})")
+
+
+def add_admin_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--admin``, ``--admin-token``, ``--admin-token-file``, ``--migrate-rate``."""
+    add = parser.add_argument
+    add("--admin", metavar="HOST:PORT",
+        help="serve the admin API (pool, pipes, drain, /metrics, /healthz, /readyz) here; "
+             "off unless given")
+    add("--admin-token", metavar="TOKEN",
+        help=f"bearer token of the admin API (default ${TOKEN_ENV}); required unless "
+             "--admin is a loopback address")
+    add("--admin-token-file", metavar="FILE", help="read the admin token from this file")
+    add("--migrate-rate", type=float, metavar="PIPES_PER_S",
+        help=f"pipes moved per second by a drain with migrate "
+             f"({DEFAULT_MIGRATE_RATE:g})")
+
+
+def admin_options(settings: Mapping[str, Any],
+                  environ: Mapping[str, str] | None = None) -> AdminOptions | None:
+    """Validate the admin keys of merged settings; ``None`` when ``admin`` is not set.
+
+    The token comes from ``admin_token``, else ``admin_token_file``, else
+    ``$WSPIPE_ADMIN_TOKEN``.
+
+    :raises AdminConfigError: Bad address, token or rate; no token off loopback.
+    """
+    environ = os.environ if environ is None else environ
+    address = settings.get("admin")
+    if address is None or address == "":
+        return None
+    try:
+        host, port = parse_address(str(address), default_port=9090)
+    except ValueError as exc:
+        raise AdminConfigError(f"admin: {exc}") from None
+    token = load_token(settings.get("admin_token"), settings.get("admin_token_file"))
+    if token is None and environ.get(TOKEN_ENV):
+        token = load_token(environ[TOKEN_ENV])
+    if token is None and not is_loopback(host):
+        raise AdminConfigError(
+            f"refusing to serve the admin API on non-loopback address {host} without a token "
+            f"(set --admin-token-file, ${TOKEN_ENV} or --admin-token)")
+    rate = settings.get("migrate_rate")
+    rate = DEFAULT_MIGRATE_RATE if rate is None else rate
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate < math.inf:
+        raise AdminConfigError(f"migrate_rate must be > 0 pipes per second, got {rate!r}")
+    return AdminOptions(host, port, token, float(rate))
+
+
+@contextlib.asynccontextmanager
+async def open_admin(server: Any, options: AdminOptions | None
+                     ) -> AsyncIterator[AdminServer | None]:
+    """Serve the admin API of a started ``ProxyServer`` for the duration of the block.
+
+    Yields ``None`` (and does nothing) when ``options`` is ``None``.
+    """
+    if options is None:
+        yield None
+        return
+    admin = AdminServer(server_target(server), host=options.host, port=options.port,
+                        token=options.token, migrate_rate=options.migrate_rate)
+    async with admin:
+        yield admin
