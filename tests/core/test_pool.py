@@ -215,3 +215,18 @@ def test_migrate_with_no_other_backend_buffers_until_one_appears():
     b2 = h.backend("ws://b2/")
     h.advance(0)
     assert b2.messages() == ["kept"] and b1.messages() == []
+
+
+def test_drain_with_migrate_moves_a_pipe_whose_link_is_still_handshaking():
+    """Else the link may open later on the draining backend and stay there for good."""
+    h = harness(handshake_timeout=10)
+    b1 = h.backend("ws://b1/", mode="blackhole")  # slow: answers only when told
+    c = h.client()
+    c.send("early")
+    b2 = h.backend("ws://b2/")
+    apply(h, h.proxy.remove_backend("ws://b1/", migrate=True, now=h.now))
+    assert b1.links[0].tcp_closed
+    assert [b.url for b in h.proxy.backends()] == ["ws://b2/"]
+    assert b2.messages() == ["early"]
+    assert h.proxy.pipes()[0].state is PipeState.LINKED
+    assert h.proxy.backends()[0].errors == 0 and h.proxy.stats.link_failures.total() == 0
