@@ -572,6 +572,12 @@ class Proxy:
                 self._plog(logging.INFO, pipe, "client did not answer our Close in time")
                 self._forget_pipe(pipe, out)
             return
+        if pipe.client_paused and pipe.pong_deadline is not None:
+            # Not reading the client (backpressure or the pause policy), so its pong
+            # could not be seen: keepalive waits until reading resumes.
+            pipe.pong_deadline = None
+            if pipe.ping_at is not None:
+                pipe.ping_at = now + cfg.ping_interval
         if pipe.pong_deadline is not None and now >= pipe.pong_deadline:
             self._plog(logging.WARNING, pipe, "client did not answer a ping within ping_timeout")
             self._end_pipe(pipe, 1011, "keepalive ping timeout", now, out)
@@ -915,6 +921,13 @@ class Proxy:
         if link.state is LinkState.CLOSING:
             if now >= link.deadline:
                 self._forget_link(link, out)
+            return
+        if link.paused:
+            # Not reading this link (its client is slow), so its pong could not be
+            # seen: keepalive waits until reading resumes.
+            link.pong_deadline = None
+            if link.ping_at is not None:
+                link.ping_at = now + cfg.ping_interval
             return
         if link.pong_deadline is not None and now >= link.pong_deadline:
             self._link_lost(link, "ping_timeout", "no pong within ping_timeout", now, out)

@@ -84,3 +84,60 @@ def test_replayed_buffer_over_high_water_pauses_client_until_written():
     assert c.paused
     h.ack()
     assert not c.paused and b1.messages() == ["z" * 500] * 3
+
+
+def test_paused_link_is_not_declared_dead_for_a_pong_the_proxy_is_not_reading():
+    """A slow client pauses the link; the backend's pong waits unread in the socket."""
+    from .helpers import held_replies
+
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False,
+                ping_interval=5, ping_timeout=5)
+    b1 = h.backend("ws://b1/")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    h.ack()
+    link = b1.links[0]
+    link.send(b"x" * 1500)  # the client does not read: its outbox is over high water
+    assert _actions(h, act.PauseLink)
+    with held_replies(link) as unread:  # the driver does not read a paused link
+        h.advance(30)
+    assert b2.links == [] and c.close is None
+    assert h.proxy.stats.interruptions.total() == 0
+    assert h.proxy.backends()[0].errors == 0
+    h.ack()  # the client caught up: the link is read again
+    for data in unread:
+        link.send_raw(data)
+    h.advance(30)
+    assert b2.links == [] and c.close is None
+
+
+def test_paused_client_is_not_closed_for_a_pong_the_proxy_is_not_reading():
+    """A slow backend pauses the client; the client's pong waits unread in the socket."""
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False,
+                ping_interval=5, ping_timeout=5)
+    h.backend("ws://b1/")
+    c = h.client()
+    h.ack()
+    c.send(b"x" * 1500)  # the link's outbox is over high water: the client is paused
+    assert c.paused
+    receive = c._receive
+    unread: list[bytes] = []
+
+    def not_read(data):
+        reply = receive(data)
+        if reply:
+            unread.append(reply)
+        return b""
+
+    c._receive = not_read
+    for _ in range(6):
+        h.advance(5)
+        for key in [k for k in h.unacked if k[0] == "c"]:  # client writes go out
+            h.feed(__import__("wspipe_core").events.ClientDataSent(key[1], h.unacked.pop(key)))
+    assert c.close is None and not c.tcp_closed
+    c._receive = receive
+    h.ack()
+    for data in unread:
+        c.send_raw(data)
+    h.advance(30)
+    assert c.close is None
