@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from wspipe_core import actions as act
+from wspipe_core import events as ev
 
 from .helpers import harness
 
@@ -26,8 +27,6 @@ def test_client_paused_at_high_water_of_link_outbox_and_resumed_at_low_water():
 
 
 def test_client_stays_paused_until_link_outbox_is_below_low_water():
-    from wspipe_core import events as ev
-
     h = harness(write_high_water=1000, write_low_water=100, auto_ack=False)
     h.backend("ws://b1/")
     c = h.client()
@@ -133,7 +132,7 @@ def test_paused_client_is_not_closed_for_a_pong_the_proxy_is_not_reading():
     for _ in range(6):
         h.advance(5)
         for key in [k for k in h.unacked if k[0] == "c"]:  # client writes go out
-            h.feed(__import__("wspipe_core").events.ClientDataSent(key[1], h.unacked.pop(key)))
+            h.feed(ev.ClientDataSent(key[1], h.unacked.pop(key)))
     assert c.close is None and not c.tcp_closed
     c._receive = receive
     h.ack()
