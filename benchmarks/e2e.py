@@ -573,6 +573,26 @@ def section_failover(args: argparse.Namespace, procs: Procs) -> list[dict[str, A
     return rows
 
 
+LAYERS = (("wspipe_core", "wspipe_core/"), ("wspipe_anyio (driver)", "wspipe_anyio/"),
+          ("floor_relay", "floor_relay.py"), ("wsproto", "wsproto/"), ("h11", "h11/"),
+          ("anyio", "anyio/"), ("trio", "trio/"), ("asyncio", "asyncio/"))
+
+
+def print_layers(stats: Any) -> None:
+    """Self time by layer (file path), as a share of the profiled run."""
+    totals: dict[str, float] = {}
+    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():
+        layer = next((name for name, marker in LAYERS if marker in filename),
+                     "builtins and other")
+        totals[layer] = totals.get(layer, 0.0) + tottime
+    grand = sum(totals.values()) or 1.0
+    print("| layer | self time | share |")
+    print("|---|---:|---:|")
+    for layer, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"| {layer} | {seconds:.2f} s | {seconds / grand:.0%} |")
+    print()
+
+
 def profile_target(args: argparse.Namespace, procs: Procs, target: str) -> None:
     """Run one throughput cell with the target under cProfile; print its hot spots."""
     import pstats
@@ -593,6 +613,7 @@ def profile_target(args: argparse.Namespace, procs: Procs, target: str) -> None:
               f"connections: {rate:,.0f} msgs/s, {cpu / max(result['messages'], 1) * 1e6:.0f} "
               f"us CPU per round trip (profiler overhead included)\n")
         stats = pstats.Stats(out)
+        print_layers(stats)
         stats.strip_dirs().sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)
 
