@@ -201,3 +201,40 @@ def test_backend_message_in_flight_when_the_pipe_ended_is_dropped_not_a_crash(ho
         link.send_raw(data)
     assert c.received == []
     assert h.proxy._links == {}
+
+
+def test_backend_close_without_a_code_reaches_the_client_as_1000():
+    h = harness()
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    b1.links[0].send_raw(b"\x88\x00")  # Close frame with no payload (1005 on receipt)
+    assert c.close is not None and c.close.code == 1000
+
+
+def test_backend_dying_mid_message_never_leaves_the_client_a_torn_message():
+    from wsproto.events import BytesMessage
+
+    h = harness()
+    b1 = h.backend("ws://b1/")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    link = b1.links[0]
+    link.send_raw(link.ws.send(BytesMessage(data=b"first half", message_finished=False)))
+    link.eof()
+    b2.links[0].send(b"whole", fragments=2)
+    assert c.received == [b"whole"]
+
+
+def test_shutdown_completes_within_close_timeout_even_if_peers_never_answer():
+    from .helpers import mute
+
+    h = harness(close_timeout=5)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    c.ws.receive_data = lambda data: None  # the client reads nothing any more
+    mute(b1.links[0])
+    apply(h, h.proxy.shutdown(h.now))
+    assert not h.proxy.idle
+    assert h.proxy.next_deadline() == 5
+    h.advance(5)
+    assert h.proxy.idle and c.tcp_closed and b1.links[0].tcp_closed
