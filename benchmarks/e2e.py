@@ -317,12 +317,19 @@ class Procs:
     """Every process this script started; stopped (by pid) at exit."""
 
     items: list[Proc] = field(default_factory=list)
+    #: Each target's and backend's stderr goes to a file here (reported at the end).
+    log_dir: Path = field(default_factory=lambda: Path(f"/tmp/wspipe-bench-{os.getpid()}"))
+    logs: dict[str, Path] = field(default_factory=dict)
 
     def start(self, name: str, cmd: list[str], port: int, *, stdin: bool = False,
               wait: bool = True) -> Proc:
-        popen = subprocess.Popen(
-            cmd, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=None,
-            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+        self.log_dir.mkdir(exist_ok=True)
+        path = self.log_dir / f"{name.replace(':', '-')}-{port}.log"
+        self.logs[path.name] = path
+        with path.open("w") as err:
+            popen = subprocess.Popen(
+                cmd, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=err,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
         proc = Proc(name, popen, port)
         self.items.append(proc)
         if wait:
@@ -479,7 +486,7 @@ def section_idle(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]
             # Warm up: one client, one echo, gone; then let the process settle.
             run_child(["_idle", "--url", target_url(target, {target: proxy}, 0, PER_CLIENT),
                        "--conns", "1"], timeout=30)
-            time.sleep(0.5)
+            time.sleep(args.settle)
             before = rss_kib(proxy.pid)
             idle = subprocess.Popen(
                 [sys.executable, str(HERE / "e2e.py"), "_idle", "--url",
@@ -491,7 +498,7 @@ def section_idle(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]
             if not line:
                 raise RuntimeError(f"idle clients failed on {target}")
             ready = json.loads(line)
-            time.sleep(1.0)
+            time.sleep(args.settle)
             after = rss_kib(proxy.pid)
             idle.stdin.write("done\n")
             idle.stdin.flush()
@@ -660,6 +667,19 @@ def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any
                   f"{r['max_ms']:.1f} | {', '.join(map(str, r['lost']))} |")
 
 
+def report_logs(procs: Procs) -> None:
+    """Say which target logged tracebacks (a driver or core error under load)."""
+    for name, path in sorted(procs.logs.items()):
+        if not path.exists():
+            continue
+        text = path.read_text(errors="replace")
+        errors = text.count("Traceback")
+        if errors:
+            last = [line for line in text.splitlines() if "Error" in line][-1:]
+            log(f"note: {name} logged {errors} traceback(s), see {path}: "
+                f"{last[0].strip() if last else ''}")
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0].startswith("_"):
         return child_main(argv)
@@ -676,17 +696,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trials", type=int, default=5, help="failover trials per target")
     parser.add_argument("--interval", type=float, default=0.002,
                         help="failover client send interval (s)")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="idle: seconds to wait before each RSS reading (default 1)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--profile", metavar="TARGET",
                         help="instead of the sections: cProfile TARGET for one throughput cell "
                         "(first of --sizes) and print its hot spots")
     parser.add_argument("--top", type=int, default=30, help="profile rows (default 30)")
     parser.add_argument("--quick", action="store_true",
-                        help="2 s cells, 1 repeat, 500 idle clients, 3 failover trials")
+                        help="1 s cells, 1 repeat, 300 idle clients, 3 failover trials (< 60 s)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.duration, args.repeat, args.idle, args.trials = 2.0, 1, 500, 3
-        args.warmup = 0.3
+        args.duration, args.repeat, args.idle, args.trials = 1.0, 1, 300, 3
+        args.warmup, args.settle = 0.2, 0.3
     args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -721,6 +743,7 @@ def main(argv: list[str]) -> int:
         procs.stop_all()
     print_tables(args, results)
     log(f"(took {time.monotonic() - start:.0f} s)")
+    report_logs(procs)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0
