@@ -27,6 +27,11 @@ class MessageAssembler:
         #: Payload bytes of the message in progress.
         self.size = 0
 
+    @property
+    def idle(self) -> bool:
+        """No message is in progress (the next fragment starts a new message)."""
+        return not self._parts
+
     def feed(self, event: TextMessage | BytesMessage, nbytes: int) -> Message | None:
         """Add a fragment of ``nbytes`` payload bytes; return the message once complete."""
         if event.message_finished and not self._parts:

@@ -69,6 +69,9 @@ _UNSENDABLE_CODES = frozenset({1005, 1006, 1015})
 _OPENISH = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
 
+_MESSAGE_EVENTS = (TextMessage, BytesMessage)
+
+
 def _frame(message: Message) -> TextMessage | BytesMessage:
     return TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
 
@@ -400,7 +403,7 @@ class Proxy:
             return  # the pause policy holds: frames stay undecoded in wsproto's buffer
         ws = pipe.ws
         for event in ws.events():
-            if isinstance(event, TextMessage | BytesMessage):
+            if isinstance(event, _MESSAGE_EVENTS):
                 if not self._client_message(pipe, event, now, out):
                     return
             elif isinstance(event, Ping):
@@ -415,16 +418,26 @@ class Proxy:
     def _client_message(self, pipe: Pipe, event: TextMessage | BytesMessage, now: float,
                         out: list[Action]) -> bool:
         """Relay or buffer one client message fragment; ``False`` stops reading frames."""
+        link = pipe.link
+        data = event.data
+        n = len(data) if type(data) is not str else payload_size(data)
+        if (event.message_finished and link is not None and link.state is LinkState.OPEN
+                and pipe.assembler.idle and n <= self.config.max_message_size
+                and pipe.state is PipeState.LINKED):
+            # Fast path: a whole one-frame message on a live link; nothing is held.
+            self.stats.messages_in += 1
+            self.stats.bytes_in += n
+            self._send_link(link, link.ws.send(event), out)
+            link.sent_messages += 1
+            return True
         if pipe.state is PipeState.CLOSING:
             return True
         cfg = self.config
-        n = payload_size(event.data)
         if pipe.assembler.size + n > cfg.max_message_size:
             self._plog(logging.WARNING, pipe, "client message over max_message_size (%d)",
                        cfg.max_message_size)
             self._end_pipe(pipe, 1009, "message too big", now, out)
             return False
-        link = pipe.link
         live = link if link is not None and link.state is LinkState.OPEN else None
         growth = 0 if live is not None and event.message_finished else n
         if growth and not self._make_room(pipe, event, n, growth, now, out):
@@ -790,7 +803,7 @@ class Proxy:
         ws = link.ws
         try:
             for event in ws.events():
-                if isinstance(event, TextMessage | BytesMessage):
+                if isinstance(event, _MESSAGE_EVENTS):
                     if not self._link_message(link, event, now, out):
                         return
                 elif isinstance(event, AcceptConnection):
@@ -861,7 +874,17 @@ class Proxy:
 
     def _link_message(self, link: Link, event: TextMessage | BytesMessage, now: float,
                       out: list[Action]) -> bool:
-        n = payload_size(event.data)
+        data = event.data
+        n = len(data) if type(data) is not str else payload_size(data)
+        pipe = link.pipe
+        if (event.message_finished and link.assembler.idle and pipe is not None
+                and n <= self.config.max_message_size and pipe.state is not PipeState.CLOSING
+                and pipe.state is not PipeState.CLOSED):
+            # Fast path: a whole one-frame message, re-sent as it came.
+            self.stats.messages_out += 1
+            self.stats.bytes_out += n
+            self._send_client(pipe, pipe.ws.send(event), out)
+            return True
         if link.assembler.size + n > self.config.max_message_size:
             log.warning("backend %s sent a message over max_message_size on link %d",
                         link.backend.id, link.id)
