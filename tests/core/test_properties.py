@@ -26,6 +26,8 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, TextMessage
 
 from wspipe_core import PipeEventKind, hookimpl
+from wspipe_core import actions as act
+from wspipe_core import events as ev
 from wspipe_core.link import LinkState
 from wspipe_core.testing import Harness
 
@@ -38,6 +40,7 @@ CONFIG = config(
     ping_interval=2.0, ping_timeout=2.0, handshake_timeout=1.0, close_timeout=1.0,
     buffer_limit=2000, max_message_size=1000, memory_budget=3000, max_interruption=8.0,
     backoff_base=0.05, backoff_max=0.5, eject_after=2, eject_base=1.0, eject_max=4.0,
+    write_high_water=600, write_low_water=200,
 )
 
 backend_index = st.integers(0, MAX_BACKENDS - 1)
@@ -71,14 +74,20 @@ backend_send = st.tuples(
     st.one_of(st.none(), failure, client_gone),
 )
 operation = st.one_of(send, send, send, failure, failure, tick, backend_send,
+                      st.tuples(st.just("ack")),
                       st.tuples(st.just("reconnect"), st.integers(0, len(CLIENT_IDS) - 1)))
 initial_modes = st.lists(st.sampled_from(["accept", "refuse", "blackhole"]), min_size=1,
                          max_size=3)
 
 
 class World:
-    def __init__(self, modes: list[str], policy: str = "close") -> None:
+    def __init__(self, modes: list[str], policy: str = "close", flow: bool = False) -> None:
         self.config = config = dataclasses.replace(CONFIG, buffer_policy=policy)
+        #: Whether writes are acknowledged only on "ack" and pauses are honoured.
+        self.flow = flow
+        #: Connections the core told the driver not to read, and what arrived meanwhile.
+        self.paused: set[tuple[str, int]] = set()
+        self.unread: dict[tuple[str, int], list[ev.Event]] = {}
         self.clock = 0
         #: (pipe id, clock) of every link that opened for a pipe.
         self.link_opened: list[tuple[str, int]] = []
@@ -91,7 +100,7 @@ class World:
                     world.clock += 1
                     world.link_opened.append((event.pipe.id, world.clock))
 
-        self.h = Harness(config, plugins=[Recorder()])
+        self.h = Harness(config, plugins=[Recorder()], auto_ack=not flow)
         self._check_limits_on_every_call()
         self.backends = [self.h.backend(f"ws://b{i}/", mode=mode)
                          for i, mode in enumerate(modes)]
@@ -113,12 +122,43 @@ class World:
         def checked(fn):
             def call(*args):
                 out = fn(*args)
+                self.track_pauses(out)
                 self.check_limits()
                 return out
             return call
 
-        proxy.handle = checked(handle)  # type: ignore[method-assign]
+        def reading(event, now):
+            # A driver does not read a paused connection: what its peer sends waits.
+            key = self.source(event)
+            if self.flow and key in self.paused:
+                self.unread.setdefault(key, []).append(event)
+                return []
+            return handle_checked(event, now)
+
+        handle_checked = checked(handle)
+        proxy.handle = reading  # type: ignore[method-assign]
         proxy.handle_timer = checked(handle_timer)  # type: ignore[method-assign]
+
+    @staticmethod
+    def source(event: ev.Event) -> tuple[str, int] | None:
+        """Whose data this is (EOFs and resets are noticed even when not reading)."""
+        if isinstance(event, ev.ClientDataReceived):
+            return ("c", event.conn)
+        if isinstance(event, ev.LinkDataReceived):
+            return ("l", event.link)
+        return None
+
+    def track_pauses(self, actions: list[act.Action]) -> None:
+        for action in actions:
+            if isinstance(action, act.PauseClient | act.PauseLink):
+                self.paused.add(("c", action.conn) if isinstance(action, act.PauseClient)
+                                else ("l", action.link))
+            elif isinstance(action, act.ResumeClient | act.ResumeLink):
+                key = (("c", action.conn) if isinstance(action, act.ResumeClient)
+                       else ("l", action.link))
+                self.paused.discard(key)
+                # Read what waited, before anything the peer sends from now on.
+                self.h._queue.extend(self.unread.pop(key, []))
 
     def check_limits(self) -> None:
         proxy = self.h.proxy
@@ -165,6 +205,8 @@ class World:
                 self.backends.append(self.h.backend(f"ws://b{len(self.backends)}/"))
         elif kind == "tick":
             self.h.advance(op[1])
+        elif kind == "ack":
+            self.h.ack()
         elif kind in ("client_close", "client_eof"):
             client = self.clients[op[1]]
             if client.ws.state is ConnectionState.OPEN and not client.tcp_closed:
@@ -213,12 +255,14 @@ class World:
         if client.tcp_closed:
             return
         pipe = self.pipe_of(slot)
+        # Whether this message completes now (else it waits unread: unknown).
+        read_now = ("c", client.conn) not in self.paused
         was_live = self.live(slot)
         client.send_raw(data)
         for reply in held:
             if not client.tcp_closed:
                 client.send_raw(reply)
-        if pipe is not None and not was_live:
+        if pipe is not None and not was_live and read_now:
             self.clock += 1
             self.outage.append((pipe.id, self.clock, payload))
 
@@ -327,9 +371,13 @@ class World:
 
     def finish(self) -> None:
         self.record_coverage()
+        self.h.ack()
         for client in self.clients:
             if client.ws.state is ConnectionState.OPEN and not client.tcp_closed:
                 client.close_ws(1000)
+        for _ in range(20):  # let writes complete and paused peers be read again
+            self.h.ack()
+            self.h.advance(1)
         self.h.advance(CONFIG.close_timeout + CONFIG.handshake_timeout + 1)
         self.check_delivery()
         proxy = self.h.proxy
@@ -342,12 +390,23 @@ class World:
         assert proxy.idle
 
 
-@pytest.mark.parametrize("policy", ["close", "pause", "drop_oldest"])
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(modes=initial_modes, ops=st.lists(operation, min_size=20, max_size=80))
-def test_random_interleavings_keep_order_lose_nothing_buffered_and_stay_bounded(policy, modes,
-                                                                                ops):
-    world = World(modes, policy)
+def test_random_interleavings_keep_order_lose_nothing_buffered_and_stay_bounded(modes, ops):
+    world = World(modes)
+    for op in ops:
+        world.run(op)
+    world.finish()
+
+
+@pytest.mark.parametrize("policy,flow", [
+    ("pause", False), ("drop_oldest", False), ("close", True), ("pause", True),
+], ids=["pause", "drop_oldest", "close+backpressure", "pause+backpressure"])
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(modes=initial_modes, ops=st.lists(operation, min_size=20, max_size=80))
+def test_random_interleavings_hold_under_other_policies_and_backpressure(policy, flow, modes, ops):
+    """The same, with writes acknowledged only on "ack" and Pause*/Resume* honoured."""
+    world = World(modes, policy, flow)
     for op in ops:
         world.run(op)
     world.finish()
