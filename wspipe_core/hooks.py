@@ -231,9 +231,13 @@ class Hooks:
     def configure(self) -> None:
         """Call ``wspipe_configure``; exceptions propagate (start-up must stop).
 
-        Plugins registered by ``wspipe_configure`` itself are checked afterwards.
+        Unlike the other hooks, implementations run in registration order (built-ins
+        first), so objects they register keep the order in which their plugins were
+        given: the later one still wins. Plugins registered here are then checked.
         """
-        self._hook.wspipe_configure(config=self._config, pm=self.pm)
+        kwargs = {"config": self._config, "pm": self.pm}
+        for impl in list(self._hook.wspipe_configure.get_hookimpls()):
+            impl.function(*(kwargs[name] for name in impl.argnames))
         check_plugins(self.pm)
 
     def client_id(self, request: RequestInfo) -> str | None:

@@ -48,9 +48,11 @@ def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
         ``config.plugin_settings.get(NAME, {})`` (the ``[plugins.NAME]`` table).
     :param pm: The proxy's plugin manager: register or block plugins here.
 
-    Called: once per proxy, when it is constructed, before any other hook. Raise
-    ``ConfigError`` to refuse the settings; start-up stops with that message.
-    Plugins registered here are checked like the others (unknown hooks stop start-up).
+    Called: once per proxy, when it is constructed, before any other hook, for every
+    implementation *in registration order* (unlike other hooks), so the objects
+    registered here keep the order their plugins were given in. Raise ``ConfigError``
+    to refuse the settings; start-up stops with that message. Plugins registered here
+    are checked like the others (unknown hooks stop start-up).
     """
 
 

@@ -8,17 +8,18 @@ import hmac
 import json
 import time
 import uuid
+from pathlib import Path
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-from wspipe_core import ConfigError, ProxyConfig
-from wspipe_core.testing import Harness
 from wspipe_plugins.auth.jwt import JWTAuth
 from wspipe_plugins.auth.origin import OriginAllowList
 from wspipe_plugins.auth.token import TokenAuth
+
+from wspipe_core import ConfigError, ProxyConfig
+from wspipe_core.testing import Harness
 
 TOKENS = ["first-token-0123456789", "second-token-0123456789"]
 
@@ -241,7 +242,7 @@ def test_jwt_public_key_cannot_be_used_as_an_hmac_secret(tmp_path):
     private = rsa_key()
     key_file = pem_public(private, tmp_path, "key.pem")
     h, _ = harness("jwt", {"algorithms": ["RS256"], "public_key_file": key_file})
-    pem = open(key_file, "rb").read()
+    pem = Path(key_file).read_bytes()
     # The classic forgery: an HS256 token whose HMAC key is the (public) PEM.
     def b64(data):
         return base64.urlsafe_b64encode(data).rstrip(b"=")

@@ -6,13 +6,13 @@ import collections
 import uuid
 
 import pytest
-
-from wspipe_core import ConfigError, ProxyConfig
-from wspipe_core.testing import Harness
 from wspipe_plugins.strategy.consistent_hash import ConsistentHash
 from wspipe_plugins.strategy.least_connections import LeastConnections
 from wspipe_plugins.strategy.round_robin import RoundRobin
 from wspipe_plugins.strategy.weighted import Weighted
+
+from wspipe_core import ConfigError, ProxyConfig
+from wspipe_core.testing import Harness
 
 
 def link_counts(h, backends):
@@ -123,8 +123,8 @@ def test_consistent_hash_respects_weights():
     from wspipe_plugins.strategy.consistent_hash import score
 
     owners = collections.Counter(
-        max(urls, key=lambda u, c=str(uuid.UUID(int=i)): score(c, info(u, urls[u])))
-        for i in range(4000))
+        max(urls, key=lambda u, c=client_id: score(c, info(u, urls[u])))
+        for client_id in (str(uuid.UUID(int=i)) for i in range(4000)))
     assert 0.70 < owners["ws://heavy:80/"] / 4000 < 0.80
 
 

@@ -1,7 +1,7 @@
+import pytest
+
 from wspipe_core import ConfigError, ProxyConfig
 from wspipe_core.testing import Harness
-
-import pytest
 
 
 def config(port):
