@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 import wspipe_plugins
+
 from wspipe_core import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
