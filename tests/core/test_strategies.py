@@ -13,8 +13,9 @@ from .helpers import harness
 
 
 def _backend_of(h, client):
-    pipe = next(p for p in h.proxy.pipes() if p.id == f"p{client.conn}")
-    return pipe.backend_id
+    """The backend id of the live pipe of ``client``."""
+    pipe = h.proxy._pipes[client.conn]
+    return pipe.link.backend.id if pipe.link is not None else None
 
 
 def _ids(n, seed=0):
