@@ -6,7 +6,8 @@ trio). It reads and changes the pool at runtime, lists pipes, drains backends
 Prometheus metrics and health checks::
 
     GET    /healthz                      200 while the process serves (no token)
-    GET    /readyz                       200 if a backend is up, else 503 (no token)
+    GET    /readyz                       200 if a backend is up (and not shutting down),
+                                         else 503 (no token)
     GET    /backends                     [{id, url, state, pipes, errors, weight, ...}]
     POST   /backends  {"url", "weight"}  201 backend | 400 invalid | 409 duplicate
     DELETE /backends/{id}?migrate=BOOL   202 draining | 404 unknown
@@ -135,6 +136,11 @@ class _ServerTarget:
         # core's next deadline earlier, e.g. add_backend makes waiting pipes retry now).
         execute = getattr(self._server, "execute", None) or self._server._execute
         execute(actions)
+
+    @property
+    def shutting_down(self) -> bool:
+        """The server stopped accepting clients (``/readyz`` answers 503)."""
+        return bool(getattr(self._server, "stopping", getattr(self._server, "_stopping", False)))
 
     def backends(self) -> list[BackendInfo]:
         return self.proxy.backends()
@@ -590,6 +596,9 @@ class AdminServer:
         backends = self.target.backends()
         up = sum(1 for b in backends if b.state is BackendState.UP)
         body = {"ready": up > 0, "backends_up": up, "backends": len(backends)}
+        if getattr(self.target, "shutting_down", False):
+            return _Reply(503, {**body, "ready": False, "detail": "shutting down"},
+                          log_reason="shutting down")
         if not up:
             return _Reply(503, {**body, "detail": "no backend is up"},
                           log_reason="no backend is up")

@@ -63,6 +63,9 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily("wspipe_connections",
                                 "Client connections, handshaking or open.",
                                 value=proxy.connections)
+        yield GaugeMetricFamily("wspipe_max_connections",
+                                "Client connections beyond which new ones get HTTP 503.",
+                                value=proxy.config.max_connections)
         yield CounterMetricFamily("wspipe_clients_accepted",
                                   "Clients whose upgrade was accepted.",
                                   value=stats.clients_accepted)

@@ -95,6 +95,10 @@ async def test_post_backend_at_runtime_then_new_clients_are_routed_to_it() -> No
             with anyio.fail_after(5):  # b1's last pipe ended: it left the pool
                 while len((await http.get("/backends")).json()) != 1:
                     await anyio.sleep(0.02)
+            assert (await http.get("/readyz")).status_code == 200
+            await server.shutdown()  # SIGTERM: the load balancer must stop sending clients
+            r = await http.get("/readyz")
+            assert (r.status_code, r.json()["detail"]) == (503, "shutting down")
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
