@@ -246,7 +246,14 @@ class Hooks:
         except Exception:
             log.exception("wspipe_client_id raised; refusing the client")
             return None
-        return result if isinstance(result, str) and result else None
+        if not isinstance(result, str) or not result:
+            return None
+        if not result.isprintable() or result != result.strip():
+            # It is sent to backends as a header value: no control characters.
+            log.error("wspipe_client_id returned %r, unfit for a header; refusing the client",
+                      result)
+            return None
+        return result
 
     def authenticate(self, request: RequestInfo, client_id: str) -> Reject | None:
         try:

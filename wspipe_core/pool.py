@@ -35,6 +35,11 @@ def parse_backend_url(url: str) -> BackendAddress:
     """Parse a ``ws://`` or ``wss://`` URL; raise :class:`InvalidBackendURL` saying why."""
     if not isinstance(url, str) or not url or url != url.strip():
         raise InvalidBackendURL(f"invalid backend URL {url!r}")
+    if not url.isascii() or not url.isprintable() or " " in url:
+        # The path goes into the request line as it is: it must be percent-encoded.
+        raise InvalidBackendURL(
+            f"invalid backend URL {url!r}: spaces, control or non-ASCII characters "
+            "must be percent-encoded")
     try:
         parts = urlsplit(url)
         port = parts.port

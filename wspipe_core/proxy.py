@@ -727,17 +727,25 @@ class Proxy:
             return
         link.state = LinkState.HANDSHAKING
         backend = link.backend
-        request = self.hooks.backend_request(pipe.info(), backend.info(),
-                                             self._backend_request(pipe, backend))
+        default = self._backend_request(pipe, backend)
+        request = self.hooks.backend_request(pipe.info(), backend.info(), default)
+        try:
+            data = self._link_request(link, request)
+        except Exception as exc:  # h11 (under wsproto) refused what the hook returned
+            log.error("wspipe_backend_request returned an invalid request (%s); sending the "
+                      "default one", exc)
+            data = self._link_request(link, default)
+        self._send_link(link, data, out)
+
+    def _link_request(self, link: Link, request: BackendRequest) -> bytes:
         headers = [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
                    for k, v in request.headers]
-        data = link.ws.send(Request(
-            host=backend.address.host_header,
+        return link.ws.send(Request(
+            host=link.backend.address.host_header,
             target=request.target,
             subprotocols=[request.subprotocol] if request.subprotocol else [],
             extra_headers=headers,
         ))
-        self._send_link(link, data, out)
 
     def _backend_request(self, pipe: Pipe, backend: Backend) -> BackendRequest:
         cfg = self.config

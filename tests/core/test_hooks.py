@@ -226,3 +226,37 @@ def test_unimportable_plugin_module_is_a_config_error():
 
     with pytest.raises(ConfigError, match="no_such_module"):
         make_plugin_manager(ProxyConfig(), plugins=["no_such_module_xyz"])
+
+
+@pytest.mark.parametrize("bad", [
+    BackendRequest("/ok", (("x-bad", "a\r\nb"),), None),
+    BackendRequest("no slash and spaces", (), None),
+    BackendRequest("/ok", (("bad name", "v"),), None),
+])
+def test_backend_request_hook_returning_an_invalid_request_sends_the_default(bad):
+    class Invalid:
+        @hookimpl
+        def wspipe_backend_request(self):
+            return bad
+
+    h = harness(plugins=[Invalid()])
+    b1 = h.backend("ws://b1/")
+    c = h.client(f"/{ID1}?q=1")
+    assert b1.links[0].request is not None
+    assert b1.links[0].request.target == f"/{ID1}?q=1"
+    assert b1.links[0].header("x-wspipe-client-id") == ID1
+    c.send("through")
+    assert b1.messages() == ["through"]
+
+
+@pytest.mark.parametrize("client_id", ["id\r\nx", "tab\there\x00", " padded", ""])
+def test_client_id_hook_returning_an_id_unfit_for_a_header_refuses_with_400(client_id):
+    class Weird:
+        @hookimpl
+        def wspipe_client_id(self):
+            return client_id
+
+    h = harness(plugins=[Weird()])
+    h.backend("ws://b1/")
+    c = h.client("/anything")
+    assert c.status == 400 and h.proxy.connections == 0

@@ -50,6 +50,7 @@ def test_config_backends_registered_twice_raise():
 @pytest.mark.parametrize("url", [
     "http://b1/", "b1:80", "ws://", "ws:///path", "ws://user:pw@b1/", "ws://b1/#frag",
     " ws://b1/", "ws://b1:99999/", "ws://b1:port/", "", "wss//b1",
+    "ws://b1/a b", "ws://b1/é", "ws://b1/\x00", "ws://b1/?q=\t",
 ])
 def test_invalid_backend_urls_raise(url):
     h = harness()
@@ -230,3 +231,13 @@ def test_drain_with_migrate_moves_a_pipe_whose_link_is_still_handshaking():
     assert b2.messages() == ["early"]
     assert h.proxy.pipes()[0].state is PipeState.LINKED
     assert h.proxy.backends()[0].errors == 0 and h.proxy.stats.link_failures.total() == 0
+
+
+@pytest.mark.parametrize("url,target", [
+    ("ws://b1/a%20b", "/a%20b"), ("ws://b1/%C3%A9?x=%20", "/%C3%A9?x=%20"),
+])
+def test_percent_encoded_backend_urls_are_dialed(url, target):
+    h = harness(forward_target=False)
+    b1 = h.backend(url)
+    h.client()
+    assert b1.links[0].request is not None and b1.links[0].request.target == target
