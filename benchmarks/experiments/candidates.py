@@ -9,6 +9,9 @@ run time, the way the owners could implement it properly:
         pending count, without a full ``Proxy.handle()``.
 ``m1``  keep only wsproto's ``Connection`` after the upgrade (drop the handshake objects).
 ``m2``  driver channels do not allocate wakeup events before their first wait.
+``d1``  asyncio only: ``Channel.send`` writes straight to the transport when the writer is
+        idle, nothing is queued and the transport's buffer is empty (no writer task hop);
+        the write is reported (``on_sent``) from a ``call_soon`` callback.
 
 Commands::
 
@@ -156,7 +159,7 @@ def apply(patches: set[str]) -> None:
     from wspipe_anyio import connection as connection_mod
     from wspipe_anyio import server as server_mod
 
-    unknown = patches - {"m1", "m2", "s2", "s4"}
+    unknown = patches - {"m1", "m2", "s2", "s4", "d1"}
     if unknown:
         raise SystemExit(f"unknown patch: {', '.join(sorted(unknown))}")
     if "m1" in patches:
@@ -196,6 +199,8 @@ def apply(patches: set[str]) -> None:
             feed(self, event)
 
         server_mod.ProxyServer._feed = _feed  # type: ignore[method-assign]
+    if "d1" in patches:
+        _patch_direct_write(connection_mod)
     if "m2" in patches:
         import anyio
 
@@ -212,6 +217,53 @@ def apply(patches: set[str]) -> None:
             self._writer_wakeup = self._reader_wakeup = shared[0]
 
         connection_mod.Channel.__init__ = __init__  # type: ignore[method-assign]
+
+
+def _patch_direct_write(connection_mod: Any) -> None:
+    """d1: write from ``Channel.send`` when nothing is queued (asyncio streams only)."""
+    import asyncio
+    import math
+
+    import anyio
+
+    channel = connection_mod.Channel
+    send = channel.send
+
+    def direct_send(self: Any, data: bytes) -> None:
+        stream = self._stream
+        transport = getattr(stream, "_transport", None)
+        if (transport is not None and not self._closing and not self._outbox
+                and getattr(self, "_writer_idle", False)
+                and stream._protocol.write_event.is_set() and not transport.is_closing()):
+            transport.write(data)
+            asyncio.get_running_loop().call_soon(self._on_sent, len(data))
+            return
+        send(self, data)
+
+    async def _write_loop(self: Any, stream: Any) -> None:
+        # The driver's loop, plus the idle flag that direct_send needs.
+        while True:
+            while not self._outbox:
+                if self._closing:
+                    return
+                self._writer_wakeup = anyio.Event()
+                self._writer_idle = True
+                try:
+                    await self._writer_wakeup.wait()
+                finally:
+                    self._writer_idle = False
+            chunk = self._take()
+            try:
+                await stream.send(chunk)
+            except connection_mod.SOCKET_ERRORS as exc:
+                self._report_eof(f"write failed: {exc!r}")
+                self._outbox.clear()
+                self._write_scope.deadline = -math.inf
+                return
+            self._on_sent(len(chunk))
+
+    channel.send = direct_send
+    channel._write_loop = _write_loop
 
 
 def parse_patches(text: str) -> set[str]:
@@ -268,8 +320,13 @@ def mode_e2e(args: argparse.Namespace) -> None:
         backend = e2e.start_backend(procs)
         backend_url = f"ws://{e2e.HOST}:{backend.port}"
         size = e2e.parse_size(args.size)
-        servers = {p: start(p, backend_url) for p in sets}
         runs: dict[str, list[tuple[float, float]]] = {p: [] for p in sets}
+        servers = {p: start(p, backend_url) for p in sets}
+        if args.floor:
+            servers[f"floor-{args.async_lib}"] = e2e.start_target(
+                procs, f"floor-{args.async_lib}", [backend_url])
+            sets = [*sets, f"floor-{args.async_lib}"]
+            runs[sets[-1]] = []
         for _ in range(args.repeat):
             for patches, proc in servers.items():
                 url = f"ws://{e2e.HOST}:{proc.port}{e2e.PER_CLIENT}"
@@ -287,8 +344,9 @@ def mode_e2e(args: argparse.Namespace) -> None:
         for patches in sets:
             rate = statistics.median(r for r, _ in runs[patches])
             cpu = statistics.median(c for _, c in runs[patches])
-            idle = idle_rss(e2e, procs, start(patches, backend_url), args.idle) \
-                if args.idle else float("nan")
+            idle = float("nan")
+            if args.idle and not patches.startswith("floor-"):
+                idle = idle_rss(e2e, procs, start(patches, backend_url), args.idle)
             print(f"| {patches} | {rate:,.0f} | {cpu:.0f} | {idle:.1f} |", flush=True)
     finally:
         procs.stop_all()
@@ -339,6 +397,8 @@ def main(argv: list[str]) -> int:
     e2e_p.add_argument("--repeat", type=int, default=3)
     e2e_p.add_argument("--idle", type=int, default=0, help="idle clients for RSS (0: skip)")
     e2e_p.add_argument("--async-lib", choices=("asyncio", "trio"), default="asyncio")
+    e2e_p.add_argument("--floor", action="store_true",
+                       help="also measure benchmarks/floor_relay.py, interleaved")
     args = parser.parse_args(argv)
     if args.mode == "core":
         mode_core(args)
