@@ -694,20 +694,31 @@ class AdminServer:
     async def _migrate(self, backend_id: str, scope: anyio.CancelScope) -> None:
         interval = 1.0 / self.migrate_rate
         moved = 0
+        waiting = False
         started = anyio.current_time()
         try:
             with scope, anyio.move_on_after(MIGRATE_TIMEOUT) as timeout:
                 next_at = started
                 # Bounded by MIGRATE_TIMEOUT; each round moves one pipe or waits MIGRATE_POLL.
                 while True:
-                    backend = next((b for b in self.target.backends() if b.id == backend_id),
-                                   None)
+                    backends = self.target.backends()
+                    backend = next((b for b in backends if b.id == backend_id), None)
                     if backend is None or backend.pipes == 0:
                         break  # drained: the pool removed it
                     if backend.state is not BackendState.DRAINING:
                         log.warning("admin: backend %s is no longer draining; migration "
                                     "stopped", backend_id)
                         break
+                    if not any(b.state is BackendState.UP for b in backends):
+                        # Never move a pipe to nowhere (it would buffer, then get 1013):
+                        # it stays on the draining backend until another one is up.
+                        if not waiting:
+                            log.warning("admin: no other backend is up; the pipes of %s stay "
+                                        "until one is", backend_id)
+                            waiting = True
+                        await anyio.sleep(MIGRATE_POLL)
+                        continue
+                    waiting = False
                     pipe = next((p for p in self.target.pipes()
                                  if p.backend_id == backend_id and p.state is PipeState.LINKED),
                                 None)

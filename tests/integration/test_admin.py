@@ -303,6 +303,25 @@ async def test_drain_with_migrate_moves_pipes_at_the_bounded_rate() -> None:
     assert len(h.backends["ws://b2:80/"].messages()) == 12
 
 
+async def test_migrate_waits_for_another_backend_instead_of_moving_pipes_to_nowhere() -> None:
+    h, target = make_harness("ws://only:80/")
+    clients = [h.client() for _ in range(3)]
+    with anyio.fail_after(10):
+        async with admin_client(target, migrate_rate=100) as (admin, http):
+            r = await http.delete("/backends/b1?migrate=true", headers=AUTH)
+            assert r.status_code == 202
+            await anyio.sleep(0.3)
+            assert target.migrated_at == []  # nowhere to go: the pipes stay where they are
+            assert all(p.state.value == "linked" and p.backend_id == "b1"
+                       for p in target.pipes())
+            assert admin.migrations == ["b1"]
+            r = await http.post("/backends", json={"url": "ws://new:80/"}, headers=AUTH)
+            assert r.status_code == 201
+            await _settled(admin)
+    assert [p.backend_id for p in target.pipes()] == ["b2", "b2", "b2"]
+    assert all(not client.tcp_closed for client in clients)
+
+
 async def _settled(admin: AdminServer) -> bool:
     with anyio.fail_after(2):
         while admin.migrations:
