@@ -84,11 +84,6 @@ def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     return head + b"\x00\x00\x00\x00" + payload
 
 
-def live_links(h: Harness) -> int:
-    """Links the core still tracks."""
-    return len(h.proxy._links)
-
-
 def apply(h: Harness, actions: list[act.Action]) -> None:
     """Execute actions returned by a direct ``Proxy`` call and route the answers."""
     h._run(actions)
