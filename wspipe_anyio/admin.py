@@ -494,6 +494,9 @@ class AdminServer:
         if length is not None and length.isdigit() and int(length) > self._max_body:
             raise _error(413, f"request body of {int(length)} bytes is over the "
                               f"{self._max_body}-byte limit", headers=[("connection", "close")])
+        if conn.they_are_waiting_for_100_continue:
+            await stream.send(conn.send(h11.InformationalResponse(status_code=100,
+                                                                  headers=[])) or b"")
         chunks: list[bytes] = []
         size = 0
         while True:

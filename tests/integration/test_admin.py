@@ -450,3 +450,20 @@ async def test_no_token_allowed_on_loopback_only(tmp_path: Any) -> None:
         load_token(token_file=str(tmp_path / "missing"))
     with pytest.raises(AdminConfigError):
         load_token(TOKEN, str(token_file))
+
+
+async def test_expect_100_continue_and_keep_alive() -> None:
+    _, target = make_harness()
+    body = b'{"url": "ws://b1:80/"}'
+    head = (b"POST /backends HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+            + b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    with anyio.fail_after(10):
+        async with admin_client(target) as (admin, _), \
+                await anyio.connect_tcp("127.0.0.1", admin.port) as stream:
+            await stream.send(head)
+            assert (await stream.receive()).startswith(b"HTTP/1.1 100 ")
+            await stream.send(body)
+            assert (await stream.receive()).startswith(b"HTTP/1.1 201 Created\r\n")
+            await stream.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # same socket
+            assert (await stream.receive()).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert [b.url for b in target.backends()] == ["ws://b1:80/"]
