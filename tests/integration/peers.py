@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,15 +176,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextlib.contextmanager
-def backends(*items: Backend) -> Iterator[tuple[Backend, ...]]:
-    for item in items:
-        item.start()
-    try:
-        yield items
-    finally:
+@contextlib.asynccontextmanager
+async def running_backends(*items: Backend, timeout: float | None = None
+                           ) -> AsyncIterator[tuple[Backend, ...]]:
+    """Start the backends; at the end stop them off the event loop (the proxy must keep
+    running to answer their Close). With ``timeout``, the whole block is bounded by it."""
+    with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
         for item in items:
-            item.stop()
+            item.start()
+        try:
+            yield items
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(TIMEOUT):
+                async with anyio.create_task_group() as tg:
+                    for item in items:
+                        tg.start_soon(anyio.to_thread.run_sync, item.stop)
 
 
 async def raw_request(port: int, data: bytes, timeout: float = TIMEOUT) -> bytes:
@@ -280,10 +286,10 @@ class ProcessBackend:
         self.proc.wait(TIMEOUT)
         self._reader.join(TIMEOUT)
 
-    def __enter__(self) -> ProcessBackend:
+    async def __aenter__(self) -> ProcessBackend:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self.proc.poll() is None:
-            self.kill()
+            await anyio.to_thread.run_sync(self.kill)
 

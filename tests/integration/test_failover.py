@@ -1,5 +1,7 @@
 """Interruptions over loopback: resets, graceful restarts, outages, black holes, overflow."""
 
+# ruff: noqa: SIM117  (nested blocks show that the backends outlive the proxy)
+
 from __future__ import annotations
 
 import socket
@@ -13,9 +15,9 @@ from peers import (
     Client,
     EventLog,
     ProcessBackend,
-    backends,
     client_path,
     free_port,
+    running_backends,
     running_proxy,
     url,
 )
@@ -30,7 +32,7 @@ def numbered(start: int, stop: int) -> list[str]:
 async def test_backend_reset_mid_stream_client_stays_and_next_backend_gets_rest_in_order(
 ) -> None:
     events = EventLog()
-    with anyio.fail_after(20), ProcessBackend() as first, backends(Backend()) as (second,):
+    async with running_backends(Backend(), timeout=20) as (second,), ProcessBackend() as first:
         async with running_proxy([first.url], events=events) as server:
             client = await Client.connect(url(server, client_path()))
             await events.wait_for("linked")
@@ -54,7 +56,7 @@ async def test_backend_reset_mid_stream_client_stays_and_next_backend_gets_rest_
 async def test_graceful_restart_with_1012_loses_and_duplicates_nothing() -> None:
     events = EventLog()
     sent = numbered(0, 300)
-    with anyio.fail_after(20), backends(Backend(), Backend()) as (first, second):
+    async with running_backends(Backend(), Backend(), timeout=20) as (first, second):
         async with running_proxy([first.url], events=events) as server:
             client = await Client.connect(url(server, client_path()))
             await events.wait_for("linked")
@@ -91,7 +93,7 @@ async def test_all_backends_down_at_connect_then_one_comes_up() -> None:
             await client.send_all(numbered(0, 10))
             await anyio.sleep(2.0)
             await client.send_all(numbered(10, 15))
-            with backends(backend):
+            async with running_backends(backend):
                 assert await client.recv_n(15) == numbered(0, 15)
                 assert backend.messages() == numbered(0, 15)
                 await client.close()
@@ -104,7 +106,7 @@ async def test_black_holed_backend_is_timed_out_and_skipped() -> None:
     hole_url = f"ws://127.0.0.1:{hole.getsockname()[1]}"
     events = EventLog()
     try:
-        with anyio.fail_after(15), backends(Backend()) as (good,):
+        async with running_backends(Backend(), timeout=15) as (good,):
             async with running_proxy([hole_url], events=events, handshake_timeout=0.5) as server:
                 started = anyio.current_time()
                 client = await Client.connect(url(server, client_path()))
@@ -133,7 +135,7 @@ async def test_buffer_overflow_closes_only_that_client_with_1013() -> None:
             code, reason = await greedy.wait_closed()
             assert code == 1013
             assert reason and "buffer" in reason
-            with backends(Backend(port=port)) as (backend,):
+            async with running_backends(Backend(port=port)) as (backend,):
                 assert await modest.recv() == "small"
                 await modest.send("still here")
                 assert await modest.recv() == "still here"
@@ -149,7 +151,7 @@ async def test_backend_close_ends_pipe_and_is_relayed_with_reason(code: int, rea
         else:
             ws.send(message)
 
-    with anyio.fail_after(10), backends(Backend(on_message=close_on_bye), Backend()) as (
+    async with running_backends(Backend(on_message=close_on_bye), Backend(), timeout=10) as (
             first, second):
         async with running_proxy([first.url, second.url], strategy="round_robin") as server:
             client = await Client.connect(url(server, client_path()))

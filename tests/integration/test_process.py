@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from peers import Backend, Client, backends, client_path
+from peers import Backend, Client, client_path, running_backends
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,7 +54,7 @@ class ServeProcess:
 
 
 async def test_sigterm_closes_clients_with_1001_and_exits_0(anyio_backend: str) -> None:
-    with anyio.fail_after(20), backends(Backend()) as (backend,):
+    async with running_backends(Backend(), timeout=20) as (backend,):
         serve = ServeProcess("--backend", backend.url, "--async-lib", anyio_backend,
                              "--ping-interval", "0", "--shutdown-grace", "5")
         try:

@@ -1,5 +1,7 @@
 """Bad clients are refused or closed with the right status or code; other clients carry on."""
 
+# ruff: noqa: SIM117  (nested blocks show that the backends outlive the proxy)
+
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from peers import Backend, Client, backends, client_path, raw_request, running_proxy, url
+from peers import Backend, Client, client_path, raw_request, running_backends, running_proxy, url
 from websockets.exceptions import InvalidStatus
 from websockets.frames import Frame, Opcode
 
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.anyio
 @contextlib.asynccontextmanager
 async def proxy_with_bystander(**config: object) -> AsyncIterator[tuple[ProxyServer, Client]]:
     """A proxy with one well-behaved client connected, checked again at the end."""
-    with anyio.fail_after(15), backends(Backend()) as (backend,):
+    async with running_backends(Backend(), timeout=15) as (backend,):
         async with running_proxy([backend.url], **config) as server:  # type: ignore[arg-type]
             bystander = await Client.connect(url(server, client_path()))
             await bystander.send("before")

@@ -1,18 +1,19 @@
 """Relay over loopback: message types, sizes, fragments, subprotocols, forwarded request data."""
 
+# ruff: noqa: SIM117  (nested blocks show that the backends outlive the proxy)
+
 from __future__ import annotations
 
 import uuid
 
-import anyio
 import pytest
-from peers import Backend, Client, backends, client_path, running_proxy, url
+from peers import Backend, Client, client_path, running_backends, running_proxy, url
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_text_and_binary_both_ways() -> None:
-    with anyio.fail_after(10), backends(Backend()) as (backend,):
+    async with running_backends(Backend(), timeout=10) as (backend,):
         async with running_proxy([backend.url]) as server:
             client = await Client.connect(url(server, client_path()))
             sent: list[str | bytes] = ["hello", b"\x00\x01\xff", "", b"", "héllo ✓"]
@@ -27,7 +28,7 @@ async def test_fragmented_message_is_relayed_whole() -> None:
     def reply_in_fragments(ws, message) -> None:  # type: ignore[no-untyped-def]
         ws.send([message[:3], message[3:6], message[6:]])  # fragments from the backend too
 
-    with anyio.fail_after(10), backends(Backend(on_message=reply_in_fragments)) as (backend,):
+    async with running_backends(Backend(on_message=reply_in_fragments), timeout=10) as (backend,):
         async with running_proxy([backend.url]) as server:
             client = await Client.connect(url(server, client_path()))
             await client.send(["frag", "mented ", "text"])
@@ -40,7 +41,7 @@ async def test_fragmented_message_is_relayed_whole() -> None:
 async def test_one_mib_messages_both_ways() -> None:
     big_binary = bytes(range(256)) * 4096  # 1 MiB
     big_text = "x" * (1 << 20)
-    with anyio.fail_after(20), backends(Backend()) as (backend,):
+    async with running_backends(Backend(), timeout=20) as (backend,):
         async with running_proxy([backend.url], max_message_size=2 << 20) as server:
             client = await Client.connect(url(server, client_path()))
             await client.send(big_binary)
@@ -51,7 +52,8 @@ async def test_one_mib_messages_both_ways() -> None:
 
 
 async def test_subprotocol_negotiated_with_client_and_offered_to_backend() -> None:
-    with anyio.fail_after(10), backends(Backend(subprotocols=["chat.v2", "chat.v1"])) as (backend,):
+    chat = Backend(subprotocols=["chat.v2", "chat.v1"])
+    async with running_backends(chat, timeout=10) as (backend,):
         async with running_proxy([backend.url], subprotocols=("chat.v1", "chat.v2")) as server:
             client = await Client.connect(url(server, client_path()),
                                           subprotocols=["mqtt", "chat.v2", "chat.v1"])
@@ -65,7 +67,7 @@ async def test_subprotocol_negotiated_with_client_and_offered_to_backend() -> No
 
 async def test_path_query_and_client_id_forwarded_to_backend() -> None:
     client_id = str(uuid.uuid4())
-    with anyio.fail_after(10), backends(Backend()) as (backend,):
+    async with running_backends(Backend(), timeout=10) as (backend,):
         async with running_proxy([backend.url + "/base"]) as server:
             client = await Client.connect(url(server, f"/{client_id}?room=7&x=%20y"),
                                           additional_headers={"Cookie": "session=abc"})

@@ -1,5 +1,7 @@
 """TLS on both sides: a wss:// client listener and a wss:// backend, with trustme certificates."""
 
+# ruff: noqa: SIM117  (nested blocks show that the backends outlive the proxy)
+
 from __future__ import annotations
 
 import ssl
@@ -7,7 +9,7 @@ import ssl
 import anyio
 import pytest
 import trustme
-from peers import Backend, Client, backends, client_path, running_proxy
+from peers import Backend, Client, client_path, running_backends, running_proxy
 
 from wspipe_anyio import backend_context, server_context
 
@@ -25,7 +27,7 @@ async def test_tls_listener_and_wss_backend(tmp_path) -> None:  # type: ignore[n
     client_tls = ssl.create_default_context()
     ca.configure_trust(client_tls)
 
-    with anyio.fail_after(10), backends(Backend(ssl_context=backend_tls)) as (backend,):
+    async with running_backends(Backend(ssl_context=backend_tls), timeout=10) as (backend,):
         assert backend.url.startswith("wss://")
         server_kwargs = {"ssl_context": server_context(str(cert_pem)),
                          "backend_ssl_context": backend_context(str(ca_pem))}
@@ -43,7 +45,7 @@ async def test_wss_backend_with_untrusted_certificate_is_a_backend_error(tmp_pat
     cert = trustme.CA().issue_cert("127.0.0.1")
     backend_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(backend_tls)
-    with anyio.fail_after(10), backends(Backend(ssl_context=backend_tls)) as (backend,):
+    async with running_backends(Backend(ssl_context=backend_tls), timeout=10) as (backend,):
         async with running_proxy([backend.url]) as server:  # system CAs only: verification fails
             client = await Client.connect(f"ws://127.0.0.1:{server.port}{client_path()}")
             with anyio.fail_after(5):
