@@ -1,0 +1,65 @@
+"""The library face: ProxyServer in a task group, several listeners, backends added and drained."""
+
+# ruff: noqa: SIM117  (nested blocks show that the backends outlive the proxy)
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from peers import FAST, Backend, Client, EventLog, client_path, running_backends, running_proxy
+
+from wspipe_anyio import ProxyServer
+from wspipe_core import ProxyConfig
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_listens_on_ipv4_and_ipv6_loopback() -> None:
+    async with running_backends(Backend(), timeout=10) as (backend,):
+        cfg = ProxyConfig(**{**FAST, "backends": (backend.url,)})
+        server = ProxyServer(cfg, listen=[("127.0.0.1", 0), ("::1", 0)], shutdown_grace=2.0)
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.run)
+            assert [host for host, _ in server.addresses] == ["127.0.0.1", "::1"]
+            v4, v6 = server.ports
+            for address in (f"127.0.0.1:{v4}", f"[::1]:{v6}"):
+                client = await Client.connect(f"ws://{address}{client_path()}")
+                await client.send(address)
+                assert await client.recv() == address
+                await client.close()
+            await server.shutdown()
+        assert server.proxy.idle
+
+
+async def test_remove_backend_with_migrate_moves_pipes_without_loss() -> None:
+    events = EventLog()
+    async with running_backends(Backend(), Backend(), timeout=10) as (first, second):
+        async with running_proxy([first.url], events=events) as server:
+            client = await Client.connect(f"ws://127.0.0.1:{server.port}{client_path()}")
+            await client.send("one")
+            assert await client.recv() == "one"
+            added = server.add_backend(second.url)
+            assert [b.url for b in server.backends()][-1] == added.url
+            server.remove_backend(first.url, migrate=True)
+            await events.wait_for("resumed")
+            await client.send("two")
+            assert await client.recv() == "two"
+            assert first.messages() == ["one"]
+            assert second.messages() == ["two"]
+            assert [p.backend_id for p in server.pipes()] == [added.id]
+            await client.close()
+
+
+async def test_shutdown_closes_clients_with_1001_and_leaves_proxy_idle() -> None:
+    async with running_backends(Backend(), timeout=10) as (backend,):
+        async with running_proxy([backend.url]) as server:
+            clients = [await Client.connect(f"ws://127.0.0.1:{server.port}{client_path()}")
+                       for _ in range(3)]
+            for client in clients:
+                await client.send("x")
+                assert await client.recv() == "x"
+            with anyio.fail_after(3):
+                await server.shutdown()
+            assert server.proxy.idle
+            for client in clients:
+                assert (await client.wait_closed())[0] == 1001
