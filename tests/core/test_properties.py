@@ -31,7 +31,7 @@ from wspipe_core import events as ev
 from wspipe_core.link import LinkState
 from wspipe_core.testing import Harness
 
-from .helpers import config, held_replies
+from .helpers import apply, config, held_replies
 
 CLIENT_IDS = [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(1, 3)]
 MAX_BACKENDS = 5
@@ -51,6 +51,7 @@ failure = st.one_of(
                                                                "blackhole"])),
     st.tuples(st.just("add")),
     st.tuples(st.just("kill_all")),
+    st.tuples(st.just("drain"), backend_index, st.booleans()),
     st.tuples(st.just("tick"), st.sampled_from([0.01, 0.1, 0.5, 1.0, 3.0])),
 )
 send = st.tuples(
@@ -200,7 +201,13 @@ class World:
         elif kind == "kill_all":
             for backend in self.backends:
                 backend.kill()
-        elif kind == "add":
+        elif kind == "drain":
+            url = self.backend(op[1]).url
+            if any(b.url == url for b in self.h.proxy.backends()):
+                actions = self.h.proxy.remove_backend(url, migrate=op[2], now=self.h.now)
+                self.track_pauses(actions)
+                self.check_limits()
+                apply(self.h, actions)
             if len(self.backends) < MAX_BACKENDS:
                 self.backends.append(self.h.backend(f"ws://b{len(self.backends)}/"))
         elif kind == "tick":
