@@ -18,7 +18,7 @@ from wspipe_plugins.auth.jwt import JWTAuth
 from wspipe_plugins.auth.origin import OriginAllowList
 from wspipe_plugins.auth.token import TokenAuth
 
-from wspipe_core import ConfigError, ProxyConfig
+from wspipe_core import ConfigError, ProxyConfig, RequestInfo
 from wspipe_core.testing import Harness
 
 TOKENS = ["first-token-0123456789", "second-token-0123456789"]
@@ -271,10 +271,27 @@ def test_jwt_client_id_claim_missing_falls_back_to_the_path():
     assert h.client("/chat", headers=bearer(hs256(claims()))).status == 400
 
 
-def test_jwt_invalid_token_is_refused_even_with_a_client_id_claim():
-    h, _ = harness("jwt", {"secret": SECRET, "client_id_claim": "sid"})
-    token = hs256(claims(sid="s", exp=time.time() - 1))
-    assert h.client(f"/{uuid.uuid4()}", headers=bearer(token)).status == 403
+@pytest.mark.parametrize("target", ["/chat", f"/{uuid.uuid4()}"])
+def test_jwt_with_a_client_id_claim_still_answers_401_and_403(target):
+    h, backend = harness("jwt", {"secret": SECRET, "client_id_claim": "sid"})
+    expired = hs256(claims(sid="s", exp=time.time() - 1))
+    assert h.client(target, headers=bearer(expired)).status == 403
+    assert h.client(target).status == 401
+    assert h.client(target, headers=[("Authorization", "Basic x")]).status == 401
+    assert backend.links == [] and h.proxy.pipes() == []
+
+
+def test_jwt_a_token_that_becomes_valid_between_the_two_hooks_is_still_refused():
+    now = [1000.0]
+    auth = JWTAuth(SECRET.encode(), client_id_claim="sid", clock=lambda: now[0])
+    token = hs256({"sid": "s", "nbf": 1001, "exp": 2000})
+    info = RequestInfo(target="/chat", path="/chat", query="", peer="127.0.0.1", tls=False,
+                       headers=(("authorization", f"Bearer {token}"),), subprotocols=())
+    client_id = auth.wspipe_client_id(info)
+    assert client_id is not None and client_id.startswith("unauthenticated-")
+    now[0] = 1001.5
+    assert auth.wspipe_authenticate(info, client_id).status == 403
+    assert auth.wspipe_authenticate(info, "s") is None
 
 
 @pytest.mark.parametrize("table,match", [

@@ -26,7 +26,9 @@ client id cannot be live at once (the second gets 409)::
 
 from __future__ import annotations
 
+import secrets
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -109,6 +111,9 @@ class JWTAuth:
         self.client_id_claim = client_id_claim
         self.source = source or CredentialSource()
         self.clock = clock
+        #: Prefix of the client ids given to clients without a valid token (unguessable,
+        #: so no claim can forge one).
+        self._unauthenticated = f"unauthenticated-{secrets.token_hex(8)}-"
 
     def verify(self, token: str) -> dict[str, Any]:
         """The claims of a valid ``token``.
@@ -147,9 +152,13 @@ class JWTAuth:
             return None
         try:
             token = self.source.find(request)
-            claims = self.verify(token) if token is not None else {}
+            if token is None:
+                raise InvalidToken("no token")
+            claims = self.verify(token)
         except (MalformedCredentials, InvalidToken):
-            return None  # wspipe_authenticate refuses it with the reason
+            # Not None: that would refuse the client with 400 (no client id) before
+            # wspipe_authenticate could answer 401/403. This id is always refused there.
+            return f"{self._unauthenticated}{uuid.uuid4()}"
         value = claims.get(self.client_id_claim)
         if value is None or isinstance(value, dict | list | bool):
             return None
@@ -159,7 +168,7 @@ class JWTAuth:
         return client_id
 
     @hookimpl
-    def wspipe_authenticate(self, request: RequestInfo) -> Reject | None:
+    def wspipe_authenticate(self, request: RequestInfo, client_id: str) -> Reject | None:
         try:
             token = self.source.find(request)
         except MalformedCredentials as exc:
@@ -170,6 +179,8 @@ class JWTAuth:
             self.verify(token)
         except InvalidToken as exc:
             return Reject(403, str(exc).splitlines()[0])
+        if client_id.startswith(self._unauthenticated):
+            return Reject(403, "invalid token")  # became valid in between (nbf): still no
         return None
 
     @hookimpl
