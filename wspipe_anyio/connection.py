@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import anyio
 from anyio.abc import ByteStream
+from anyio.streams.tls import TLSStream
 
 log = logging.getLogger("wspipe.driver")
 
@@ -176,6 +177,8 @@ class Channel:
     async def _half_close(self, stream: ByteStream) -> None:
         # Send FIN and let the peer read our last bytes before we close: closing a
         # socket with unread input sends RST, which can destroy what we just wrote.
+        if isinstance(stream, TLSStream):
+            return  # anyio implements no TLS half-close (and may fail trying)
         try:
             await stream.send_eof()
         except (NotImplementedError, *SOCKET_ERRORS):
