@@ -32,6 +32,17 @@ import anyio
 from wspipe_core import BackendError, ConfigError, ProxyConfig
 
 from . import tls
+from .admin import (
+    ADMIN_DEFAULTS,
+    ADMIN_KEYS,
+    AdminConfigError,
+    AdminOptions,
+    add_admin_flags,
+    admin_options,
+    open_admin,
+)
+from .admin_cli import ADMIN_COMMANDS, add_admin_subcommands, run_admin_command
+from .logfmt import setup_logging as setup_structured_logging
 from .server import Address, ProxyServer
 from .units import parse_address, parse_duration, parse_size
 
@@ -47,8 +58,8 @@ DURATION_KEYS = frozenset({"handshake_timeout", "ping_interval", "ping_timeout",
 #: Keys of the driver (everything else goes to ProxyConfig).
 DRIVER_KEYS = frozenset({"listen", "async_lib", "plugin_modules", "load_entrypoints",
                          "log_level", "log_format", "certfile", "keyfile", "cafile",
-                         "shutdown_grace", "connect_timeout", "close_linger"})
-DRIVER_DEFAULTS: dict[str, Any] = {
+                         "shutdown_grace", "connect_timeout", "close_linger"}) | ADMIN_KEYS
+DRIVER_DEFAULTS: dict[str, Any] = {**ADMIN_DEFAULTS,
     "listen": ["127.0.0.1:8080"], "async_lib": "asyncio", "plugin_modules": [],
     "load_entrypoints": True, "log_level": "info", "log_format": "text", "certfile": None,
     "keyfile": None, "cafile": None, "shutdown_grace": 10.0, "connect_timeout": None,
@@ -119,10 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--certfile", metavar="PEM", help="serve clients over TLS with this certificate chain")
     add("--keyfile", metavar="PEM", help="private key of --certfile (if not in it)")
     add("--cafile", metavar="PEM", help="CAs trusted for wss:// backends (default: system)")
+    add_admin_flags(serve)
     demo = sub.add_parser("demo", help="show a pipe surviving two backend restarts",
                           description="Run a proxy, two echo backends and a client in-process.")
     demo.add_argument("--async-lib", choices=("asyncio", "trio"), default="asyncio")
     demo.add_argument("--messages", type=int, default=120, help="messages to send (120)")
+    add_admin_subcommands(sub)
     return parser
 
 
@@ -190,6 +203,7 @@ class ServeOptions:
     shutdown_grace: float
     connect_timeout: float | None
     close_linger: float
+    admin: AdminOptions | None = None
 
 
 def build_options(settings: dict[str, Any]) -> ServeOptions:
@@ -232,6 +246,10 @@ def build_options(settings: dict[str, Any]) -> ServeOptions:
             raise UsageFailure(f"{key} must be a number of seconds >= 0")
     if driver["connect_timeout"] is not None and driver["connect_timeout"] <= 0:
         raise UsageFailure("connect_timeout must be > 0")
+    try:
+        admin = admin_options(driver)
+    except AdminConfigError as exc:
+        raise UsageFailure(str(exc)) from None
     return ServeOptions(
         config=config, listen=listen, async_lib=driver["async_lib"],
         plugin_modules=tuple(str(m) for m in driver["plugin_modules"]),
@@ -239,7 +257,7 @@ def build_options(settings: dict[str, Any]) -> ServeOptions:
         log_level=str(driver["log_level"]).upper(), log_format=driver["log_format"],
         ssl_context=server_ctx, backend_ssl_context=backend_ctx,
         shutdown_grace=driver["shutdown_grace"], connect_timeout=driver["connect_timeout"],
-        close_linger=driver["close_linger"],
+        close_linger=driver["close_linger"], admin=admin,
     )
 
 
@@ -281,10 +299,10 @@ def run_async(func: Callable[[], Any], async_lib: str) -> Any:
     return anyio.run(func, backend=async_lib, backend_options=options)
 
 
-async def serve_until_signalled(server: ProxyServer) -> None:
+async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cancels."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with server, anyio.create_task_group() as tg:
+        async with server, open_admin(server, admin), anyio.create_task_group() as tg:
             async def watch() -> None:
                 shutting_down = False
                 async for signum in signals:  # bounded: the second signal returns
@@ -306,7 +324,8 @@ async def serve_until_signalled(server: ProxyServer) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """``wspipe serve``."""
     options = build_options(merge_settings(args))
-    setup_logging(options.log_level, options.log_format)
+    secrets = [options.admin.token] if options.admin and options.admin.token else []
+    setup_structured_logging(options.log_level, options.log_format, secrets=secrets)
     try:
         server = ProxyServer(
             options.config, listen=options.listen, plugins=options.plugin_modules,
@@ -317,7 +336,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ConfigError, BackendError) as exc:
         raise UsageFailure(str(exc)) from None
     try:
-        run_async(lambda: serve_until_signalled(server), options.async_lib)
+        run_async(lambda: serve_until_signalled(server, options.admin), options.async_lib)
     except OSError as exc:
         print(f"wspipe: {exc}", file=sys.stderr)
         return 1
@@ -339,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command in ADMIN_COMMANDS:
+            return run_admin_command(args)
         return cmd_demo(args)
     except UsageFailure as exc:
         print(f"wspipe: error: {exc}", file=sys.stderr)

@@ -183,3 +183,5 @@ class Channel:
             await stream.send_eof()
         except (NotImplementedError, *SOCKET_ERRORS):
             pass
+        except RuntimeError:  # uvloop: "unable to perform operation on <TCPTransport closed>"
+            pass

@@ -136,12 +136,25 @@ class ProxyServer:
 
     def add_backend(self, url: str, *, weight: float = 1.0) -> BackendInfo:
         """Register a backend in the pool (see ``Proxy.add_backend`` for errors)."""
-        return self.proxy.add_backend(url, weight=weight, now=anyio.current_time())
+        info = self.proxy.add_backend(url, weight=weight, now=anyio.current_time())
+        self._execute([])  # pipes waiting for a backend retry now: re-arm the timer loop
+        return info
 
     def remove_backend(self, id_or_url: str, *, migrate: bool = False) -> None:
         """Drain a backend; with ``migrate`` move its pipes to other backends now."""
         self._execute(self.proxy.remove_backend(id_or_url, migrate=migrate,
                                                 now=anyio.current_time()))
+
+    def migrate_pipe(self, pipe_id: str) -> None:
+        """Move one pipe to another backend now (its buffer is replayed there)."""
+        self._execute(self.proxy.migrate_pipe(pipe_id, now=anyio.current_time()))
+
+    def execute(self, actions: list[act.Action]) -> None:
+        """Dispatch actions a core call returned and re-arm the timer loop.
+
+        For callers that use ``self.proxy`` directly (e.g. the admin API).
+        """
+        self._execute(actions)
 
     def backends(self) -> list[BackendInfo]:
         """Snapshots of the pool's backends."""
