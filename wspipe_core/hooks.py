@@ -198,19 +198,26 @@ def _check_names(plugin: object, name: str) -> None:
 
 
 def check_plugins(pm: pluggy.PluginManager) -> None:
-    """Raise :class:`ConfigError` naming a plugin that implements an unknown hook."""
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        hook = str(exc).split("'")[1] if "'" in str(exc) else "?"
-        raise ConfigError(
-            f"plugin {pm.get_name(exc.plugin)!r} implements unknown hook {hook!r}") from None
+    """Raise :class:`ConfigError` naming a plugin that implements an unknown hook.
+
+    (``pm.check_pending()``, with a message that names the plugin and the hook.)
+    """
+    for hook_name in sorted(n for n in dir(pm.hook) if n.startswith(f"{hookspecs.PROJECT}_")):
+        caller = getattr(pm.hook, hook_name)
+        if caller.has_spec():
+            continue
+        for impl in caller.get_hookimpls():
+            if not impl.optionalhook:
+                raise ConfigError(
+                    f"plugin {impl.plugin_name!r} implements unknown hook {hook_name!r}")
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
-    """The registered plugins in call order (first called first), with their hooks.
+    """The registered plugins, last registered first, with the hooks each implements.
 
-    For ``wspipe plugins``: one ``(name, [hook names])`` per plugin.
+    That is the order decision hooks ask them in (``tryfirst``/``trylast`` aside: the
+    built-ins, registered first, are asked last). One ``(name, [hook names])`` per
+    plugin, for a ``wspipe plugins`` listing.
     """
     hooks: dict[int, list[str]] = {}
     for hook_name in sorted(n for n in dir(pm.hook) if n.startswith(f"{hookspecs.PROJECT}_")):
@@ -237,7 +244,8 @@ class Hooks:
         """
         kwargs = {"config": self._config, "pm": self.pm}
         for impl in list(self._hook.wspipe_configure.get_hookimpls()):
-            impl.function(*(kwargs[name] for name in impl.argnames))
+            if not (impl.hookwrapper or impl.wrapper):
+                impl.function(*(kwargs[name] for name in impl.argnames))
         check_plugins(self.pm)
 
     def client_id(self, request: RequestInfo) -> str | None:
