@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import json
 import logging
 import signal
 import ssl
@@ -42,7 +41,7 @@ from .admin import (
     open_admin,
 )
 from .admin_cli import ADMIN_COMMANDS, add_admin_subcommands, run_admin_command
-from .logfmt import setup_logging as setup_structured_logging
+from .logfmt import setup_logging
 from .server import Address, ProxyServer
 from .units import parse_address, parse_duration, parse_size
 
@@ -261,33 +260,6 @@ def build_options(settings: dict[str, Any]) -> ServeOptions:
     )
 
 
-# Logging.
-
-
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg`` (and ``exc``)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Format ``record`` as a JSON line."""
-        out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname,
-                               "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    """Log to stderr at ``level`` in ``text`` or ``json``."""
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JSONFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 # Running.
 
 
@@ -325,7 +297,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """``wspipe serve``."""
     options = build_options(merge_settings(args))
     secrets = [options.admin.token] if options.admin and options.admin.token else []
-    setup_structured_logging(options.log_level, options.log_format, secrets=secrets)
+    setup_logging(options.log_level, options.log_format, secrets=secrets)
     try:
         server = ProxyServer(
             options.config, listen=options.listen, plugins=options.plugin_modules,
