@@ -68,6 +68,7 @@ def wspipe_client_id(request: RequestInfo) -> str | None:
         the client is refused with HTTP 400.
 
     Called: once per client, before ``wspipe_authenticate``. On exception: 400.
+    Must not block: it runs inside the core.
     """
 
 
@@ -83,7 +84,8 @@ def wspipe_authenticate(request: RequestInfo, client_id: str) -> Reject | None:
         ``None`` to raise no objection (later implementations still run).
 
     Called: once per client, after the client id is known and before the upgrade
-    is accepted. On exception: the client is refused with 500.
+    is accepted. On exception: the client is refused with 500. Must not block: a
+    plugin that checks credentials remotely keeps what it learns in memory.
     """
 
 
@@ -104,7 +106,8 @@ def wspipe_select_backend(
         implementation returns ``None`` the pipe waits for its backoff and asks again.
 
     Called: each time a pipe needs a link (open, interruption, migration, retry).
-    On exception, or a result not in ``candidates``: treated as ``None``.
+    On exception, or a result not in ``candidates``: treated as ``None``. Must not
+    block: it runs inside the core.
     """
 
 
@@ -120,7 +123,8 @@ def wspipe_backoff(pipe: PipeInfo, attempt: int, rng: random.Random) -> float | 
     :returns: A delay in seconds (>= 0), or ``None`` for no opinion.
 
     Called: after each failed link attempt of a pipe, and when no backend could be
-    chosen. On exception: ``backoff_base`` from the configuration.
+    chosen. On exception, or a negative or non-finite result: ``backoff_base`` from
+    the configuration. Must not block: return the delay, never sleep.
     """
 
 
@@ -137,10 +141,14 @@ def wspipe_buffer_full(
     :param limit: The limit it hit, in bytes.
     :param reason: ``"buffer_limit"`` (the pipe's own limit) or ``"memory_budget"``
         (the process-wide budget).
-    :returns: A :class:`BufferFullAction`, or ``None`` for no opinion.
+    :returns: A :class:`BufferFullAction`: ``CLOSE`` (1013 to that client), ``PAUSE``
+        (keep the message aside, stop reading the client until the buffer is flushed),
+        ``DROP_OLDEST`` (drop the oldest buffered message; the hook is asked again
+        until the message fits), or ``None`` for no opinion (if nobody answers: ``CLOSE``).
 
     Called: each time a client message (or, for in-progress messages, a fragment)
-    would take the pipe over a limit. On exception: ``CLOSE``.
+    would take the pipe over a limit. On exception: ``CLOSE``. Must not block: it
+    runs inside the core, in the middle of reading the client.
     """
 
 
@@ -159,6 +167,7 @@ def wspipe_backend_request(
         with extra headers), or ``None`` to send ``request`` unchanged.
 
     Called: once per link, when its connection is up. On exception: unchanged.
+    Must not block: it runs inside the core.
     """
 
 
@@ -169,5 +178,6 @@ def wspipe_pipe_event(event: PipeEvent) -> None:
     :param event: What happened, to which pipe, with which backend, when and why.
 
     Called: for every implementation, at each transition, for logs and metrics.
-    Exceptions are logged and ignored.
+    Exceptions are logged and ignored. Must not block: hand slow work (shipping
+    metrics) to a background task of the plugin's own.
     """
