@@ -169,6 +169,13 @@ class World:
             assert pipe.held == pipe.buffer.bytes + pipe.assembler.size
         assert 0 <= proxy.budget.used <= self.config.memory_budget
         assert proxy.budget.used == sum(p.held for p in pipes)
+        # Strategies count on this: a backend's load is the pipes whose link it holds.
+        for backend in proxy.pool:
+            assert backend.pipes == sum(1 for p in pipes
+                                        if p.link is not None and p.link.backend is backend)
+        for link in proxy._links.values():
+            if link.pipe is not None and link.pipe.link is link:
+                assert link.pipe.conn in proxy._pipes
 
     # -- helpers
 
