@@ -230,3 +230,11 @@ def test_a_broken_entry_point_stops_start_up_naming_it(third_party):
     with pytest.raises(ConfigError, match=r"cannot load plugin 'broken' \(tp_broken\): "
                                           r"RuntimeError: boom at import"):
         make_plugin_manager(ProxyConfig(), load_entrypoints=True)
+
+
+def test_jwt_without_pyjwt_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jwt", None)  # as if PyJWT were not installed
+    monkeypatch.delitem(sys.modules, "wspipe_plugins.auth.jwt", raising=False)
+    with pytest.raises(ConfigError, match=r"cannot load plugin 'jwt' .*pip install "
+                                          r"'wspipe\[jwt\]'"):
+        make_plugin_manager(ProxyConfig(), plugins=["jwt"])

@@ -32,9 +32,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jwt as pyjwt
 import pluggy
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+try:
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(f"{exc.msg}: the jwt plugin needs pip install 'wspipe[jwt]'") from None
 
 from wspipe_core import (
     BackendRequest,
