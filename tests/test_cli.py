@@ -131,3 +131,13 @@ def test_bad_input_exits_2_with_one_line(
 def test_unreadable_config_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--config", "/no/such/wspipe.toml"]) == 2
     assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_every_serve_flag_is_documented() -> None:
+    cli_md = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    parser = build_parser()
+    serve = next(a for a in parser._actions if a.dest == "command").choices["serve"]  # type: ignore[union-attr]
+    flags = [s for a in serve._actions for s in a.option_strings if s.startswith("--")]
+    assert len(flags) > 20
+    missing = [f for f in flags if f != "--help" and f"`{f}" not in cli_md]
+    assert missing == []
