@@ -207,3 +207,20 @@ def test_strategies_without_settings_refuse_a_table():
 def test_least_connections_object_ties_go_to_the_first_registered():
     chosen = LeastConnections().wspipe_select_backend([info("ws://a/"), info("ws://b/")])
     assert chosen.url == "ws://a/"
+
+
+@pytest.mark.parametrize("name", ["least_connections", "round_robin", "consistent_hash",
+                                  "exclusive"])
+def test_plugins_choose_like_the_builtin_strategy_of_the_same_name(name):
+    """Switching from ``--strategy NAME`` to ``--plugin NAME`` moves no client."""
+    def placement(**kwargs):
+        h = Harness(ProxyConfig(**kwargs.pop("config", {})), **kwargs)
+        backends = [h.backend(f"ws://b{i}:80/") for i in range(4)]
+        clients = []
+        for i in range(12):
+            clients.append(h.client(f"/{uuid.UUID(int=i + 1)}"))
+            if i % 3 == 2:
+                clients.pop(0).close_ws()  # some pipes end along the way
+        return [[link.header("x-wspipe-client-id") for link in b.live] for b in backends]
+
+    assert placement(plugins=[name]) == placement(config={"strategy": name})
