@@ -471,8 +471,17 @@ def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str,
                     f"{runs[target][-1]['cpu_us']:.0f} us/msg")
         for target in args.targets:
             med = {k: statistics.median(r[k] for r in runs[target]) for k in runs[target][0]}
-            rows.append({"size": size, "target": target, **med,
-                         "rates": [r["rate"] for r in runs[target]]})
+            row = {"size": size, "target": target, **med,
+                   "rates": [r["rate"] for r in runs[target]],
+                   "cpus": [r["cpu_us"] for r in runs[target]]}
+            floor = runs.get("floor-" + target.split("-", 1)[-1])
+            if target.startswith("wspipe-") and floor:
+                # Paired by repetition (the same minute of machine load), then the median.
+                row["vs_floor"] = statistics.median(
+                    w["rate"] / f["rate"] for w, f in zip(runs[target], floor, strict=True))
+                row["cpu_vs_floor"] = statistics.median(
+                    f["cpu_us"] / w["cpu_us"] for w, f in zip(runs[target], floor, strict=True))
+            rows.append(row)
     return rows
 
 
@@ -638,18 +647,15 @@ def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any
         print("| size | target | msgs/s | vs floor | p50 ms | p99 ms | target CPU us/msg "
               "| CPU vs floor |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")
-        floor = {(r["size"], r["target"].split("-", 1)[1]): r for r in rows
-                 if r["target"].startswith("floor-")}
         for r in rows:
-            lib = r["target"].split("-", 1)[1] if "-" in r["target"] else ""
-            ref = floor.get((r["size"], lib)) if r["target"].startswith("wspipe-") else None
-            vs = f"{r['rate'] / ref['rate']:.0%}" if ref else ""
-            # CPU per round trip of the floor over wspipe's: the throughput ratio the proxy
-            # would reach if it had a core to itself (less sensitive to a busy machine).
-            cpu_vs = f"{ref['cpu_us'] / r['cpu_us']:.0%}" if ref else ""
+            vs = f"{r['vs_floor']:.0%}" if "vs_floor" in r else ""
+            cpu_vs = f"{r['cpu_vs_floor']:.0%}" if "cpu_vs_floor" in r else ""
             print(f"| {size_label(r['size'])} | {r['target']} | {r['rate']:,.0f} | {vs} | "
                   f"{r['p50'] * 1e3:.2f} | {r['p99'] * 1e3:.2f} | {r['cpu_us']:.0f} | "
                   f"{cpu_vs} |")
+        print("\nvs floor: wspipe msgs/s over the floor relay's on the same library; CPU vs floor: "
+              "the floor's CPU per round trip over wspipe's. Both are paired by repetition "
+              "(measured back to back), then the median.")
     if "idle" in results:
         print(f"\n### RSS per idle pipe ({args.idle} idle clients, each linked)\n")
         print("| target | RSS before KiB | RSS after KiB | KiB per idle pipe |")
@@ -665,6 +671,36 @@ def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any
         for r in results["failover"]:
             print(f"| {r['target']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | "
                   f"{r['max_ms']:.1f} | {', '.join(map(str, r['lost']))} |")
+
+
+def summarize(paths: list[str]) -> None:
+    """Paired ratios to the floor over the repetitions of several ``--json`` results."""
+    tp: dict[tuple[int, str], list[float]] = {}
+    cpu: dict[tuple[int, str], list[float]] = {}
+    for path in paths:
+        rows = json.loads(Path(path).read_text()).get("throughput", [])
+        by = {(r["size"], r["target"]): r for r in rows}
+        for (size, target), r in by.items():
+            if not target.startswith("wspipe-") or "cpus" not in r:
+                continue
+            lib = target.split("-", 1)[1]
+            floor = by.get((size, f"floor-{lib}"))
+            if floor is None:
+                continue
+            for w_rate, f_rate, w_cpu, f_cpu in zip(r["rates"], floor["rates"], r["cpus"],
+                                                    floor["cpus"], strict=True):
+                tp.setdefault((size, lib), []).append(w_rate / f_rate)
+                cpu.setdefault((size, lib), []).append(f_cpu / w_cpu)
+    print(f"\n### wspipe vs the floor relay over {len(paths)} result file(s), paired by "
+          "repetition\n")
+    print("| size | library | pairs | msgs/s vs floor: median (min-max) | "
+          "CPU vs floor: median (min-max) |")
+    print("|---:|---|---:|---|---|")
+    for key in sorted(tp):
+        a, b = tp[key], cpu[key]
+        print(f"| {size_label(key[0])} | {key[1]} | {len(a)} | {statistics.median(a):.0%} "
+              f"({min(a):.0%}-{max(a):.0%}) | {statistics.median(b):.0%} "
+              f"({min(b):.0%}-{max(b):.0%}) |")
 
 
 def report_logs(procs: Procs) -> None:
@@ -703,6 +739,8 @@ def main(argv: list[str]) -> int:
                         help="instead of the sections: cProfile TARGET for one throughput cell "
                         "(first of --sizes) and print its hot spots")
     parser.add_argument("--top", type=int, default=30, help="profile rows (default 30)")
+    parser.add_argument("--summarize", nargs="+", metavar="JSON",
+                        help="instead of measuring: summarize --json results of earlier runs")
     parser.add_argument("--quick", action="store_true",
                         help="1 s cells, 1 repeat, 300 idle clients, 3 failover trials (< 60 s)")
     args = parser.parse_args(argv)
@@ -725,6 +763,9 @@ def main(argv: list[str]) -> int:
     procs = Procs()
     results: dict[str, list[dict[str, Any]]] = {}
     start = time.monotonic()
+    if args.summarize:
+        summarize(args.summarize)
+        return 0
     if args.profile:
         if args.profile not in PROXIES:
             parser.error(f"--profile takes one of {', '.join(PROXIES)}")
