@@ -24,7 +24,8 @@ class ProxyConfig:
 
     #: Backend URLs registered at start-up.
     backends: tuple[str, ...] = ()
-    #: Client connections (handshaking or open) beyond which new ones get HTTP 503.
+    #: Open pipes beyond which new clients get HTTP 503 (handshaking connections are
+    #: refused at once beyond twice this number).
     max_connections: int = 10_000
     #: Per-pipe limit on buffered plus in-progress client message bytes.
     buffer_limit: int = 5 * MiB

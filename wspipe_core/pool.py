@@ -102,8 +102,12 @@ class Pool:
         address = parse_backend_url(url)
         if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
             raise InvalidBackendURL(f"invalid weight {weight!r} for {url}: must be > 0")
-        if any(b.url == url for b in self._backends.values()):
-            raise BackendAlreadyRegistered(f"backend {url} is already registered")
+        same = next((b for b in self._backends.values()
+                     if b.url == url or b.address == address), None)
+        if same is not None:
+            # ws://h and ws://h:80/ are the same backend: compare where they point.
+            raise BackendAlreadyRegistered(
+                f"backend {url} is already registered (as {same.id}, {same.url})")
         backend = Backend(f"b{self._next_id}", url, address, float(weight))
         self._next_id += 1
         self._backends[backend.id] = backend

@@ -241,3 +241,13 @@ def test_percent_encoded_backend_urls_are_dialed(url, target):
     b1 = h.backend(url)
     h.client()
     assert b1.links[0].request is not None and b1.links[0].request.target == target
+
+
+def test_same_backend_spelled_differently_is_a_duplicate():
+    from wspipe_core import BackendAlreadyRegistered, ProxyConfig
+    from wspipe_core.pool import Pool
+
+    pool = Pool(ProxyConfig())
+    pool.add("ws://b1")
+    with pytest.raises(BackendAlreadyRegistered, match="already registered"):
+        pool.add("ws://b1:80/")
