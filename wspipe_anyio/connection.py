@@ -58,8 +58,9 @@ class Channel:
         self._closing = False
         self._paused = False
         self._eof = False
-        self._writer_wakeup = anyio.Event()
-        self._reader_wakeup = anyio.Event()
+        # Created only while a task waits (memory per idle connection counts).
+        self._writer_wakeup: anyio.Event | None = None
+        self._reader_wakeup: anyio.Event | None = None
         self._reader_done = anyio.Event()
         #: Cancels everything about this channel (connecting, handshaking, relaying).
         self.scope = anyio.CancelScope()
@@ -74,7 +75,7 @@ class Channel:
             log.debug("%s: dropping %d bytes queued after close", self.name, len(data))
             return
         self._outbox.append(data)
-        self._writer_wakeup.set()
+        self._wake_writer()
 
     def close(self) -> None:
         """Close the socket once the queued data is written (bounded by ``linger``)."""
@@ -86,8 +87,8 @@ class Channel:
             return
         self._write_scope.deadline = min(self._write_scope.deadline,
                                          anyio.current_time() + self._linger)
-        self._writer_wakeup.set()
-        self._reader_wakeup.set()
+        self._wake_writer()
+        self._wake_reader()
 
     def pause(self) -> None:
         """Stop reading until :meth:`resume`."""
@@ -96,7 +97,15 @@ class Channel:
     def resume(self) -> None:
         """Read again."""
         self._paused = False
-        self._reader_wakeup.set()
+        self._wake_reader()
+
+    def _wake_writer(self) -> None:
+        if self._writer_wakeup is not None:
+            self._writer_wakeup.set()
+
+    def _wake_reader(self) -> None:
+        if self._reader_wakeup is not None:
+            self._reader_wakeup.set()
 
     # Tasks.
 
@@ -129,6 +138,7 @@ class Channel:
                 if self._paused and not self._closing:
                     self._reader_wakeup = anyio.Event()
                     await self._reader_wakeup.wait()
+                    self._reader_wakeup = None
                     continue
                 try:
                     data = await self._stream.receive(MAX_READ)
@@ -152,6 +162,7 @@ class Channel:
                     return
                 self._writer_wakeup = anyio.Event()
                 await self._writer_wakeup.wait()
+                self._writer_wakeup = None
             chunk = self._take()
             try:
                 await stream.send(chunk)
