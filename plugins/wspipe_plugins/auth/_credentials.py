@@ -7,6 +7,8 @@ from urllib.parse import parse_qsl, urlencode
 
 from wspipe_core import BackendRequest, RequestInfo
 
+from .._settings import Settings
+
 #: RFC 6750 §2.3: the query parameter of a bearer token (browsers cannot set headers
 #: on a WebSocket, so this is how they send one).
 DEFAULT_QUERY_PARAM = "access_token"
@@ -78,3 +80,12 @@ class CredentialSource:
         target = f"{path}?{urlencode(kept)}" if kept else path
         return BackendRequest(target=target, headers=request.headers,
                               subprotocol=request.subprotocol)
+
+
+def source_from(settings: Settings) -> CredentialSource:
+    """The ``header``, ``query_param`` and ``strip_query`` keys of a settings table."""
+    return CredentialSource(
+        header=settings.text("header", "authorization") or None,
+        query_param=settings.text("query_param", DEFAULT_QUERY_PARAM) or None,
+        strip_query=settings.flag("strip_query", True),
+    )

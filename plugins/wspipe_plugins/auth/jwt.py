@@ -50,8 +50,7 @@ from wspipe_core import (
 )
 
 from .._settings import Settings, activate
-from ._credentials import CredentialSource, MalformedCredentials
-from .token import source_from
+from ._credentials import CredentialSource, MalformedCredentials, source_from
 
 NAME = "jwt"
 

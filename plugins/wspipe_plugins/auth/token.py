@@ -32,7 +32,7 @@ from wspipe_core import (
 )
 
 from .._settings import Settings, activate
-from ._credentials import DEFAULT_QUERY_PARAM, CredentialSource, MalformedCredentials
+from ._credentials import CredentialSource, MalformedCredentials, source_from
 
 NAME = "token"
 
@@ -88,15 +88,6 @@ def read_tokens_file(path: str) -> list[str]:
         raise ConfigError(f"[plugins.{NAME}] tokens_file: cannot read {path}: "
                           f"{exc.strerror or exc}") from None
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-
-
-def source_from(settings: Settings) -> CredentialSource:
-    """The ``header``, ``query_param`` and ``strip_query`` keys of a settings table."""
-    return CredentialSource(
-        header=settings.text("header", "authorization") or None,
-        query_param=settings.text("query_param", DEFAULT_QUERY_PARAM) or None,
-        strip_query=settings.flag("strip_query", True),
-    )
 
 
 def from_settings(settings: Settings) -> TokenAuth:
