@@ -9,7 +9,7 @@ import ssl
 import anyio
 import pytest
 import trustme
-from peers import Backend, Client, client_path, running_backends, running_proxy
+from peers import Backend, Client, client_path, raw_request, running_backends, running_proxy
 
 from wspipe_anyio import backend_context, server_context
 
@@ -53,3 +53,18 @@ async def test_wss_backend_with_untrusted_certificate_is_a_backend_error(tmp_pat
                     await anyio.sleep(0.02)
             assert backend.messages() == []
             await client.close()
+
+
+async def test_tls_handshake_that_never_finishes_is_closed_after_handshake_timeout(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert_pem = tmp_path / "proxy.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_pem))
+    server_kwargs = {"ssl_context": server_context(str(cert_pem))}
+    with anyio.fail_after(10):
+        async with running_proxy([], server_kwargs=server_kwargs,
+                                 handshake_timeout=0.5) as server:
+            started = anyio.current_time()
+            answer = await raw_request(server.port, b"")  # TCP only, never a ClientHello
+            assert answer == b""
+            assert 0.4 <= anyio.current_time() - started < 3.0
