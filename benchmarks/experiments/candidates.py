@@ -9,9 +9,11 @@ run time, the way the owners could implement it properly:
         pending count, without a full ``Proxy.handle()``.
 ``m1``  keep only wsproto's ``Connection`` after the upgrade (drop the handshake objects).
 ``m2``  driver channels do not allocate wakeup events before their first wait.
-``d1``  asyncio only: ``Channel.send`` writes straight to the transport when the writer is
-        idle, nothing is queued and the transport's buffer is empty (no writer task hop);
-        the write is reported (``on_sent``) from a ``call_soon`` callback.
+``d1``  ``Channel.send`` writes at once when the writer task is idle and nothing is queued
+        (no writer task hop): on asyncio with ``transport.write()`` when the transport's
+        buffer is empty, on trio with a non-blocking ``send()`` on the raw socket (a partial
+        write queues the rest for the writer). The write is reported (``on_sent``) from a
+        ``call_soon``/``run_sync_soon`` callback, outside the core's dispatch.
 
 Commands::
 
@@ -231,12 +233,30 @@ def _patch_direct_write(connection_mod: Any) -> None:
 
     def direct_send(self: Any, data: bytes) -> None:
         stream = self._stream
+        if (stream is None or self._closing or self._outbox
+                or not getattr(self, "_writer_idle", False)):
+            send(self, data)
+            return
         transport = getattr(stream, "_transport", None)
-        if (transport is not None and not self._closing and not self._outbox
-                and getattr(self, "_writer_idle", False)
-                and stream._protocol.write_event.is_set() and not transport.is_closing()):
-            transport.write(data)
-            asyncio.get_running_loop().call_soon(self._on_sent, len(data))
+        if transport is not None:  # asyncio
+            if stream._protocol.write_event.is_set() and not transport.is_closing():
+                transport.write(data)
+                asyncio.get_running_loop().call_soon(self._on_sent, len(data))
+                return
+        elif hasattr(stream, "_trio_socket"):  # trio: no user-space buffer below us
+            import trio
+
+            try:
+                sent = stream._trio_socket._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                send(self, data)  # let the writer report the failure
+                return
+            if sent:
+                trio.lowlevel.current_trio_token().run_sync_soon(self._on_sent, sent)
+            if sent < len(data):
+                send(self, data[sent:])
             return
         send(self, data)
 
