@@ -109,11 +109,14 @@ class Channel:
 
     # Tasks.
 
+    def attach(self, stream: ByteStream) -> None:
+        """Give the channel its stream before :meth:`run`, so a ``close()`` in between
+        still writes what was queued (otherwise a close before ``run`` drops it)."""
+        self._stream = stream
+
     async def run(self, stream: ByteStream) -> None:
         """Move bytes until the channel is closed or the socket fails; then close it."""
         self._stream = stream
-        if self._closing:  # closed while connecting: nothing to write
-            self._write_scope.deadline = anyio.current_time()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._read_loop)

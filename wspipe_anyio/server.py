@@ -137,24 +137,17 @@ class ProxyServer:
     def add_backend(self, url: str, *, weight: float = 1.0) -> BackendInfo:
         """Register a backend in the pool (see ``Proxy.add_backend`` for errors)."""
         info = self.proxy.add_backend(url, weight=weight, now=anyio.current_time())
-        self._execute([])  # pipes waiting for a backend retry now: re-arm the timer loop
+        self.execute([])  # pipes waiting for a backend retry now: re-arm the timer loop
         return info
 
     def remove_backend(self, id_or_url: str, *, migrate: bool = False) -> None:
         """Drain a backend; with ``migrate`` move its pipes to other backends now."""
-        self._execute(self.proxy.remove_backend(id_or_url, migrate=migrate,
+        self.execute(self.proxy.remove_backend(id_or_url, migrate=migrate,
                                                 now=anyio.current_time()))
 
     def migrate_pipe(self, pipe_id: str) -> None:
         """Move one pipe to another backend now (its buffer is replayed there)."""
-        self._execute(self.proxy.migrate_pipe(pipe_id, now=anyio.current_time()))
-
-    def execute(self, actions: list[act.Action]) -> None:
-        """Dispatch actions a core call returned and re-arm the timer loop.
-
-        For callers that use ``self.proxy`` directly (e.g. the admin API).
-        """
-        self._execute(actions)
+        self.execute(self.proxy.migrate_pipe(pipe_id, now=anyio.current_time()))
 
     def backends(self) -> list[BackendInfo]:
         """Snapshots of the pool's backends."""
@@ -167,9 +160,15 @@ class ProxyServer:
     async def __aenter__(self) -> Self:
         self._stopped = anyio.Event()
         self._timers = TimerLoop(self.proxy.next_deadline, self._fire_timer)
-        for host, port in self._listen:
-            multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
-            self._listeners.extend(cast(Sequence[SocketListener], multi.listeners))
+        try:
+            for host, port in self._listen:
+                multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+                self._listeners.extend(cast(Sequence[SocketListener], multi.listeners))
+        except BaseException:
+            for listener in self._listeners:
+                await anyio.aclose_forcefully(listener)
+            self._listeners.clear()
+            raise
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -221,7 +220,7 @@ class ProxyServer:
         log.info("shutting down: %d client(s), %d link(s)", len(self._clients), len(self._links))
         for listener in self._listeners:
             await listener.aclose()
-        self._execute(self.proxy.shutdown(anyio.current_time()))
+        self.execute(self.proxy.shutdown(anyio.current_time()))
         with anyio.move_on_after(grace) as scope:
             # Bounded by ``grace``; each round waits for the next socket to finish.
             while not (self.proxy.idle and not self._clients and not self._links):
@@ -236,12 +235,16 @@ class ProxyServer:
     # Feeding the core and executing its actions.
 
     def _feed(self, event: ev.Event) -> None:
-        self._execute(self.proxy.handle(event, anyio.current_time()))
+        self.execute(self.proxy.handle(event, anyio.current_time()))
 
     def _fire_timer(self, now: float) -> None:
-        self._execute(self.proxy.handle_timer(now))
+        self.execute(self.proxy.handle_timer(now))
 
-    def _execute(self, actions: list[act.Action]) -> None:
+    def execute(self, actions: list[act.Action]) -> None:
+        """Dispatch actions a core call returned and re-arm the timer loop.
+
+        For callers that use ``self.proxy`` directly (e.g. the admin API).
+        """
         self.dispatch(actions)
         if self._timers is not None:
             self._timers.poke()
@@ -306,6 +309,8 @@ class ProxyServer:
         )
         self._clients[conn] = channel
         log.debug("%s: accepted from %s", name, peer)
+        if self._ssl_context is None:
+            channel.attach(stream)  # an immediate refusal (503) is still written
         try:
             with channel.scope:
                 self._feed(ev.ClientConnected(conn, peer, tls=self._ssl_context is not None))

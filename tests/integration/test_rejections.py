@@ -101,3 +101,13 @@ async def test_unfinished_handshake_is_closed_after_handshake_timeout() -> None:
         elapsed = anyio.current_time() - started
         assert 0.4 <= elapsed < 3.0
         assert answer.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_sockets_beyond_the_handshaking_cap_get_503_at_accept() -> None:
+    # The core refuses a socket at accept time once open plus handshaking connections
+    # reach twice max_connections: the 503 must still be written before the close.
+    async with proxy_with_bystander(max_connections=1) as (server, _):
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as idle:
+            answer = await raw_request(server.port, b"")
+            assert answer.startswith(b"HTTP/1.1 503 ")
+            await idle.send(b"\r\n")
