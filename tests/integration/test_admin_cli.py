@@ -48,7 +48,7 @@ async def test_backends_list_add_drain_and_pipes_list() -> None:
             code, _, err = await run(["backends", "add", "ws://b2:80/", *common])
             assert code == 1
             assert err == ("wspipe: error: POST /backends: HTTP 409: backend ws://b2:80/ is "
-                           "already registered\n")
+                           "already registered (as b2, ws://b2:80/)\n")
             code, _, err = await run(["backends", "add", "http://nope/", *common])
             assert code == 1 and "HTTP 400" in err
 
