@@ -633,6 +633,10 @@ class Proxy:
         self._dirty.add(pipe)
         pipe.retry_at = None
         candidates = self.pool.candidates(now, pipe.exclude)
+        if not candidates and pipe.exclude is not None:
+            # The backend that just failed is the only one: try it again rather than
+            # waiting a backoff for nothing (the failure already cost one when it dialed).
+            candidates = self.pool.candidates(now, None)
         pipe.exclude = None
         chosen = None
         if candidates:

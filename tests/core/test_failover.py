@@ -211,3 +211,16 @@ def test_backpressured_client_is_resumed_when_its_link_is_lost():
     assert not c.paused
     c.send("more")
     assert b2.messages() == ["more"]
+
+
+def test_only_backend_restarting_is_redialed_at_once_not_after_a_wasted_backoff():
+    h = harness(backoff="fixed", backoff_base=5.0)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    c.send("m1")
+    b1.links[0].close_ws(1012, "restarting")  # graceful restart: b1 is back at once
+    c.send("m2")
+    # Excluding the only backend would leave no candidate and wait 5 s for nothing.
+    assert len(b1.links) == 2
+    assert b1.messages() == ["m1", "m2"]
+    assert h.proxy.pipes()[0].state is PipeState.LINKED
