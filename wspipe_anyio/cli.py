@@ -310,7 +310,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         run_async(lambda: serve_until_signalled(server, options.admin), options.async_lib)
     except OSError as exc:
-        print(f"wspipe: {exc}", file=sys.stderr)
+        print(f"wspipe: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -162,7 +162,11 @@ class ProxyServer:
         self._timers = TimerLoop(self.proxy.next_deadline, self._fire_timer)
         try:
             for host, port in self._listen:
-                multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+                try:
+                    multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot listen on {host}:{port}: "
+                                             f"{exc.strerror or exc}") from exc
                 self._listeners.extend(cast(Sequence[SocketListener], multi.listeners))
         except BaseException:
             for listener in self._listeners:

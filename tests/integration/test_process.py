@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,7 +54,9 @@ class ServeProcess:
         self._reader.join(5)
 
 
-async def test_sigterm_closes_clients_with_1001_and_exits_0(anyio_backend: str) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_closes_clients_with_1001_and_exits_0(anyio_backend: str,
+                                                          signum: signal.Signals) -> None:
     async with running_backends(Backend(), timeout=20) as (backend,):
         serve = ServeProcess("--backend", backend.url, "--async-lib", anyio_backend,
                              "--ping-interval", "0", "--shutdown-grace", "5")
@@ -64,7 +67,7 @@ async def test_sigterm_closes_clients_with_1001_and_exits_0(anyio_backend: str) 
             for number, client in enumerate(clients):
                 await client.send(f"hi {number}")
                 assert await client.recv() == f"hi {number}"
-            serve.proc.send_signal(signal.SIGTERM)
+            serve.proc.send_signal(signum)
             for client in clients:
                 code, _ = await client.wait_closed()
                 assert code == 1001
@@ -72,3 +75,17 @@ async def test_sigterm_closes_clients_with_1001_and_exits_0(anyio_backend: str) 
             assert returncode == 0, "\n".join(serve.lines)
         finally:
             serve.stop()
+
+
+def test_listen_address_in_use_exits_1_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "wspipe_anyio", "serve", "--listen", f"127.0.0.1:{port}"],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+            text=True, timeout=20)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("wspipe: ") and "address" in last.lower(), result.stderr
