@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 
 import anyio
-from anyio.abc import SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -52,8 +52,11 @@ class WSPeer:
             if self.ws.state not in (ConnectionState.CLOSED, ConnectionState.LOCAL_CLOSING):
                 await self.stream.send(self.ws.send(event))
 
-    async def events(self) -> list[Event | str]:
-        """The next batch of events; whole text messages come as ``str``; [] at EOF."""
+    async def events(self) -> list[Event | str] | None:
+        """The next batch of events (maybe empty); whole text messages come as ``str``.
+
+        ``None`` once the connection has ended.
+        """
         try:
             data: bytes | None = await self.stream.receive()
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -74,9 +77,7 @@ class WSPeer:
                 out.append(event)
             else:
                 out.append(event)
-        if data is None and not out:
-            return []
-        return out or [Ping()]  # keep the caller looping on partial data
+        return None if data is None and not out else out
 
 
 class EchoBackend:
@@ -98,7 +99,7 @@ class EchoBackend:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=self.port)
         self._listener = listener.listeners[0]  # type: ignore[assignment]
         assert self._listener is not None
-        self.port = self._listener.extra(anyio.abc.SocketAttribute.local_port)
+        self.port = self._listener.extra(SocketAttribute.local_port)
         self._scope = anyio.CancelScope()
         tg.start_soon(self._accept, self._listener, self._scope)
 
@@ -116,7 +117,7 @@ class EchoBackend:
         peer = WSPeer(stream, ConnectionType.SERVER)
         self._peers.add(peer)
         try:
-            while batch := await peer.events():
+            while (batch := await peer.events()) is not None:
                 for item in batch:
                     if isinstance(item, Request):
                         await peer.send(AcceptConnection())
@@ -194,13 +195,17 @@ async def run_demo(messages: int = 120) -> bool:
                 client = WSPeer(stream, ConnectionType.CLIENT)
                 await client.send(Request(host=f"127.0.0.1:{server.port}",
                                           target=f"/{uuid.uuid4()}"))
-                while not any(isinstance(e, AcceptConnection) for e in await client.events()):
-                    pass
+                while True:  # bounded by fail_after: the proxy accepts or closes
+                    batch = await client.events()
+                    if batch is None:
+                        raise RuntimeError("the proxy refused the demo client")
+                    if any(isinstance(e, AcceptConnection) for e in batch):
+                        break
                 say(f"client connected; sending {messages} messages, one every "
                     f"{INTERVAL * 1000:.0f} ms")
 
                 async def receive() -> None:
-                    while batch := await client.events():
+                    while (batch := await client.events()) is not None:
                         echoes.extend(item for item in batch if isinstance(item, str))
                         if client.ws.state is ConnectionState.CLOSED:
                             return
