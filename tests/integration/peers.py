@@ -92,14 +92,6 @@ class Backend:
         with self._lock:
             return [m for _, m in self.received]
 
-    def close_all(self, code: int, reason: str = "") -> None:
-        """Send every live connection a Close with ``code`` (threads finish the handshake)."""
-        with self._lock:
-            live = list(self.connections)
-        for ws in live:
-            with contextlib.suppress(Exception):
-                threading.Thread(target=ws.close, args=(code, reason), daemon=True).start()
-
     def stop(self, code: int = 1001, reason: str = "") -> None:
         """Stop listening; close the remaining connections with ``code`` and wait for them."""
         if self._server is not None:
