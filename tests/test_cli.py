@@ -141,3 +141,24 @@ def test_every_serve_flag_is_documented() -> None:
     assert len(flags) > 20
     missing = [f for f in flags if f != "--help" and f"`{f}" not in cli_md]
     assert missing == []
+
+
+def test_plugins_lists_loaded_plugins_with_their_hooks_in_call_order(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["plugins", "--plugin", "weighted", "--no-entrypoints"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    loaded = out[1:out.index("installed (entry-point group 'wspipe'):")]
+    names = [line.split()[0] for line in loaded]
+    # The user's plugin is called before the built-in strategy it overrides.
+    assert names.index("weighted:Weighted") < names.index("wspipe.strategy")
+    assert any(line.split() == ["wspipe.strategy", "wspipe_select_backend"] for line in loaded)
+    assert any(line.split()[0] == "jwt" for line in out[len(loaded) + 2:])
+
+
+def test_plugins_with_a_plugin_that_fails_to_import_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["plugins", "--plugin", "no_such_module_here"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no_such_module_here" in err

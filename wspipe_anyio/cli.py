@@ -28,7 +28,8 @@ from typing import Any, NoReturn
 
 import anyio
 
-from wspipe_core import BackendError, ConfigError, ProxyConfig
+from wspipe_core import BackendError, ConfigError, Proxy, ProxyConfig, make_plugin_manager
+from wspipe_core.hooks import available_plugins, describe_plugins
 
 from . import tls
 from .admin import (
@@ -134,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Run a proxy, two echo backends and a client in-process.")
     demo.add_argument("--async-lib", choices=("asyncio", "trio"), default="asyncio")
     demo.add_argument("--messages", type=int, default=120, help="messages to send (120)")
+    plugins = sub.add_parser("plugins", help="list the plugins serve would load",
+                             description="List the loaded plugins, in call order, with the "
+                             "hooks each implements, then the installed ones.")
+    plugins.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    plugins.add_argument("--strategy", help="built-in strategy name")
+    plugins.add_argument("--plugin", dest="plugin_modules", action="append", metavar="MODULE",
+                         help="a plugin module or entry-point name, repeatable")
+    plugins.add_argument("--no-entrypoints", dest="load_entrypoints", action="store_const",
+                         const=False, help="do not load entry-point plugins")
     add_admin_subcommands(sub)
     return parser
 
@@ -315,6 +325,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """``wspipe plugins``: what ``serve`` with the same settings would load."""
+    options = build_options(merge_settings(args))
+    try:
+        pm = make_plugin_manager(options.config, plugins=options.plugin_modules,
+                                 load_entrypoints=options.load_entrypoints)
+        Proxy(options.config, pm=pm)  # runs wspipe_configure, which may register more
+    except (ConfigError, BackendError) as exc:
+        raise UsageFailure(str(exc)) from None
+    print("loaded plugins, first called first:")
+    for name, hooks in describe_plugins(pm):
+        print(f"  {name:<40} {', '.join(hooks) or '-'}")
+    print("installed (entry-point group 'wspipe'):")
+    for name, target, automatic in available_plugins():
+        how = "loaded at start-up" if automatic else f"load with --plugin {name}"
+        print(f"  {name:<20} {target:<50} {how}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``wspipe demo``."""
     from .demo import run_demo
@@ -332,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command in ADMIN_COMMANDS:
             return run_admin_command(args)
+        if args.command == "plugins":
+            return cmd_plugins(args)
         return cmd_demo(args)
     except UsageFailure as exc:
         print(f"wspipe: error: {exc}", file=sys.stderr)
