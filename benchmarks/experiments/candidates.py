@@ -8,7 +8,8 @@ run time, the way the owners could implement it properly:
 ``s4``  write reports (``*DataSent``) that cannot resume anything only decrement the
         pending count, without a full ``Proxy.handle()``.
 ``m1``  keep only wsproto's ``Connection`` after the upgrade (drop the handshake objects).
-``m2``  driver channels do not allocate wakeup events before their first wait.
+``m2``  driver channels do not allocate wakeup events before their first wait (adopted by
+        the driver in 3a9f281; the patch is skipped when the driver already does it).
 ``d1``  ``Channel.send`` writes at once when the writer task is idle and nothing is queued
         (no writer task hop): on asyncio with ``transport.write()`` when the transport's
         buffer is empty, on trio with a non-blocking ``send()`` on the raw socket (a partial
@@ -203,7 +204,7 @@ def apply(patches: set[str]) -> None:
         server_mod.ProxyServer._feed = _feed  # type: ignore[method-assign]
     if "d1" in patches:
         _patch_direct_write(connection_mod)
-    if "m2" in patches:
+    if "m2" in patches and not hasattr(connection_mod.Channel, "_wake_writer"):
         import anyio
 
         shared: list[anyio.Event] = []
@@ -272,6 +273,8 @@ def _patch_direct_write(connection_mod: Any) -> None:
                     await self._writer_wakeup.wait()
                 finally:
                     self._writer_idle = False
+                    if hasattr(self, "_wake_writer"):  # the driver's lazy events (3a9f281)
+                        self._writer_wakeup = None
             chunk = self._take()
             try:
                 await stream.send(chunk)
