@@ -42,7 +42,20 @@ from .config import ProxyConfig
 from .hooks import make_plugin_manager
 from .proxy import Proxy
 
-__all__ = ["BackendLink", "FakeBackend", "FakeClient", "Harness"]
+__all__ = ["BackendLink", "FakeBackend", "FakeClient", "Harness", "encode"]
+
+
+def encode(ws: WSConnection, message: Message, fragments: int = 1) -> bytes:
+    """The frames of ``message`` as ``ws`` sends them, split into ``fragments`` frames."""
+    data = b""
+    step = max(1, -(-len(message) // fragments))
+    chunks = [message[i:i + step] for i in range(0, len(message), step)] or [message]
+    for i, chunk in enumerate(chunks):
+        last = i == len(chunks) - 1
+        frame = (TextMessage(data=chunk, message_finished=last) if isinstance(chunk, str)
+                 else BytesMessage(data=chunk, message_finished=last))
+        data += ws.send(frame)
+    return data
 
 
 class _Peer:
@@ -112,15 +125,7 @@ class FakeClient(_Peer):
 
     def send(self, message: Message, *, fragments: int = 1) -> None:
         """Send a message, split into ``fragments`` frames."""
-        data = b""
-        step = max(1, -(-len(message) // fragments))
-        chunks = [message[i:i + step] for i in range(0, len(message), step)] or [message]
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
-            frame = (TextMessage(data=chunk, message_finished=last) if isinstance(chunk, str)
-                     else BytesMessage(data=chunk, message_finished=last))
-            data += self.ws.send(frame)
-        self.send_raw(data)
+        self.send_raw(encode(self.ws, message, fragments))
 
     def send_raw(self, data: bytes) -> None:
         """Feed raw bytes to the proxy as if they came from this client."""
@@ -185,15 +190,8 @@ class BackendLink:
         return None
 
     def send(self, message: Message, *, fragments: int = 1) -> None:
-        data = b""
-        step = max(1, -(-len(message) // fragments))
-        chunks = [message[i:i + step] for i in range(0, len(message), step)] or [message]
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
-            frame = (TextMessage(data=chunk, message_finished=last) if isinstance(chunk, str)
-                     else BytesMessage(data=chunk, message_finished=last))
-            data += self.ws.send(frame)
-        self.send_raw(data)
+        """Send a message, split into ``fragments`` frames."""
+        self.send_raw(encode(self.ws, message, fragments))
 
     def send_raw(self, data: bytes) -> None:
         self.backend.harness.feed(ev.LinkDataReceived(self.link, data))
