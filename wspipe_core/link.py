@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 
 from .assembler import MessageAssembler
 from .events import LinkId
@@ -39,7 +40,10 @@ class Link:
     #: Handshake deadline while dialing/handshaking; close deadline while closing.
     deadline: float
     state: LinkState = LinkState.DIALING
-    ws: WSConnection = field(default_factory=lambda: WSConnection(ConnectionType.CLIENT))
+    #: The handshake-capable connection until open, then only its ``Connection``
+    #: (wsproto keeps ~5 KiB of handshake state we no longer need).
+    ws: WSConnection | Connection = field(
+        default_factory=lambda: WSConnection(ConnectionType.CLIENT))
     assembler: MessageAssembler = field(default_factory=MessageAssembler)
     #: Bytes handed to the driver and not yet reported written.
     pending: int = 0

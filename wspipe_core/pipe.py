@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from wsproto import WSConnection
+from wsproto.connection import Connection
 from wsproto.events import BytesMessage, TextMessage
 
 from .assembler import MessageAssembler
@@ -34,7 +34,8 @@ class Pipe:
     client_id: str
     request: RequestInfo
     subprotocol: str | None
-    ws: WSConnection
+    #: The client's WebSocket connection (the handshake objects are dropped once open).
+    ws: Connection
     since: float
     state: PipeState = PipeState.CONNECTING
     #: The live or dialing link, if any.

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pluggy
+from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
     AcceptConnection,
@@ -380,8 +381,10 @@ class Proxy:
         del self._pending[client.conn]
         self._dirty.discard(client)
         self._deadlines.set(("c", client.conn), None)
+        connection = client.ws.connection
+        assert connection is not None  # wsproto opens it when it sends AcceptConnection
         pipe = Pipe(f"p{self._next_pipe}", client.conn, client_id, info, subprotocol,
-                    client.ws, since=now, interrupted_at=now)
+                    connection, since=now, interrupted_at=now)
         self._next_pipe += 1
         self._pipes[client.conn] = pipe
         self._by_client_id[client_id] = pipe
@@ -840,6 +843,8 @@ class Proxy:
     def _link_opened(self, link: Link, now: float, out: list[Action]) -> None:
         cfg = self.config
         link.state = LinkState.OPEN
+        if isinstance(link.ws, WSConnection) and link.ws.connection is not None:
+            link.ws = link.ws.connection  # drop the handshake state (memory per idle link)
         self.pool.record_success(link.backend)
         pipe = link.pipe
         if pipe is None or pipe.link is not link:
