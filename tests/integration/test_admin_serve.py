@@ -24,20 +24,6 @@ from websockets.sync.client import connect
 TOKEN = "serve-token-do-not-log"
 
 
-def _has_admin_flag() -> bool:
-    from wspipe_anyio.cli import build_parser
-
-    try:
-        build_parser().parse_args(["serve", "--admin", "127.0.0.1:1"])
-    except Exception:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _has_admin_flag(),
-                                reason="wspipe serve has no --admin flag yet")
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
