@@ -69,6 +69,12 @@ def _proto(ws: Any) -> Any:
     return getattr(ws, "connection", ws)._proto
 
 
+def _idle(assembler: Any) -> bool:
+    """No message in progress (``MessageAssembler.idle``, or the older ``_parts`` list)."""
+    idle = getattr(assembler, "idle", None)
+    return bool(idle) if idle is not None else not assembler._parts
+
+
 class FastProxy(Proxy):
     """S1 + S2: the relay fast path for whole messages on a live link."""
 
@@ -92,7 +98,7 @@ class FastProxy(Proxy):
     def _client_message(self, pipe: Pipe, event: TextMessage | BytesMessage, now: float,
                         out: list[Action]) -> bool:
         link = pipe.link
-        if (event.message_finished and not pipe.assembler.size and not pipe.assembler._parts
+        if (event.message_finished and _idle(pipe.assembler)
                 and link is not None and link.state is LinkState.OPEN
                 and pipe.state is PipeState.LINKED):
             data = event.data
@@ -137,7 +143,7 @@ class FastProxy(Proxy):
     def _link_message(self, link: Link, event: TextMessage | BytesMessage, now: float,
                       out: list[Action]) -> bool:
         pipe = link.pipe
-        if (event.message_finished and not link.assembler._parts and pipe is not None
+        if (event.message_finished and _idle(link.assembler) and pipe is not None
                 and pipe.link is link and pipe.state is not PipeState.CLOSING
                 and pipe.ws.state is _OPEN):
             data = event.data
