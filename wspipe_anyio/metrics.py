@@ -122,10 +122,13 @@ class ProxyCollector(Collector):
 
         budget = proxy.budget
         yield GaugeMetricFamily("wspipe_buffered_bytes",
-                                "Client message bytes held in buffers (and in progress) now.",
+                                "Client message bytes held (buffered and in progress) now, "
+                                "as the limits count them: payload plus "
+                                "buffer_message_overhead per buffered message.",
                                 value=budget.used)
         yield GaugeMetricFamily("wspipe_buffered_bytes_high_water",
-                                "Most client message bytes ever held at once.",
+                                "Most client message bytes ever held at once "
+                                "(counted as wspipe_buffered_bytes).",
                                 value=budget.high_water)
         yield GaugeMetricFamily("wspipe_memory_budget_bytes",
                                 "The limit on buffered bytes over all pipes.",

@@ -18,34 +18,43 @@ def payload_size(data: Message) -> int:
 
 
 class MessageAssembler:
-    """Joins the fragments of one direction's messages; counts in-progress bytes."""
+    """Joins the fragments of one direction's messages; counts in-progress bytes.
 
-    __slots__ = ("_parts", "size")
+    Fragments are appended to one ``bytearray`` (text as UTF-8, decoded once at the
+    end), so memory follows payload bytes even for a flood of tiny or empty fragments.
+    A message that arrives in one frame is returned as it came, without a copy.
+    """
+
+    __slots__ = ("_buf", "_text", "size")
 
     def __init__(self) -> None:
-        self._parts: list[Message] = []
+        self._buf: bytearray | None = None
+        self._text = False
         #: Payload bytes of the message in progress.
         self.size = 0
 
     @property
     def idle(self) -> bool:
         """No message is in progress (the next fragment starts a new message)."""
-        return not self._parts
+        return self._buf is None
 
     def feed(self, event: TextMessage | BytesMessage, nbytes: int) -> Message | None:
         """Add a fragment of ``nbytes`` payload bytes; return the message once complete."""
-        if event.message_finished and not self._parts:
-            return event.data
-        self._parts.append(event.data)
+        data = event.data
+        if self._buf is None:
+            if event.message_finished:
+                return data
+            self._buf = bytearray()
+            self._text = isinstance(data, str)
+        self._buf += data.encode("utf-8") if isinstance(data, str) else data
         self.size += nbytes
         if not event.message_finished:
             return None
-        parts, self._parts, self.size = self._parts, [], 0
-        if isinstance(parts[0], str):
-            return "".join(parts)  # type: ignore[arg-type]
-        return b"".join(parts)  # type: ignore[arg-type]
+        buf, self._buf, self.size = self._buf, None, 0
+        # wsproto has validated the UTF-8 of text fragments already.
+        return buf.decode("utf-8") if self._text else bytes(buf)
 
     def reset(self) -> int:
         """Forget the message in progress; return the bytes it held."""
-        size, self._parts, self.size = self.size, [], 0
+        size, self._buf, self.size = self.size, None, 0
         return size

@@ -33,20 +33,28 @@ class MemoryBudget:
 class ReplayBuffer:
     """Client messages held in arrival order while a pipe has no live link.
 
-    Byte counts are payload bytes. The buffer does not enforce limits itself: the
+    ``bytes`` counts payload bytes; ``cost`` adds ``overhead`` bytes per message and is
+    what the limits are checked against. The buffer does not enforce limits: the
     pipe asks ``wspipe_buffer_full`` before adding what does not fit. Messages leave
     it only by ``drain`` (flushed to a new link) or ``drop_oldest``, so a future
     at-least-once mode can keep written-but-unacknowledged messages here too.
     """
 
-    __slots__ = ("_items", "bytes")
+    __slots__ = ("_items", "bytes", "overhead")
 
-    def __init__(self) -> None:
+    def __init__(self, overhead: int = 0) -> None:
         self._items: deque[tuple[Message, int]] = deque()
         self.bytes = 0
+        #: Bytes charged per message on top of its payload.
+        self.overhead = overhead
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def cost(self) -> int:
+        """Bytes charged against the limits: payload plus a fixed overhead per message."""
+        return self.bytes + self.overhead * len(self._items)
 
     def append(self, message: Message, size: int | None = None) -> None:
         size = payload_size(message) if size is None else size

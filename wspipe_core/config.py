@@ -29,6 +29,9 @@ class ProxyConfig:
     max_connections: int = 10_000
     #: Per-pipe limit on buffered plus in-progress client message bytes.
     buffer_limit: int = 5 * MiB
+    #: Bytes charged per buffered message on top of its payload, so that a flood of
+    #: empty messages is bounded too (0 counts payload bytes only).
+    buffer_message_overhead: int = 64
     #: Limit on buffered plus in-progress message bytes over all pipes.
     memory_budget: int = 1024 * MiB
     #: Largest message (after assembly of fragments) relayed either way; over it: close 1009.
@@ -89,6 +92,10 @@ class ProxyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        overhead = self.buffer_message_overhead
+        if not isinstance(overhead, int) or isinstance(overhead, bool) or overhead < 0:
+            raise ConfigError(
+                f"buffer_message_overhead must be an integer >= 0, got {overhead!r}")
         positive_times = ("handshake_timeout", "max_interruption", "close_timeout",
                           "eject_base", "eject_max", "backoff_max")
         for name in positive_times:

@@ -386,6 +386,7 @@ class Proxy:
         pipe = Pipe(f"p{self._next_pipe}", client.conn, client_id, info, subprotocol,
                     connection, since=now, interrupted_at=now)
         self._next_pipe += 1
+        pipe.buffer.overhead = cfg.buffer_message_overhead
         self._pipes[client.conn] = pipe
         self._by_client_id[client_id] = pipe
         self._dirty.add(pipe)
@@ -410,7 +411,11 @@ class Proxy:
                 if not self._client_message(pipe, event, now, out):
                     return
             elif isinstance(event, Ping):
-                if ws.state is ConnectionState.OPEN:
+                # A client that pings but does not read gets no more pongs once its
+                # outbox is over the high-water mark (RFC 6455 5.5.3 allows answering
+                # only the latest ping), so a ping flood cannot grow the outbox.
+                if (ws.state is ConnectionState.OPEN
+                        and pipe.pending <= self.config.write_high_water):
                     self._send_client(pipe, ws.send(event.response()), out)
             elif isinstance(event, Pong):
                 pipe.pong_deadline = None
@@ -442,7 +447,10 @@ class Proxy:
             self._end_pipe(pipe, 1009, "message too big", now, out)
             return False
         live = link if link is not None and link.state is LinkState.OPEN else None
-        growth = 0 if live is not None and event.message_finished else n
+        if not event.message_finished:
+            growth = n  # held in the assembler until the message is complete
+        else:
+            growth = 0 if live is not None else n + pipe.buffer.overhead
         if growth and not self._make_room(pipe, event, n, growth, now, out):
             return False
         prior = pipe.assembler.size
@@ -507,7 +515,7 @@ class Proxy:
                 self._resume_after_pause(pipe, now, out)
 
     def _update_held(self, pipe: Pipe) -> None:
-        held = pipe.assembler.size + pipe.buffer.bytes
+        held = pipe.assembler.size + pipe.buffer.cost
         if held != pipe.held:
             delta = held - pipe.held
             pipe.held = held
@@ -828,7 +836,8 @@ class Proxy:
                                       f"handshake rejected with HTTP {event.status_code}", now, out)
                     return
                 elif isinstance(event, Ping):
-                    if ws.state is ConnectionState.OPEN:
+                    if (ws.state is ConnectionState.OPEN
+                            and link.pending <= self.config.write_high_water):
                         self._send_link(link, ws.send(event.response()), out)
                 elif isinstance(event, Pong):
                     link.pong_deadline = None

@@ -18,8 +18,11 @@ ID2 = "22222222-2222-4222-8222-222222222222"
 
 
 def config(**overrides: object) -> ProxyConfig:
-    """A config with keepalive pings off (tests that need pings turn them on)."""
+    """A config with keepalive pings off (tests that need pings turn them on) and
+    buffers counted in payload bytes only, so tests can do byte arithmetic (the
+    per-message overhead has tests of its own in test_buffer.py)."""
     overrides.setdefault("ping_interval", 0)
+    overrides.setdefault("buffer_message_overhead", 0)
     return ProxyConfig(**overrides)  # type: ignore[arg-type]
 
 

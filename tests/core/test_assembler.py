@@ -37,3 +37,19 @@ def test_reset_forgets_the_message_in_progress():
     assert asm.reset() == 3
     assert asm.size == 0
     assert asm.feed(BytesMessage(data=b"new"), 3) == b"new"
+
+
+def test_a_flood_of_empty_fragments_does_not_grow_memory():
+    asm = MessageAssembler()
+    asm.feed(BytesMessage(data=b"x", message_finished=False), 1)
+    for _ in range(10_000):
+        assert asm.feed(BytesMessage(data=b"", message_finished=False), 0) is None
+    assert asm.size == 1 and len(asm._buf or b"") == 1  # one bytearray, no list of parts
+    assert asm.feed(BytesMessage(data=b"y", message_finished=True), 1) == b"xy"
+    assert asm.idle
+
+
+def test_fragmented_text_with_multibyte_characters_is_rejoined():
+    asm = MessageAssembler()
+    assert asm.feed(TextMessage(data="é", message_finished=False), 2) is None
+    assert asm.feed(TextMessage(data="✓!", message_finished=True), 4) == "é✓!"

@@ -140,3 +140,32 @@ def test_paused_client_is_not_closed_for_a_pong_the_proxy_is_not_reading():
         c.send_raw(data)
     h.advance(30)
     assert c.close is None
+
+
+def test_a_ping_flood_from_a_client_that_does_not_read_gets_no_more_pongs_over_high_water():
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False)
+    h.backend("ws://b1/")
+    c = h.client()
+    h.ack()
+    for _ in range(2000):
+        c.ping(b"x" * 100)
+    sent = sum(len(a.data) for a in _actions(h, act.SendToClient)[1:])  # after the 101
+    assert 1000 < sent <= 1000 + 102  # one pong past the mark, then none
+    h.ack()
+    c.ping(b"again")
+    assert _actions(h, act.SendToClient)[-1].data.endswith(b"again")
+
+
+def test_a_ping_flood_from_a_backend_that_does_not_read_gets_no_more_pongs_over_high_water():
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False)
+    b1 = h.backend("ws://b1/")
+    h.client()
+    h.ack()
+    link = b1.links[0]
+    from wsproto.events import Ping
+
+    for _ in range(2000):
+        link.send_raw(link.ws.send(Ping(payload=b"x" * 100)))
+    sent = sum(len(a.data) for a in _actions(h, act.SendToLink) if a.link == link.link)
+    handshake = len(_actions(h, act.SendToLink)[0].data)
+    assert 1000 < sent - handshake <= 1000 + 106  # masked pong frames carry 4 more bytes

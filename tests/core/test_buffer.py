@@ -182,3 +182,34 @@ def test_buffer_full_hook_answers_other_than_an_action_close(answer):
         assert c.paused and c.close is None
     else:
         assert c.close is not None and c.close.code == 1013
+
+
+def test_a_flood_of_empty_messages_during_an_outage_hits_the_limit_with_1013():
+    # Payload bytes alone would let empty messages pile up without bound; each
+    # buffered message is also charged buffer_message_overhead bytes.
+    h = harness(buffer_limit=6400, max_message_size=100, buffer_message_overhead=64,
+                backoff="fixed", backoff_base=1)
+    _outage(h, "ws://b1/")
+    c, other = h.client(), h.client()
+    for _ in range(100):
+        c.send(b"")
+    assert c.close is None and h.proxy.budget.used == 6400
+    c.send(b"")
+    assert c.close is not None and (c.close.code, c.close.reason) == (
+        1013, "buffer limit reached")
+    assert other.close is None and h.proxy.budget.used == 0
+
+
+def test_buffered_bytes_report_payload_while_limits_count_the_overhead():
+    h = harness(buffer_limit=10_000, max_message_size=1000, buffer_message_overhead=64,
+                backoff="fixed",
+                backoff_base=1)
+    (b1,) = _outage(h, "ws://b1/")
+    c = h.client()
+    c.send(b"abc")
+    c.send("de")
+    assert h.proxy.pipes()[0].buffered_bytes == 5
+    assert h.proxy.budget.used == 5 + 2 * 64
+    b1.mode = "accept"
+    h.advance(2)
+    assert b1.messages() == [b"abc", "de"] and h.proxy.budget.used == 0

@@ -392,13 +392,14 @@ async def test_metrics_buffered_bytes_and_failover_by_reason() -> None:
             h.backends["ws://b1:80/"].kill()  # lost link, nowhere to go: the pipe buffers
             client.send("x" * 100)
             during = _samples((await http.get("/metrics", headers=AUTH)).text)
-            assert during[("wspipe_buffered_bytes", ())] == 100
+            # 100 payload bytes plus the per-message overhead the limits charge.
+            assert during[("wspipe_buffered_bytes", ())] == 100 + 64
             assert during[("wspipe_pipes", (("state", "interrupted"),))] == 1
             h.backends["ws://b2:80/"].mode = "accept"
             h.advance(3.0)
             after = _samples((await http.get("/metrics", headers=AUTH)).text)
     assert after[("wspipe_buffered_bytes", ())] == 0
-    assert after[("wspipe_buffered_bytes_high_water", ())] == 100
+    assert after[("wspipe_buffered_bytes_high_water", ())] == 100 + 64
     assert after[("wspipe_failovers_total", (("reason", "eof"),))] == 1
     assert after[("wspipe_interruptions_total", (("reason", "eof"),))] == 1
     assert after[("wspipe_failover_duration_seconds_count", (("reason", "eof"),))] == 1
