@@ -105,6 +105,7 @@ class Proxy:
         self._pending: dict[ev.ConnId, PendingClient] = {}
         self._pipes: dict[ev.ConnId, Pipe] = {}
         self._by_client_id: dict[str, Pipe] = {}
+        self._by_pipe_id: dict[str, Pipe] = {}
         self._links: dict[ev.LinkId, Link] = {}
         self._deadlines = Deadlines()
         self._dirty: set[PendingClient | Pipe | Link] = set()
@@ -208,7 +209,7 @@ class Proxy:
     ) -> list[Action]:
         """Move one pipe to another backend now (close its link with 1001, fail over)."""
         out: list[Action] = [] if _out is None else _out
-        pipe = next((p for p in self._pipes.values() if p.id == pipe_id), None)
+        pipe = self._by_pipe_id.get(pipe_id)
         if pipe is None or pipe.link is None or pipe.state is PipeState.CLOSING:
             return out
         link = pipe.link
@@ -389,6 +390,7 @@ class Proxy:
         pipe.buffer.overhead = cfg.buffer_message_overhead
         self._pipes[client.conn] = pipe
         self._by_client_id[client_id] = pipe
+        self._by_pipe_id[pipe.id] = pipe
         self._dirty.add(pipe)
         if cfg.ping_interval:
             pipe.ping_at = now + cfg.ping_interval
@@ -585,6 +587,7 @@ class Proxy:
     def _forget_pipe(self, pipe: Pipe, out: list[Action]) -> None:
         pipe.state = PipeState.CLOSED
         self._pipes.pop(pipe.conn, None)
+        self._by_pipe_id.pop(pipe.id, None)
         self._dirty.discard(pipe)
         self._deadlines.set(("p", pipe.conn), None)
         out.append(CloseClient(pipe.conn))
