@@ -30,7 +30,8 @@ def http_error(status: int, reason: str) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 response with ``reason`` as one-line body.
 
     Written by hand because it must also answer requests that h11 (and so wsproto)
-    could not parse, when no wsproto state machine can produce a response.
+    could not parse, when no wsproto state machine can produce a response. A 426
+    names the version we speak (``Sec-WebSocket-Version: 13``, RFC 6455 4.4).
     """
     try:
         phrase = HTTPStatus(status).phrase
@@ -42,7 +43,8 @@ def http_error(status: int, reason: str) -> bytes:
         f"HTTP/1.1 {status} {phrase}\r\n"
         "content-type: text/plain; charset=utf-8\r\n"
         f"content-length: {len(body)}\r\n"
-        "connection: close\r\n\r\n"
+        + ("sec-websocket-version: 13\r\n" if status == 426 else "")
+        + "connection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
 

@@ -170,3 +170,15 @@ def test_backend_request_without_forward_target_uses_backend_url_target():
     b1 = h.backend("ws://b1/fixed")
     h.client(f"/app/{ID1}?q=1")
     assert b1.links[0].request is not None and b1.links[0].request.target == "/fixed"
+
+
+def test_unsupported_websocket_version_gets_426_naming_version_13():
+    h = harness()
+    c = h.raw_client(
+        b"GET /" + ID1.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 8\r\n\r\n")
+    assert c.status == 426 and c.tcp_closed
+    response = b"".join(a.data for a in h.actions if getattr(a, "conn", None) == c.conn
+                        and hasattr(a, "data"))
+    assert b"\r\nsec-websocket-version: 13\r\n" in response.lower()
