@@ -61,6 +61,9 @@ class Pipe:
     backpressured: bool = False
     #: Reading paused by the ``pause`` buffer policy.
     buffer_paused: bool = False
+    #: When the ``pause`` policy first stopped reading (cleared once reading resumes);
+    #: a pause longer than ``max_interruption`` ends the pipe with 1013.
+    paused_since: float | None = None
     #: The client message (or fragment) held back by the ``pause`` policy.
     overflow: TextMessage | BytesMessage | None = None
     #: Whether the driver was told to stop reading the client.
@@ -81,6 +84,8 @@ class Pipe:
         times = [t for t in (self.retry_at, self.ping_at, self.pong_deadline) if t is not None]
         if self.interrupted_at is not None:
             times.append(self.interrupted_at + max_interruption)
+        if self.paused_since is not None:
+            times.append(self.paused_since + max_interruption)
         return min(times, default=None)
 
     def info(self) -> PipeInfo:

@@ -490,6 +490,9 @@ class Proxy:
             if action is BufferFullAction.PAUSE:
                 pipe.overflow = event
                 pipe.buffer_paused = True
+                if pipe.paused_since is None:
+                    pipe.paused_since = now
+                    self._dirty.add(pipe)
                 if reason == "memory_budget":
                     self._budget_waiters[pipe] = None
                 self._plog(logging.INFO, pipe, "%s reached (%d bytes); not reading the client",
@@ -611,6 +614,11 @@ class Proxy:
             if pipe.conn in self._pipes:
                 self._forget_pipe(pipe, out)  # a client that does not pong will not answer Close
             return
+        if pipe.paused_since is not None and now >= pipe.paused_since + cfg.max_interruption:
+            self._plog(logging.WARNING, pipe, "paused by the buffer policy for max_interruption "
+                       "(%.1fs); closing the client", cfg.max_interruption)
+            self._end_pipe(pipe, 1013, "buffer limit reached", now, out)
+            return
         if pipe.interrupted_at is not None and now >= pipe.interrupted_at + cfg.max_interruption:
             self._plog(logging.WARNING, pipe, "no backend within max_interruption (%.1fs)",
                        cfg.max_interruption)
@@ -694,6 +702,12 @@ class Proxy:
                 link.state = LinkState.CLOSING
                 link.deadline = now + self.config.close_timeout
                 self._dirty.add(link)
+                if link.paused:
+                    # What the backend wrote before our Close (and its Close reply) must
+                    # still be read: a link paused for a slow client would keep it unread
+                    # until close_timeout and lose it. Bounded by close_timeout.
+                    link.paused = False
+                    out.append(ResumeLink(link.id))
                 return
         self._forget_link(link, out)
 
@@ -898,6 +912,7 @@ class Proxy:
         held_back, pipe.overflow = pipe.overflow, None
         if held_back is not None and not self._client_message(pipe, held_back, now, out):
             return
+        pipe.paused_since = None
         self._sync_client_pause(pipe, out)
         self._pump_client(pipe, now, out)
 

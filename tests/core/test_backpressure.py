@@ -169,3 +169,22 @@ def test_a_ping_flood_from_a_backend_that_does_not_read_gets_no_more_pongs_over_
     sent = sum(len(a.data) for a in _actions(h, act.SendToLink) if a.link == link.link)
     handshake = len(_actions(h, act.SendToLink)[0].data)
     assert 1000 < sent - handshake <= 1000 + 106  # masked pong frames carry 4 more bytes
+
+
+def test_migrating_a_link_paused_for_a_slow_client_reads_it_again_until_its_close():
+    h = harness(write_high_water=64 * 1024, write_low_water=16 * 1024, auto_ack=False)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    h.ack()
+    old = b1.links[0]
+    for _ in range(20):
+        old.send(b"x" * 8192)  # the client does not read: the link gets paused
+    assert any(isinstance(a, act.PauseLink) and a.link == old.link for a in h.actions)
+    h.backend("ws://b2/")
+    mark = len(h.actions)
+    h._run(h.proxy.remove_backend("ws://b1/", migrate=True, now=h.now))
+    h._drain()
+    # Otherwise what b1 wrote before seeing our Close would stay unread and be lost.
+    assert any(isinstance(a, act.ResumeLink) and a.link == old.link for a in h.actions[mark:])
+    h.ack()
+    assert len(c.received) == 20

@@ -213,3 +213,30 @@ def test_buffered_bytes_report_payload_while_limits_count_the_overhead():
     b1.mode = "accept"
     h.advance(2)
     assert b1.messages() == [b"abc", "de"] and h.proxy.budget.used == 0
+
+
+def test_pause_on_the_memory_budget_of_linked_pipes_ends_after_max_interruption():
+    """Two linked pipes each hold a fragment that fills the budget: neither can ever
+    free it, so the pause must not last for ever (nor hide from keepalive)."""
+    from wsproto.events import BytesMessage
+
+    kib = 1024
+    h = harness(buffer_policy="pause", memory_budget=100 * kib, buffer_limit=100 * kib,
+                max_message_size=80 * kib, max_interruption=30)
+    h.backend("ws://b1/")
+    a, b = h.client(), h.client()
+
+    def fragment(client, n):
+        client.send_raw(client.ws.send(BytesMessage(data=b"x" * n, message_finished=False)))
+
+    fragment(a, 50 * kib)
+    fragment(b, 50 * kib)
+    fragment(a, 10 * kib)
+    fragment(b, 10 * kib)
+    assert a.paused and b.paused
+    h.advance(29)
+    assert a.close is None and b.close is None
+    h.advance(2)
+    assert (a.close.code, a.close.reason) == (1013, "buffer limit reached")
+    assert (b.close.code, b.close.reason) == (1013, "buffer limit reached")
+    assert h.proxy.budget.used == 0
