@@ -53,6 +53,10 @@ class Link:
     ping_at: float | None = None
     #: When an unanswered ping times out.
     pong_deadline: float | None = None
+    #: Whether the backend has shown it works: a message or a pong came back. Only
+    #: then does the link count as a success for the pool (a backend that accepts the
+    #: upgrade and fails at once must still be ejected).
+    proven: bool = False
     #: Messages written to the backend (for observation and benchmarks).
     sent_messages: int = 0
 

@@ -858,6 +858,8 @@ class Proxy:
                         self._send_link(link, ws.send(event.response()), out)
                 elif isinstance(event, Pong):
                     link.pong_deadline = None
+                    if not link.proven:
+                        self._prove(link)
                 elif isinstance(event, CloseConnection):
                     self._link_close(link, event, now, out)
                     return
@@ -871,7 +873,6 @@ class Proxy:
         link.state = LinkState.OPEN
         if isinstance(link.ws, WSConnection) and link.ws.connection is not None:
             link.ws = link.ws.connection  # drop the handshake state (memory per idle link)
-        self.pool.record_success(link.backend)
         pipe = link.pipe
         if pipe is None or pipe.link is not link:
             self._close_link(link, 1001, "client session ended", now, out)
@@ -916,8 +917,15 @@ class Proxy:
         self._sync_client_pause(pipe, out)
         self._pump_client(pipe, now, out)
 
+    def _prove(self, link: Link) -> None:
+        """The backend answered on this link: a success for the pool."""
+        link.proven = True
+        self.pool.record_success(link.backend)
+
     def _link_message(self, link: Link, event: TextMessage | BytesMessage, now: float,
                       out: list[Action]) -> bool:
+        if not link.proven:
+            self._prove(link)
         data = event.data
         n = len(data) if type(data) is not str else payload_size(data)
         pipe = link.pipe

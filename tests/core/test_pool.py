@@ -99,10 +99,29 @@ def test_consecutive_failures_eject_a_backend_until_cool_down_then_it_is_probed(
     assert len(good.links) == 3
     h.advance(10)  # cool-down over
     bad.mode = "accept"
-    h.client()  # probes bad, which now works
+    h.client()  # probes bad, which now accepts the upgrade
     assert len(bad.links) == 1
+    assert _state(h, "ws://bad/").consecutive_failures == 2  # not proven yet
+    bad.links[0].send("hello")  # it answers: the probe succeeded
     info = _state(h, "ws://bad/")
     assert info.state is BackendState.UP and info.consecutive_failures == 0
+
+
+def test_backend_that_accepts_the_upgrade_then_fails_at_once_is_ejected():
+    # An accepted handshake alone is no success: a backend that crashes on every new
+    # session (close 1011 right after the 101) must not attract every client.
+    h = harness(eject_after=3, eject_base=10, backoff="fixed", backoff_base=1)
+    crashing = h.backend("ws://crashing/")
+    good = h.backend("ws://good/")
+    for _ in range(3):
+        c = h.client()
+        crashing.live[-1].close_ws(1011, "boom")  # fails over to good at once
+        c.send("m")
+    assert _state(h, "ws://crashing/").state is BackendState.EJECTED
+    before = len(crashing.links)
+    h.client()
+    assert len(crashing.links) == before  # new clients go to good only
+    assert len(good.messages()) == 3
 
 
 def test_ejection_cool_down_grows_exponentially_while_probes_fail():
