@@ -99,6 +99,8 @@ class PipeInfo:
     interruptions: int
     #: Monotonic time the pipe was opened.
     since: float
+    #: Client messages held in the buffer.
+    buffered_messages: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,4 +100,5 @@ class Pipe:
             buffered_bytes=self.buffer.bytes,
             interruptions=self.interruptions,
             since=self.since,
+            buffered_messages=len(self.buffer),
         )

@@ -41,7 +41,7 @@ class DropOldest:
 
     @hookimpl
     def wspipe_buffer_full(self, pipe: PipeInfo) -> BufferFullAction:
-        if pipe.buffered_bytes == 0:
+        if pipe.buffered_messages == 0:  # (empty messages have no bytes but still cost)
             return BufferFullAction.CLOSE
         self.dropped += 1
         self.dropped_by_pipe[pipe.id] = self.dropped_by_pipe.get(pipe.id, 0) + 1
