@@ -24,6 +24,8 @@ class PendingClient:
     ws: WSConnection = field(default_factory=lambda: WSConnection(ConnectionType.SERVER))
     #: Bytes received so far (for the 431 limit).
     received: int = 0
+    #: The first bytes received, up to the head limit (to measure the request head).
+    start: bytearray = field(default_factory=bytearray)
 
 
 def http_error(status: int, reason: str) -> bytes:

@@ -321,16 +321,20 @@ class Proxy:
                    out: list[Action]) -> None:
         client.received += len(data)
         limit = self.config.max_header_size
+        if len(client.start) < limit + 4:
+            client.start += data[:limit + 4 - len(client.start)]
         try:
             client.ws.receive_data(data)
             for event in client.ws.events():
                 if isinstance(event, Request):
                     # h11 bounds only an *incomplete* head: a complete one that came
-                    # in a single read is parsed whatever its size. A client sends
-                    # nothing after its request before our answer, so count it all.
-                    if client.received > limit:
+                    # in a single read is parsed whatever its size, so measure it (and
+                    # only it: frames sent too early do not count).
+                    end = client.start.find(b"\r\n\r\n")
+                    if end < 0 or end + 4 > limit:
                         self._reject(client, 431, "request headers too large", out)
                         return
+                    client.start = bytearray()
                     self._on_request(client, event, now, out)
                     return
         except RemoteProtocolError as exc:

@@ -182,3 +182,21 @@ def test_unsupported_websocket_version_gets_426_naming_version_13():
     response = b"".join(a.data for a in h.actions if getattr(a, "conn", None) == c.conn
                         and hasattr(a, "data"))
     assert b"\r\nsec-websocket-version: 13\r\n" in response.lower()
+
+
+def test_frames_sent_too_early_do_not_count_towards_the_header_limit():
+    # A client that (wrongly) sends a frame right behind its request, in the same
+    # read, has a small head: it is accepted, not refused with 431.
+    import struct
+
+    from wsproto.events import Request
+
+    h = harness(max_header_size=1024)
+    h.backend("ws://b1/")
+    c = h.raw_client()
+    request = c.ws.send(Request(host="proxy", target="/" + ID1))
+    payload, mask = b"x" * 4000, b"\x01\x02\x03\x04"
+    frame = (bytes([0x82, 0xFE]) + struct.pack("!H", len(payload)) + mask
+             + bytes(p ^ mask[i % 4] for i, p in enumerate(payload)))
+    c.send_raw(request + frame)
+    assert c.status is None and h.proxy.pipes()[0].client_id == ID1
