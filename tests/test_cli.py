@@ -113,6 +113,8 @@ def test_config_file_with_flags_overriding(tmp_path: Path) -> None:
     ([], "no_such_key = 1", "unknown configuration key"),
     ([], 'ping_interval = "soon"', "invalid duration"),
     ([], "max_connections = 'many'", "max_connections"),
+    ([], "listen = 8080", "listen must be HOST:PORT"),
+    ([], "plugins = [1]", "'plugins' must be a list"),
 ])
 def test_bad_input_exits_2_with_one_line(
     argv: list[str], config: str | None, message: str, tmp_path: Path,
@@ -162,3 +164,20 @@ def test_plugins_with_a_plugin_that_fails_to_import_exits_2_naming_it(
     assert main(["plugins", "--plugin", "no_such_module_here"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no_such_module_here" in err
+
+
+def test_config_file_plugins_list_loads_plugins(tmp_path: Path) -> None:
+    path = tmp_path / "wspipe.toml"
+    path.write_text('plugins = ["weighted", "origin"]\n')
+    opts = options(["--config", str(path)])
+    assert opts.plugin_modules == ("weighted", "origin")
+
+
+def test_config_file_plugins_table_loads_and_configures(tmp_path: Path) -> None:
+    path = tmp_path / "wspipe.toml"
+    path.write_text('[plugins]\nload = ["token"]\n[plugins.token]\ntokens = ["s3cret"]\n')
+    opts = options(["--config", str(path), "--plugin", "weighted"])
+    assert set(opts.plugin_modules) == {"weighted"}  # a flag replaces the file's list
+    assert opts.config.plugin_settings == {"token": {"tokens": ["s3cret"]}}
+    opts = options(["--config", str(path)])
+    assert opts.plugin_modules == ("token",)

@@ -165,9 +165,21 @@ def load_config_file(path: str) -> dict[str, Any]:
         raise UsageFailure(f"invalid config file {path}: {exc}") from None
     out = {key.replace("-", "_"): value for key, value in data.items()}
     if "plugins" in out:
-        if not isinstance(out["plugins"], dict):
-            raise UsageFailure(f"{path}: 'plugins' must be a table of [plugins.NAME] settings")
-        out["plugin_settings"] = out.pop("plugins")
+        # ``plugins = [...]`` lists plugins to load; a ``[plugins]`` table holds their
+        # settings (``[plugins.NAME]``) and may list them too (``load = [...]``).
+        plugins = out.pop("plugins")
+        if isinstance(plugins, dict):
+            load = plugins.pop("load", [])
+            out["plugin_settings"] = plugins
+        else:
+            load = plugins
+        if not isinstance(load, list) or not all(isinstance(m, str) for m in load):
+            raise UsageFailure(f"{path}: 'plugins' must be a list of plugin names or modules, "
+                               "or a table of [plugins.NAME] settings")
+        if load:
+            existing = out.get("plugin_modules", [])
+            out["plugin_modules"] = ([existing] if isinstance(existing, str)
+                                     else list(existing)) + load
     return out
 
 
@@ -228,8 +240,12 @@ def build_options(settings: dict[str, Any]) -> ServeOptions:
         raise UsageFailure(str(exc)) from None
     except (TypeError, ValueError) as exc:
         raise UsageFailure(f"invalid configuration: {exc}") from None
+    if not isinstance(driver["listen"], list | tuple) or not all(
+            isinstance(item, str) for item in driver["listen"]):
+        raise UsageFailure(f"listen must be HOST:PORT or a list of them, "
+                           f"got {driver['listen']!r}")
     try:
-        listen = tuple(parse_address(str(item)) for item in driver["listen"])
+        listen = tuple(parse_address(item) for item in driver["listen"])
     except ValueError as exc:
         raise UsageFailure(str(exc)) from None
     if not listen:
