@@ -137,7 +137,7 @@ def test_drop_oldest_drops_empty_messages_too():
     # Empty messages carry no payload but cost buffer_message_overhead each: the plugin
     # must see that there is something to drop (by count, not by bytes).
     plugin = DropOldest()
-    _, backend, client = outage([plugin], buffer_message_overhead=64)
+    _, _, client = outage([plugin], buffer_message_overhead=64)
     for _ in range(200):
         client.send(b"")
     assert client.close is None
