@@ -242,7 +242,14 @@ class ProxyServer:
         self.execute(self.proxy.handle(event, anyio.current_time()))
 
     def _fire_timer(self, now: float) -> None:
-        self.execute(self.proxy.handle_timer(now))
+        try:
+            actions = self.proxy.handle_timer(now)
+        except Exception:
+            # A core bug must not take every client down with the timer task.
+            self.internal_errors += 1
+            log.exception("handle_timer raised; the server carries on")
+            return
+        self.execute(actions)
 
     def execute(self, actions: list[act.Action]) -> None:
         """Dispatch actions a core call returned and re-arm the timer loop.

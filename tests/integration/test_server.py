@@ -63,3 +63,25 @@ async def test_shutdown_closes_clients_with_1001_and_leaves_proxy_idle() -> None
             assert server.proxy.idle
             for client in clients:
                 assert (await client.wait_closed())[0] == 1001
+
+
+async def test_an_exception_from_handle_timer_is_counted_and_the_server_carries_on() -> None:
+    server = ProxyServer(ProxyConfig(handshake_timeout=0.2), listen=[("127.0.0.1", 0)])
+    real = server.proxy.handle_timer
+    calls: list[float] = []
+
+    def broken_once(now: float) -> list:  # type: ignore[type-arg]
+        calls.append(now)
+        if len(calls) == 1:
+            raise RuntimeError("core bug")
+        return real(now)
+
+    server.proxy.handle_timer = broken_once  # type: ignore[method-assign]
+    with anyio.fail_after(5):
+        async with server:
+            # A client that never finishes its upgrade: its handshake timeout is a timer.
+            stream = await anyio.connect_tcp("127.0.0.1", server.port)
+            async with stream:
+                answer = await stream.receive()
+            assert answer.startswith(b"HTTP/1.1 408 ")  # the timer loop survived the bug
+            assert server.internal_errors == 1 and len(calls) >= 2
