@@ -51,8 +51,9 @@ class MessageAssembler:
         if not event.message_finished:
             return None
         buf, self._buf, self.size = self._buf, None, 0
-        # wsproto has validated the UTF-8 of text fragments already.
-        return buf.decode("utf-8") if self._text else bytes(buf)
+        # wsproto has validated the UTF-8 of text fragments already. Binary messages
+        # stay a bytearray: no copy, and wsproto sends it as it is.
+        return buf.decode("utf-8") if self._text else buf
 
     def reset(self) -> int:
         """Forget the message in progress; return the bytes it held."""
