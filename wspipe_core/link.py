@@ -57,8 +57,6 @@ class Link:
     #: then does the link count as a success for the pool (a backend that accepts the
     #: upgrade and fails at once must still be ejected).
     proven: bool = False
-    #: Messages written to the backend (for observation and benchmarks).
-    sent_messages: int = 0
 
     def next_deadline(self) -> float | None:
         if self.state is LinkState.OPEN:

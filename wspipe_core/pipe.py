@@ -75,8 +75,6 @@ class Pipe:
     close_deadline: float | None = None
     #: Messages dropped by the ``drop_oldest`` policy.
     dropped_messages: int = 0
-    messages_in: int = 0
-    messages_out: int = 0
 
     def next_deadline(self, max_interruption: float) -> float | None:
         if self.state is PipeState.CLOSING:

@@ -442,7 +442,6 @@ class Proxy:
             self.stats.messages_in += 1
             self.stats.bytes_in += n
             self._send_link(link, link.ws.send(event), out)
-            link.sent_messages += 1
             return True
         if pipe.state is PipeState.CLOSING:
             return True
@@ -467,7 +466,6 @@ class Proxy:
             self.stats.bytes_in += size
             if live is not None:
                 self._send_link(live, live.ws.send(_frame(message)), out)
-                live.sent_messages += 1
             else:
                 pipe.buffer.append(message, size)
         self._update_held(pipe)
@@ -892,7 +890,6 @@ class Proxy:
         replayed = pipe.buffer.drain()
         for message in replayed:
             self._send_link(link, link.ws.send(_frame(message)), out)
-        link.sent_messages += len(replayed)
         self.stats.messages_replayed += len(replayed)
         self._update_held(pipe)
         if pipe.pending > cfg.write_high_water:
