@@ -737,7 +737,8 @@ class AdminServer:
                     self.target.migrate_pipe(pipe.id)
                     moved += 1
                     self.pipes_migrated += 1
-                    next_at = max(next_at + interval, anyio.current_time() - interval)
+                    # Never faster than migrate_rate, even after a late round: no bursts.
+                    next_at = anyio.current_time() + interval
             if timeout.cancelled_caught:
                 log.warning("admin: migration off backend %s gave up after %.0fs (%d pipes "
                             "moved)", backend_id, MIGRATE_TIMEOUT, moved)
