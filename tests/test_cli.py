@@ -181,3 +181,16 @@ def test_config_file_plugins_table_loads_and_configures(tmp_path: Path) -> None:
     assert opts.config.plugin_settings == {"token": {"tokens": ["s3cret"]}}
     opts = options(["--config", str(path)])
     assert opts.plugin_modules == ("token",)
+
+
+def test_trio_requested_but_not_installed_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "trio" else real(name, *a))
+    assert main(["demo", "--async-lib", "trio"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'wspipe[trio]'" in err

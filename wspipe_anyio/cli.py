@@ -292,6 +292,8 @@ def build_options(settings: dict[str, Any]) -> ServeOptions:
 def run_async(func: Callable[[], Any], async_lib: str) -> Any:
     """Run ``func`` on asyncio (uvloop when installed) or trio."""
     options: dict[str, Any] = {}
+    if async_lib == "trio" and importlib.util.find_spec("trio") is None:
+        raise UsageFailure("trio is not installed: pip install 'wspipe[trio]'")
     if async_lib == "asyncio" and importlib.util.find_spec("uvloop") is not None:
         options["use_uvloop"] = True
     return anyio.run(func, backend=async_lib, backend_options=options)
