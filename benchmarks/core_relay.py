@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
+from wspipe_anyio.units import parse_size
 from wspipe_core import Proxy, ProxyConfig
 from wspipe_core import actions as act
 from wspipe_core import events as ev
@@ -326,15 +327,6 @@ def profile(size: int, kind: str, duration: float, top: int, sort: str) -> None:
         print(f"\n===== core {DIRECTION_NAMES[direction]}, {size} B {kind} messages, "
               f"sorted by {sort} =====")
         print(buf.getvalue())
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().lower()
-    for suffix, mult in (("kib", 1024), ("k", 1024), ("mib", 1 << 20), ("m", 1 << 20),
-                         ("b", 1)):
-        if text.endswith(suffix):
-            return int(float(text[: -len(suffix)]) * mult)
-    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
