@@ -8,6 +8,7 @@ clock, opens a socket or sleeps. See docs/architecture.md.
 from __future__ import annotations
 
 from . import actions, events
+from .codes import CloseCode, InterruptionCause, LimitKind, LinkFailure
 from .config import ProxyConfig
 from .errors import (
     BackendAlreadyRegistered,
@@ -25,6 +26,7 @@ from .info import (
     BackendRequest,
     BackendState,
     BufferFullAction,
+    MigrationInfo,
     PipeEvent,
     PipeEventKind,
     PipeInfo,
@@ -42,9 +44,14 @@ __all__ = [
     "BackendRequest",
     "BackendState",
     "BufferFullAction",
+    "CloseCode",
     "ConfigError",
     "Hooks",
+    "InterruptionCause",
     "InvalidBackendURL",
+    "LimitKind",
+    "LinkFailure",
+    "MigrationInfo",
     "PipeEvent",
     "PipeEventKind",
     "PipeInfo",

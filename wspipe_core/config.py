@@ -77,6 +77,8 @@ class ProxyConfig:
     forward_headers: tuple[str, ...] = ("cookie", "authorization")
     #: Header carrying the client id to the backend.
     client_id_header: str = "x-wspipe-client-id"
+    #: Pipes moved per second, over the whole proxy, by a drain with migrate.
+    migrate_rate: float = 50.0
     #: Unsent bytes towards one peer above which the other side is no longer read.
     write_high_water: int = 256 * KiB
     #: Unsent bytes below which reading resumes.
@@ -98,6 +100,10 @@ class ProxyConfig:
                 f"buffer_message_overhead must be an integer >= 0, got {overhead!r}")
         positive_times = ("handshake_timeout", "max_interruption", "close_timeout",
                           "eject_base", "eject_max", "backoff_max")
+        rate = self.migrate_rate
+        if (not isinstance(rate, int | float) or isinstance(rate, bool)
+                or not 0 < rate < float("inf")):
+            raise ConfigError(f"migrate_rate must be > 0 pipes per second, got {rate!r}")
         for name in positive_times:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:

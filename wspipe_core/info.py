@@ -6,6 +6,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .codes import InterruptionCause
+
 
 class BackendState(enum.Enum):
     """The state of a backend in the pool."""
@@ -101,6 +103,10 @@ class PipeInfo:
     since: float
     #: Client messages held in the buffer.
     buffered_messages: int = 0
+    #: Failed link attempts in a row (0 once linked).
+    attempts: int = 0
+    #: When the next link attempt is due, while the pipe waits out a backoff.
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +169,24 @@ class PipeEvent:
     duration: float | None = None
     #: Free-form numbers (e.g. ``dropped_messages``).
     extra: Mapping[str, float] = field(default_factory=dict)
+    #: Why the link was lost: set on ``interrupted``, on the ``resumed`` that ends that
+    #: interruption, and on a ``closed`` that ends the pipe while it was interrupted.
+    cause: InterruptionCause | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationInfo:
+    """A drain with migrate under way: the pipes of one backend being moved to others."""
+
+    #: The draining backend.
+    backend_id: str
+    #: Pipes that were on it when the migration started.
+    total: int
+    #: Pipes moved so far.
+    moved: int
+    #: Pipes still queued (some may end or fail over before their turn).
+    remaining: int
+    #: Monotonic time the migration started.
+    started: float
+    #: Whether it waits because no other backend is up (pipes never move to nowhere).
+    waiting: bool

@@ -10,6 +10,7 @@ from wsproto.events import BytesMessage, TextMessage
 
 from .assembler import MessageAssembler
 from .buffer import ReplayBuffer
+from .codes import InterruptionCause
 from .events import ConnId
 from .info import PipeInfo, PipeState, RequestInfo
 
@@ -51,6 +52,8 @@ class Pipe:
     #: Failed link attempts in a row.
     attempts: int = 0
     interruptions: int = 0
+    #: Why the current interruption began (``None`` while linked).
+    cause: InterruptionCause | None = None
     #: Start of the current interruption (or of the first connect), else ``None``.
     interrupted_at: float | None = None
     #: When the next link attempt is due, if waiting.
@@ -99,4 +102,6 @@ class Pipe:
             interruptions=self.interruptions,
             since=self.since,
             buffered_messages=len(self.buffer),
+            attempts=self.attempts,
+            retry_at=self.retry_at,
         )

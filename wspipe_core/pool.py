@@ -90,6 +90,8 @@ class Pool:
         self._config = config
         self._backends: dict[str, Backend] = {}
         self._next_id = 1
+        #: Set when an ejection starts or ends: the owner re-reads :meth:`next_deadline`.
+        self.changed = False
 
     def __iter__(self) -> Iterator[Backend]:
         return iter(list(self._backends.values()))
@@ -133,6 +135,7 @@ class Pool:
         for backend in self._backends.values():
             if backend.state is BackendState.EJECTED and now >= backend.ejected_until:
                 backend.state = BackendState.UP
+                self.changed = True
                 log.info("backend %s cool-down over; probing it", backend.id)
 
     def candidates(self, now: float, exclude: Backend | None) -> list[Backend]:
@@ -153,6 +156,7 @@ class Pool:
         backend.ejections = 0
         if backend.state is BackendState.EJECTED:
             backend.state = BackendState.UP
+            self.changed = True
 
     def record_failure(self, backend: Backend, now: float, why: str) -> None:
         """Count an error; eject after ``eject_after`` in a row; remove at ``max_errors``."""
@@ -169,6 +173,7 @@ class Pool:
             backend.ejections += 1
             backend.state = BackendState.EJECTED
             backend.ejected_until = now + cooldown
+            self.changed = True
             log.warning("backend %s ejected for %.1fs after %d failures in a row (last: %s)",
                         backend.id, cooldown, backend.consecutive_failures, why)
 

@@ -46,6 +46,7 @@ from .actions import (
 from .assembler import Message, payload_size
 from .buffer import MemoryBudget
 from .client import PendingClient, choose_subprotocol, http_error, request_info
+from .codes import InterruptionCause, LinkFailure
 from .config import ProxyConfig
 from .deadlines import Deadlines
 from .errors import UsageError
@@ -53,13 +54,16 @@ from .hooks import Hooks, make_plugin_manager
 from .info import (
     BackendInfo,
     BackendRequest,
+    BackendState,
     BufferFullAction,
+    MigrationInfo,
     PipeEvent,
     PipeEventKind,
     PipeInfo,
     PipeState,
 )
 from .link import Link, LinkState
+from .migration import Migrations, Move
 from .pipe import Pipe
 from .pool import Backend, Pool
 from .stats import Stats
@@ -113,6 +117,7 @@ class Proxy:
         #: retried whenever bytes are given back to the budget.
         self._budget_waiters: dict[Pipe, None] = {}
         self._budget_freed = False
+        self.migrations = Migrations(config.migrate_rate)
         self._next_link = 1
         self._next_pipe = 1
         self._shutting_down = False
@@ -163,6 +168,10 @@ class Proxy:
                 if pipe is not None:
                     self._dirty.add(pipe)
                     self._pipe_timer(pipe, now, out)
+            elif kind == "b":
+                self.pool.refresh(now)
+            elif kind == "m":
+                self._migration_timer(now, out)
             else:
                 link = self._links.get(ident)
                 if link is not None:
@@ -187,22 +196,48 @@ class Proxy:
         return backend.info()
 
     def remove_backend(self, id_or_url: str, *, migrate: bool, now: float) -> list[Action]:
-        """Drain a backend: no new pipes; with ``migrate`` its pipes move to others now.
+        """Drain a backend: no new pipes; with ``migrate`` its pipes move to others.
 
-        Each migrated pipe's link is closed with 1001; the pipe buffers, fails over
-        and replays, so nothing is lost. The backend leaves the pool once empty.
+        Migration is paced at ``migrate_rate`` pipes a second over the whole proxy,
+        on the core's clock (see :mod:`wspipe_core.migration`); a pipe moves only
+        while another backend is up. Each migrated pipe's link is closed with 1001;
+        the pipe buffers, fails over and replays, so nothing is lost. The backend
+        leaves the pool once empty.
 
         :raises UnknownBackend: no backend with that id or URL.
         """
         backend = self.pool.get(id_or_url)
         self.pool.drain(backend)
         out: list[Action] = []
-        if migrate:
-            for pipe in list(self._pipes.values()):
-                if pipe.link is not None and pipe.link.backend is backend:
-                    self.migrate_pipe(pipe.id, now=now, _out=out)
+        if migrate and backend.registered:
+            ids = [p.id for p in self._pipes.values()
+                   if p.link is not None and p.link.backend is backend]
+            self.migrations.start(backend.id, ids, now)
+            self._migration_timer(now, out)
         self._reschedule()
         return out
+
+    def migrations_under_way(self) -> list[MigrationInfo]:
+        """The drains with migrate under way, one per backend."""
+        return self.migrations.snapshot()
+
+    def _migration_timer(self, now: float, out: list[Action]) -> None:
+        while (turn := self.migrations.due(now)) is not None:
+            backend_id, pipe_id = turn
+            pipe = self._by_pipe_id.get(pipe_id)
+            link = pipe.link if pipe is not None else None
+            if (pipe is None or link is None or link.backend.id != backend_id
+                    or pipe.state is PipeState.CLOSING):
+                self.migrations.done(backend_id, Move.GONE, now)
+            elif not any(b.state is BackendState.UP and b is not link.backend
+                         for b in self.pool):
+                # Never move a pipe to nowhere (it would buffer, then get 1013): it
+                # stays on the draining backend until another one is up.
+                self.migrations.done(backend_id, Move.WAIT, now)
+            else:
+                self.migrate_pipe(pipe_id, now=now, _out=out)
+                self.stats.pipes_migrated += 1
+                self.migrations.done(backend_id, Move.MOVED, now)
 
     def migrate_pipe(
         self, pipe_id: str, *, now: float, _out: list[Action] | None = None
@@ -217,7 +252,7 @@ class Proxy:
         self._detach_link(pipe)
         self._close_link(link, 1001, "backend draining, session moves", now, out)
         if pipe.state is PipeState.LINKED:
-            self._interrupt(pipe, backend, "migrate",
+            self._interrupt(pipe, backend, InterruptionCause.MIGRATE,
                             f"migrating off draining backend {backend.id}", now, out)
         else:  # still dialing that backend: choose another one instead
             pipe.exclude = backend
@@ -634,10 +669,11 @@ class Proxy:
         if pipe.retry_at is not None and now >= pipe.retry_at:
             self._dial(pipe, now, out)
 
-    def _interrupt(self, pipe: Pipe, backend: Backend, cause: str, why: str, now: float,
-                   out: list[Action]) -> None:
+    def _interrupt(self, pipe: Pipe, backend: Backend, cause: InterruptionCause, why: str,
+                   now: float, out: list[Action]) -> None:
         """The pipe lost its live link: buffer from now on and fail over at once."""
         pipe.state = PipeState.INTERRUPTED
+        pipe.cause = cause
         pipe.interruptions += 1
         pipe.interrupted_at = now
         pipe.exclude = backend
@@ -722,7 +758,7 @@ class Proxy:
             self._detach_link(link.pipe)
         link.assembler.reset()
 
-    def _link_failed(self, link: Link, cause: str, why: str, now: float,
+    def _link_failed(self, link: Link, cause: LinkFailure, why: str, now: float,
                      out: list[Action]) -> None:
         """A link that never opened failed: count the error, back off, try again."""
         backend = link.backend
@@ -740,7 +776,8 @@ class Proxy:
         self._plog(logging.WARNING, pipe, "link to %s %s failed: %s; retry in %.3fs",
                    backend.id, backend.url, why, delay)
 
-    def _link_lost(self, link: Link, cause: str, why: str, now: float, out: list[Action],
+    def _link_lost(self, link: Link, cause: InterruptionCause, why: str, now: float,
+                   out: list[Action],
                    error: bool = True) -> None:
         """An open link failed: count the error; its pipe, if live on it, fails over."""
         backend = link.backend
@@ -802,19 +839,21 @@ class Proxy:
                                 out: list[Action]) -> None:
         link = self._links.get(event.link)
         if link is not None and link.state is LinkState.DIALING:
-            self._link_failed(link, "connect", f"connect failed: {event.error}", now, out)
+            self._link_failed(link, LinkFailure.CONNECT, f"connect failed: {event.error}", now, out)
 
     def _on_link_eof(self, event: ev.LinkEOF, now: float, out: list[Action]) -> None:
         link = self._links.get(event.link)
         if link is None:
             return
         if link.state in (LinkState.DIALING, LinkState.HANDSHAKING):
-            self._link_failed(link, "handshake", f"connection lost in handshake: {event.error}",
+            self._link_failed(link, LinkFailure.HANDSHAKE,
+                              f"connection lost in handshake: {event.error}",
                               now, out)
         elif link.state is LinkState.CLOSING:
             self._forget_link(link, out)
         else:
-            self._link_lost(link, "eof", f"connection lost: {event.error}", now, out)
+            self._link_lost(link, InterruptionCause.EOF,
+                            f"connection lost: {event.error}", now, out)
 
     def _on_link_sent(self, event: ev.LinkDataSent, now: float, out: list[Action]) -> None:
         link = self._links.get(event.link)
@@ -835,7 +874,8 @@ class Proxy:
         try:
             link.ws.receive_data(event.data)
         except RemoteProtocolError as exc:
-            self._link_failed(link, "handshake", f"bad handshake response: {exc}", now, out)
+            self._link_failed(link, LinkFailure.HANDSHAKE,
+                              f"bad handshake response: {exc}", now, out)
             return
         except LocalProtocolError:
             return  # data after the close handshake: nothing to do with it
@@ -851,7 +891,7 @@ class Proxy:
                 elif isinstance(event, AcceptConnection):
                     self._link_opened(link, now, out)
                 elif isinstance(event, RejectConnection):
-                    self._link_failed(link, "handshake",
+                    self._link_failed(link, LinkFailure.HANDSHAKE,
                                       f"handshake rejected with HTTP {event.status_code}", now, out)
                     return
                 elif isinstance(event, Ping):
@@ -868,7 +908,8 @@ class Proxy:
                 elif isinstance(event, RejectData):
                     pass
         except RemoteProtocolError as exc:
-            self._link_failed(link, "handshake", f"bad handshake response: {exc}", now, out)
+            self._link_failed(link, LinkFailure.HANDSHAKE,
+                              f"bad handshake response: {exc}", now, out)
 
     def _link_opened(self, link: Link, now: float, out: list[Action]) -> None:
         cfg = self.config
@@ -901,6 +942,7 @@ class Proxy:
                        "replayed", link.backend.id, duration, len(replayed))
             self._event(PipeEventKind.RESUMED, pipe, link.backend, now,
                         f"resumed on {link.backend.id}", duration=duration)
+            pipe.cause = None
         else:
             self._plog(logging.INFO, pipe, "linked to %s after %.3fs", link.backend.id, duration)
             self._event(PipeEventKind.LINKED, pipe, link.backend, now,
@@ -947,7 +989,7 @@ class Proxy:
             self._close_link(link, 1009, "message too big", now, out)
             self.pool.record_failure(link.backend, now, "message over max_message_size")
             if pipe is not None:
-                self._interrupt(pipe, link.backend, "message_too_big",
+                self._interrupt(pipe, link.backend, InterruptionCause.MESSAGE_TOO_BIG,
                                 f"backend {link.backend.id} sent a message too big", now, out)
             return False
         prior = link.assembler.size
@@ -969,7 +1011,8 @@ class Proxy:
             # A protocol violation by the backend (wsproto's ParseFailed).
             self._send_link(link, ws.send(CloseConnection(code=event.code,
                                                           reason=event.reason)), out)
-            self._link_lost(link, "protocol", f"protocol error ({event.code}): {event.reason}",
+            self._link_lost(link, InterruptionCause.PROTOCOL,
+                            f"protocol error ({event.code}): {event.reason}",
                             now, out)
             return
         if link.state is LinkState.CLOSING:
@@ -980,7 +1023,7 @@ class Proxy:
             self._send_link(link, ws.send(event.response()), out)
         pipe = link.pipe if link.pipe is not None and link.pipe.link is link else None
         if event.code in self.config.interruption_codes or pipe is None:
-            self._link_lost(link, "close_code",
+            self._link_lost(link, InterruptionCause.CLOSE_CODE,
                             f"backend closed with {event.code} {event.reason}".rstrip(), now, out)
             return
         self._forget_link(link, out)
@@ -992,7 +1035,7 @@ class Proxy:
         cfg = self.config
         if link.state in (LinkState.DIALING, LinkState.HANDSHAKING):
             if now >= link.deadline:
-                self._link_failed(link, "timeout", "handshake timed out", now, out)
+                self._link_failed(link, LinkFailure.TIMEOUT, "handshake timed out", now, out)
             return
         if link.state is LinkState.CLOSING:
             if now >= link.deadline:
@@ -1006,7 +1049,8 @@ class Proxy:
                 link.ping_at = now + cfg.ping_interval
             return
         if link.pong_deadline is not None and now >= link.pong_deadline:
-            self._link_lost(link, "ping_timeout", "no pong within ping_timeout", now, out)
+            self._link_lost(link, InterruptionCause.PING_TIMEOUT,
+                            "no pong within ping_timeout", now, out)
             return
         if link.ping_at is not None and now >= link.ping_at:
             link.ping_at = now + cfg.ping_interval
@@ -1043,6 +1087,12 @@ class Proxy:
     # ------------------------------------------------------------- timers, hooks, logs
 
     def _reschedule(self) -> None:
+        if self.pool.changed:
+            # A cool-down ends on time even with no traffic, so the pool's state
+            # (and readiness) is right without a pipe asking for a backend.
+            self.pool.changed = False
+            self._deadlines.set(("b", 0), self.pool.next_deadline())
+        self._deadlines.set(("m", 0), self.migrations.next_deadline())
         if not self._dirty:
             return
         max_interruption = self.config.max_interruption
@@ -1060,7 +1110,7 @@ class Proxy:
                duration: float | None = None) -> None:
         extra = {"dropped_messages": float(pipe.dropped_messages)} if pipe.dropped_messages else {}
         self.hooks.pipe_event(PipeEvent(kind, pipe.info(), backend.info() if backend else None,
-                                        now, reason, code, duration, extra))
+                                        now, reason, code, duration, extra, pipe.cause))
 
     def _plog(self, level: int, pipe: Pipe, msg: str, *args: object) -> None:
         if not log.isEnabledFor(level):

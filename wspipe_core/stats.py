@@ -25,6 +25,8 @@ class Stats:
     interruptions: Counter[str] = field(default_factory=Counter)
     #: Interruptions that ended with a new link.
     failovers: int = 0
+    #: Pipes moved off draining backends by a drain with migrate.
+    pipes_migrated: int = 0
     #: Failed link attempts by cause (``connect``, ``handshake``, ``timeout``).
     link_failures: Counter[str] = field(default_factory=Counter)
     #: Clients refused before the upgrade, by HTTP status.

@@ -11,10 +11,13 @@ from wsproto.events import TextMessage
 from wspipe_core import (
     BackendAlreadyRegistered,
     BackendState,
+    InterruptionCause,
     InvalidBackendURL,
+    PipeEventKind,
     PipeState,
     ProxyConfig,
     UnknownBackend,
+    hookimpl,
 )
 from wspipe_core.pool import Pool, parse_backend_url
 
@@ -206,6 +209,7 @@ def test_drain_with_migrate_moves_every_pipe_off_the_backend_losing_nothing():
     with ExitStack() as stack:
         held = [stack.enter_context(held_replies(link)) for link in links]
         apply(h, h.proxy.remove_backend("ws://b1/", migrate=True, now=h.now))
+        h.advance(3 / h.proxy.config.migrate_rate)  # paced: the 4th moves 3 intervals later
         for i, c in enumerate(clients):
             c.send(f"after-{i}")
         assert all(link.close is not None and link.close.code == 1001 for link in links)
@@ -225,16 +229,22 @@ def test_drain_with_migrate_moves_every_pipe_off_the_backend_losing_nothing():
     assert len(h.proxy._links) == 4  # only the new links remain
 
 
-def test_migrate_with_no_other_backend_buffers_until_one_appears():
-    h = harness(backoff="fixed", backoff_base=0.5)
+def test_migrate_with_no_other_backend_waits_on_the_draining_one_until_another_is_up():
+    """A pipe never moves to nowhere: it would only buffer, then get 1013."""
+    h = harness(backoff="fixed", backoff_base=0.5, migrate_rate=10)
     b1 = h.backend("ws://b1/")
     c = h.client()
     apply(h, h.proxy.remove_backend("ws://b1/", migrate=True, now=h.now))
+    h.advance(5)
     c.send("kept")
-    assert h.proxy.pipes()[0].state is PipeState.INTERRUPTED
+    assert h.proxy.pipes()[0].state is PipeState.LINKED and b1.messages() == ["kept"]
+    assert h.proxy.migrations_under_way()[0].waiting
     b2 = h.backend("ws://b2/")
-    h.advance(0)
-    assert b2.messages() == ["kept"] and b1.messages() == []
+    h.advance(0.1)  # the next turn, one interval later
+    c.send("moved")
+    assert b2.messages() == ["moved"] and b1.links[0].close is not None
+    assert h.proxy.migrations_under_way() == []
+    assert [b.url for b in h.proxy.backends()] == ["ws://b2/"]
 
 
 def test_drain_with_migrate_moves_a_pipe_whose_link_is_still_handshaking():
@@ -270,3 +280,61 @@ def test_same_backend_spelled_differently_is_a_duplicate():
     pool.add("ws://b1")
     with pytest.raises(BackendAlreadyRegistered, match="already registered"):
         pool.add("ws://b1:80/")
+
+
+def test_cool_down_ends_on_time_with_no_traffic_so_readiness_recovers():
+    """The pool's own deadline returns an ejected backend to ``up``: no pipe needs to ask."""
+    h = harness(eject_after=1, eject_base=5, max_interruption=1, backoff="fixed",
+                backoff_base=0.2)
+    b1 = h.backend("ws://b1/", mode="refuse")
+    c = h.client()
+    assert _state(h, "ws://b1/").state is BackendState.EJECTED
+    h.advance(1.5)  # the client gives up (1013): nothing dials any more
+    assert c.close is not None and c.close.code == 1013
+    assert h.proxy.pipes() == []
+    b1.mode = "accept"  # the backend is back; no traffic at all
+    assert h.proxy.next_deadline() == pytest.approx(5.0)
+    h.advance(3.4)
+    assert _state(h, "ws://b1/").state is BackendState.EJECTED
+    h.advance(0.2)
+    assert _state(h, "ws://b1/").state is BackendState.UP
+    assert h.proxy.next_deadline() is None
+
+
+def test_drain_with_migrate_is_paced_at_migrate_rate_on_the_core_clock():
+    moved_at: list[float] = []
+
+    class Recorder:
+        @hookimpl
+        def wspipe_pipe_event(self, event):
+            if event.cause is InterruptionCause.MIGRATE and event.kind is PipeEventKind.INTERRUPTED:
+                moved_at.append(event.now)
+
+    h = harness(migrate_rate=4, plugins=[Recorder()])  # one pipe every 0.25 s
+    h.backend("ws://b1/")
+    clients = [h.client() for _ in range(5)]
+    b2 = h.backend("ws://b2/")
+    h.advance(1)
+    apply(h, h.proxy.remove_backend("b1", migrate=True, now=h.now))
+    info = h.proxy.migrations_under_way()[0]
+    assert (info.backend_id, info.total, info.moved, info.remaining) == ("b1", 5, 1, 4)
+    h.advance(0.7)
+    assert moved_at == pytest.approx([1.0, 1.25, 1.5])
+    h.advance(10)
+    assert moved_at == pytest.approx([1.0, 1.25, 1.5, 1.75, 2.0])  # never two at once
+    assert len(b2.links) == 5 and h.proxy.stats.pipes_migrated == 5
+    assert h.proxy.migrations_under_way() == []
+    assert [b.url for b in h.proxy.backends()] == ["ws://b2/"]
+    assert all(c.close is None for c in clients)
+
+
+def test_pipes_that_ended_before_their_turn_take_no_slot():
+    h = harness(migrate_rate=1)
+    h.backend("ws://b1/")
+    clients = [h.client() for _ in range(3)]
+    h.backend("ws://b2/")
+    apply(h, h.proxy.remove_backend("b1", migrate=True, now=h.now))  # first moves now
+    clients[1].close_ws(1000)  # ends before its turn
+    h.advance(1.0)  # one interval: the third moves, not a wasted turn on the second
+    assert sorted(p.backend_id for p in h.proxy.pipes()) == ["b2", "b2"]
+    assert h.proxy.migrations_under_way() == []
