@@ -290,6 +290,11 @@ class Proxy:
         """Snapshots of every pipe."""
         return [p.info() for p in self._pipes.values()]
 
+    def pipe_of(self, conn: ev.ConnId) -> PipeInfo | None:
+        """The snapshot of the pipe of client connection ``conn``, if it has one."""
+        pipe = self._pipes.get(conn)
+        return pipe.info() if pipe is not None else None
+
     # ------------------------------------------------------------- client events
 
     def _on_client_connected(self, event: ev.ClientConnected, now: float,

@@ -40,6 +40,7 @@ from . import events as ev
 from .assembler import Message
 from .config import ProxyConfig
 from .hooks import make_plugin_manager
+from .info import PipeInfo
 from .proxy import Proxy
 
 __all__ = ["BackendLink", "FakeBackend", "FakeClient", "Harness", "encode"]
@@ -371,6 +372,16 @@ class Harness:
             del self.unacked[(kind, ident)]
             self.feed(ev.ClientDataSent(ident, nbytes) if kind == "c"
                       else ev.LinkDataSent(ident, nbytes))
+
+    def apply(self, actions: list[act.Action]) -> None:
+        """Execute actions returned by a direct ``Proxy`` call (``remove_backend``,
+        ``shutdown``, ...) and route every answer, as :meth:`feed` does."""
+        self._run(actions)
+        self._drain()
+
+    def pipe(self, client: FakeClient) -> PipeInfo | None:
+        """The snapshot of ``client``'s pipe, or ``None`` once it has ended."""
+        return self.proxy.pipe_of(client.conn)
 
     def _drain(self) -> None:
         if self._queue and not self._busy:

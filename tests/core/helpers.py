@@ -89,5 +89,4 @@ def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
 
 def apply(h: Harness, actions: list[act.Action]) -> None:
     """Execute actions returned by a direct ``Proxy`` call and route the answers."""
-    h._run(actions)
-    h._drain()
+    h.apply(actions)
