@@ -1,10 +1,26 @@
-"""A heap of per-object deadlines with lazy invalidation: O(log n) set, O(1) peek."""
+"""The core's timers: one deadline per object, the earliest found without scanning.
+
+Every object with deadlines (a pending client, a pipe, a link, the pool, the
+migration queue) has one entry, keyed by the object itself. Code that changes an
+object's timing *touches* it; before a call returns, :meth:`Timers.flush` asks each
+touched object for its ``next_deadline()``. Touched objects are kept in order and
+ties are broken by insertion order, so the core fires timers deterministically.
+"""
 
 from __future__ import annotations
 
 import heapq
 import itertools
 from collections.abc import Hashable
+from typing import Protocol
+
+
+class Timed(Hashable, Protocol):
+    """An object that knows its next deadline."""
+
+    def next_deadline(self) -> float | None:
+        """The earliest time it must be woken, or ``None``."""
+        ...
 
 
 class Deadlines:
@@ -52,3 +68,43 @@ class Deadlines:
 
     def __len__(self) -> int:
         return len(self._when)
+
+    @property
+    def heap_size(self) -> int:
+        """Entries in the heap, stale ones included (bounded by the rebuild rule)."""
+        return len(self._heap)
+
+
+class Timers:
+    """Deadlines of timed objects, recomputed for the objects touched since the last flush."""
+
+    def __init__(self) -> None:
+        self.deadlines = Deadlines()
+        self._touched: dict[Timed, None] = {}
+
+    def touch(self, obj: Timed) -> None:
+        """``obj``'s timing may have changed: re-read it at the next :meth:`flush`."""
+        self._touched[obj] = None
+
+    def cancel(self, obj: Timed) -> None:
+        """Forget ``obj``: it is gone and must not fire."""
+        self._touched.pop(obj, None)
+        self.deadlines.set(obj, None)
+
+    def flush(self) -> None:
+        """Re-read the deadline of every touched object."""
+        if self._touched:
+            touched, self._touched = self._touched, {}
+            for obj in touched:
+                self.deadlines.set(obj, obj.next_deadline())
+
+    def next(self) -> float | None:
+        """The earliest deadline (call :meth:`flush` first)."""
+        return self.deadlines.next()
+
+    def pop_due(self, now: float) -> list[Hashable]:
+        """The objects due at ``now``, earliest first; they are touched again after firing."""
+        return self.deadlines.pop_due(now)
+
+    def __len__(self) -> int:
+        return len(self.deadlines)

@@ -1,20 +1,45 @@
-"""A link: one backend WebSocket connection of a pipe, as a wsproto client."""
+"""A link: one backend WebSocket connection of a pipe, and its life from dial to close.
+
+The link decides what its bytes mean — handshake answered or refused, a message,
+a ping to answer, a pong, the backend's Close, a protocol error — and when it
+counts as *proven* (the backend answered: a message or a pong). It reports typed
+outcomes to the session that owns it and never decides the pipe's fate.
+
+States: ``DIALING`` (``OpenLink`` sent) -> ``HANDSHAKING`` (upgrade sent) -> ``OPEN``
+-> ``CLOSING`` (a Close was sent or received). ``handshake_timeout`` bounds dialing
+plus handshake; ``close_timeout`` bounds closing.
+"""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.connection import Connection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .assembler import MessageAssembler
+from .actions import OpenLink, PauseLink, ResumeLink, SendToLink
+from .codes import InterruptionCause, LinkFailure
 from .events import LinkId
+from .flow import Endpoint, Flow, Hold
+from .info import BackendRequest
+from .keepalive import Keepalive
+from .pool import Backend
 
-if TYPE_CHECKING:
-    from .pipe import Pipe
-    from .pool import Backend
+_OPENISH = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
 
 class LinkState(enum.Enum):
@@ -30,36 +55,242 @@ class LinkState(enum.Enum):
     CLOSING = "closing"
 
 
-@dataclass(eq=False)
-class Link:
-    """One backend connection; belongs to at most one pipe."""
+# Outcomes a link reports to its session.
 
-    id: LinkId
-    backend: Backend
-    pipe: Pipe | None
-    #: Handshake deadline while dialing/handshaking; close deadline while closing.
-    deadline: float
-    state: LinkState = LinkState.DIALING
-    #: The handshake-capable connection until open, then only its ``Connection``
-    #: (wsproto keeps ~5 KiB of handshake state we no longer need).
-    ws: WSConnection | Connection = field(
-        default_factory=lambda: WSConnection(ConnectionType.CLIENT))
-    assembler: MessageAssembler = field(default_factory=MessageAssembler)
-    #: Bytes handed to the driver and not yet reported written.
-    pending: int = 0
-    #: Whether we told the driver to stop reading this link.
-    paused: bool = False
-    #: When the next keepalive ping is due (open links).
-    ping_at: float | None = None
-    #: When an unanswered ping times out.
-    pong_deadline: float | None = None
-    #: Whether the backend has shown it works: a message or a pong came back. Only
-    #: then does the link count as a success for the pool (a backend that accepts the
-    #: upgrade and fails at once must still be ejected).
-    proven: bool = False
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """The backend accepted the upgrade."""
+
+    subprotocol: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Proven:
+    """The backend answered on this link for the first time: a success for the pool."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The link failed before it opened."""
+
+    cause: LinkFailure
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """The open link failed (EOF, reset, ping timeout, protocol error)."""
+
+    cause: InterruptionCause
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The backend closed the open link with ``code``; the link answered it already."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The link is finished (close handshake over, or its socket gone while closing)."""
+
+
+Outcome = Opened | Proven | Failed | Lost | Closed | Done
+Message = TextMessage | BytesMessage
+_MESSAGES = (TextMessage, BytesMessage)
+_DONE = Done()
+_PROVEN = Proven()
+
+
+class Link(Endpoint):
+    """One backend connection; it belongs to at most one pipe (its ``owner``)."""
+
+    SEND = SendToLink
+    PAUSE = PauseLink
+    RESUME = ResumeLink
+    INBOUND = False
+
+    __slots__ = ("backend", "deadline", "proven", "state")
+
+    def __init__(self, ident: LinkId, backend: Backend, owner: Any, deadline: float) -> None:
+        super().__init__(ident, WSConnection(ConnectionType.CLIENT), owner)
+        self.backend = backend
+        #: Handshake deadline while dialing/handshaking; close deadline while closing.
+        self.deadline = deadline
+        self.state = LinkState.DIALING
+        #: Whether the backend has shown it works (a message or a pong came back). Only
+        #: then does the link count as a success for the pool: a backend that accepts
+        #: the upgrade and fails at once must still be ejected.
+        self.proven = False
+
+    @property
+    def id(self) -> LinkId:
+        """The link id (the driver's name for its socket)."""
+        return self.ident
+
+    def open_action(self) -> OpenLink:
+        """The action that makes the driver dial the backend."""
+        address = self.backend.address
+        return OpenLink(self.ident, address.host, address.port, address.tls, self.backend.url)
+
+    def handshake(self, request: BackendRequest, flow: Flow) -> None:
+        """The TCP (and TLS) connection is up: send the upgrade request."""
+        self.state = LinkState.HANDSHAKING
+        flow.write(self, self.ws.send(_request(self.backend, request)))
+
+    def connect_failed(self, error: str) -> Failed | None:
+        """The driver could not connect."""
+        if self.state is not LinkState.DIALING:
+            return None
+        return Failed(LinkFailure.CONNECT, f"connect failed: {error}")
+
+    def eof(self, error: str) -> Outcome:
+        """The socket ended or failed."""
+        if self.state in (LinkState.DIALING, LinkState.HANDSHAKING):
+            return Failed(LinkFailure.HANDSHAKE, f"connection lost in handshake: {error}")
+        if self.state is LinkState.CLOSING:
+            return _DONE
+        return Lost(InterruptionCause.EOF, f"connection lost: {error}")
+
+    def receive(self, data: bytes, keepalive: Keepalive,
+                flow: Flow, now: float) -> Iterator[Message | Outcome]:
+        """Bytes from the backend: yield its messages (fragments) and the outcomes.
+
+        The caller stops iterating to stop reading frames (what is left stays
+        buffered in wsproto). Pings are answered here.
+        """
+        if self.state is LinkState.DIALING:
+            return
+        ws = self.ws
+        try:
+            ws.receive_data(data)
+        except RemoteProtocolError as exc:
+            yield Failed(LinkFailure.HANDSHAKE, f"bad handshake response: {exc}")
+            return
+        except LocalProtocolError:
+            return  # data after the close handshake: nothing to do with it
+        try:
+            for event in ws.events():
+                if isinstance(event, _MESSAGES):
+                    if not self.proven:
+                        self.proven = True
+                        yield _PROVEN
+                    yield event
+                elif isinstance(event, Ping):
+                    keepalive.answer(self, event)
+                elif isinstance(event, Pong):
+                    keepalive.pong(self)
+                    if not self.proven:
+                        self.proven = True
+                        yield _PROVEN
+                elif isinstance(event, AcceptConnection):
+                    yield self._opened(event, keepalive, now)
+                elif isinstance(event, RejectConnection):
+                    yield Failed(LinkFailure.HANDSHAKE,
+                                 f"handshake rejected with HTTP {event.status_code}")
+                    return
+                elif isinstance(event, CloseConnection):
+                    yield self._close_received(event, flow, keepalive)
+                    return
+        except RemoteProtocolError as exc:
+            yield Failed(LinkFailure.HANDSHAKE, f"bad handshake response: {exc}")
+
+    def _opened(self, event: AcceptConnection, keepalive: Keepalive, now: float) -> Opened:
+        self.state = LinkState.OPEN
+        if isinstance(self.ws, WSConnection) and self.ws.connection is not None:
+            self.ws = self.ws.connection  # drop the handshake state (memory per idle link)
+        keepalive.start(self, now)
+        return Opened(event.subprotocol)
+
+    def _close_received(self, event: CloseConnection, flow: Flow,
+                        keepalive: Keepalive) -> Outcome:
+        ws = self.ws
+        if ws.state is ConnectionState.OPEN:
+            # A protocol violation by the backend (wsproto's ParseFailed): we close.
+            flow.write(self, ws.send(CloseConnection(code=event.code, reason=event.reason)))
+            return Lost(InterruptionCause.PROTOCOL,
+                        f"protocol error ({event.code}): {event.reason}")
+        if self.state is LinkState.CLOSING:
+            return _DONE
+        # The backend closed: answer at once and write nothing more on this link.
+        if ws.state is ConnectionState.REMOTE_CLOSING:
+            flow.write(self, ws.send(event.response()))
+        self.state = LinkState.CLOSING
+        keepalive.stop(self)
+        return Closed(event.code, event.reason or "")
+
+    def close(self, code: int, reason: str, now: float, close_timeout: float,
+              flow: Flow, keepalive: Keepalive) -> bool:
+        """Start the close handshake if the link is open; ``False`` if it can go at once.
+
+        A closing link is read until the backend's Close or ``close_timeout``: what
+        the backend wrote before it saw our Close must still be delivered, so a link
+        held for a slow client is read again (bounded by ``close_timeout``).
+        """
+        if self.state is LinkState.OPEN and self.ws.state in _OPENISH:
+            flow.write(self, self.ws.send(CloseConnection(code=code, reason=reason)))
+            if self.ws.state is ConnectionState.LOCAL_CLOSING:
+                self.state = LinkState.CLOSING
+                self.deadline = now + close_timeout
+                keepalive.stop(self)
+                flow.release(self, Hold.BACKPRESSURE)
+                return True
+        return False
+
+    def tick(self, now: float, keepalive: Keepalive) -> Outcome | None:
+        """A deadline of this link passed."""
+        if self.state in (LinkState.DIALING, LinkState.HANDSHAKING):
+            if now >= self.deadline:
+                return Failed(LinkFailure.TIMEOUT, "handshake timed out")
+            return None
+        if self.state is LinkState.CLOSING:
+            return _DONE if now >= self.deadline else None
+        if keepalive.tick(self, now):
+            return Lost(InterruptionCause.PING_TIMEOUT, "no pong within ping_timeout")
+        return None
 
     def next_deadline(self) -> float | None:
+        """When this link must next be woken."""
         if self.state is LinkState.OPEN:
-            times = [t for t in (self.ping_at, self.pong_deadline) if t is not None]
-            return min(times, default=None)
+            return Keepalive.next_deadline(self)
         return self.deadline
+
+
+def _request(backend: Backend, request: BackendRequest) -> Request:
+    headers = [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+               for k, v in request.headers]
+    return Request(host=backend.address.host_header, target=request.target,
+                   subprotocols=[request.subprotocol] if request.subprotocol else [],
+                   extra_headers=headers)
+
+
+class Links:
+    """The live links by id; hands out ids."""
+
+    def __init__(self) -> None:
+        self._links: dict[LinkId, Link] = {}
+        self._next = 1
+
+    def new(self, backend: Backend, owner: Any, deadline: float) -> Link:
+        """A new link to ``backend`` for ``owner``, dialing until ``deadline``."""
+        link = Link(self._next, backend, owner, deadline)
+        self._next += 1
+        self._links[link.ident] = link
+        return link
+
+    def get(self, ident: LinkId) -> Link | None:
+        return self._links.get(ident)
+
+    def forget(self, link: Link) -> bool:
+        """Remove ``link``; ``False`` if it was already gone."""
+        return self._links.pop(link.ident, None) is not None
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def __iter__(self) -> Iterator[Link]:
+        return iter(list(self._links.values()))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -144,6 +144,24 @@ class Pool:
         backends = [b for b in self._backends.values() if b is not exclude]
         up = [b for b in backends if b.state is BackendState.UP]
         return up or [b for b in backends if b.state is BackendState.EJECTED]
+
+    def choose(self, now: float, exclude: Backend | None,
+               select: Callable[[list[BackendInfo]], BackendInfo | None]) -> Backend | None:
+        """The backend for a pipe's next link, chosen by ``select`` (the strategy hook).
+
+        ``exclude`` (the backend that just failed the pipe) is left out, unless it is
+        the only candidate: then it is tried again rather than waiting a backoff for
+        nothing (the failure already cost one when it dialed).
+        """
+        candidates = self.candidates(now, exclude)
+        if not candidates and exclude is not None:
+            candidates = self.candidates(now, None)
+        if not candidates:
+            return None
+        info = select([b.info() for b in candidates])
+        if info is None:
+            return None
+        return next(b for b in candidates if b.id == info.id)
 
     def next_deadline(self) -> float | None:
         """When the next ejected backend's cool-down ends."""

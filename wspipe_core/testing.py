@@ -14,10 +14,11 @@ what they record is what a real peer would decode. Plugin authors use it too::
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from wsproto import ConnectionType, WSConnection
@@ -27,6 +28,7 @@ from wsproto.events import (
     BytesMessage,
     CloseConnection,
     Ping,
+    Pong,
     RejectConnection,
     RejectData,
     Request,
@@ -40,10 +42,11 @@ from . import events as ev
 from .assembler import Message
 from .config import ProxyConfig
 from .hooks import make_plugin_manager
-from .info import PipeInfo
+from .info import PipeInfo, PipeState
 from .proxy import Proxy
 
-__all__ = ["BackendLink", "FakeBackend", "FakeClient", "Harness", "encode"]
+__all__ = ["BackendLink", "FakeBackend", "FakeClient", "Harness", "check_invariants", "encode",
+           "leftovers"]
 
 
 def encode(ws: WSConnection, message: Message, fragments: int = 1) -> bytes:
@@ -68,6 +71,8 @@ class _Peer:
         self.received: list[Message] = []
         #: The Close the peer received, if any.
         self.close: CloseConnection | None = None
+        #: Payloads of the pongs received, in order.
+        self.pongs: list[bytes] = []
         self._parts: list[Message] = []
 
     def _on_events(self, events: Iterable[WsEvent]) -> bytes:
@@ -87,6 +92,8 @@ class _Peer:
                 self.close = event
                 if self.ws.state is ConnectionState.REMOTE_CLOSING:
                     reply += self.ws.send(event.response())
+            elif isinstance(event, Pong):
+                self.pongs.append(bytes(event.payload))
             else:
                 self._on_other(event)
         return reply
@@ -95,7 +102,36 @@ class _Peer:
         pass
 
 
-class FakeClient(_Peer):
+class _Holding:
+    """Peers whose automatic answers (pongs, Close replies, echoes) can be held back."""
+
+    _held: list[bytes] | None = None
+    #: Whether the peer reads nothing and answers nothing (a silent peer).
+    muted = False
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[list[bytes]]:
+        """Hold back what this peer answers while the block runs.
+
+        Yields the list of held answers; the caller sends them (``send_raw``) when
+        it wants them to arrive, e.g. after bytes the peer wrote earlier, or after
+        a frame the peer was in the middle of sending.
+        """
+        held: list[bytes] = []
+        self._held = held
+        try:
+            yield held
+        finally:
+            self._held = None
+
+    def _answer(self, reply: bytes) -> bytes:
+        if reply and self._held is not None:
+            self._held.append(reply)
+            return b""
+        return reply
+
+
+class FakeClient(_Holding, _Peer):
     """A WebSocket client of the proxy (wsproto ``CLIENT``)."""
 
     def __init__(self, harness: Harness, conn: int) -> None:
@@ -144,6 +180,9 @@ class FakeClient(_Peer):
         self.harness.feed(ev.ClientEOF(self.conn))
 
     def _receive(self, data: bytes) -> bytes:
+        return self._answer(self._read(data))
+
+    def _read(self, data: bytes) -> bytes:
         if self.status is not None or (not self.accepted and data.startswith(b"HTTP/1.1 4")) or (
                 not self.accepted and data.startswith(b"HTTP/1.1 5")):
             self._raw_http += data
@@ -162,7 +201,7 @@ class FakeClient(_Peer):
 
 
 @dataclass(eq=False)
-class BackendLink:
+class BackendLink(_Holding):
     """One link as the backend sees it (wsproto ``SERVER``)."""
 
     backend: FakeBackend
@@ -206,7 +245,16 @@ class BackendLink:
         self.tcp_closed = True
         self.backend.harness.feed(ev.LinkEOF(self.link, error))
 
+    def mute(self) -> None:
+        """From now on the backend keeps the connection but reads and answers nothing."""
+        self.muted = True
+
     def _receive(self, data: bytes) -> bytes:
+        if self.muted:
+            return b""
+        return self._answer(self._read(data))
+
+    def _read(self, data: bytes) -> bytes:
         if self.tcp_closed:
             return b""
         mode = self.backend.mode
@@ -284,15 +332,25 @@ class Harness:
     :param seed: Seed of the proxy's random source.
     :param auto_ack: Report every write as done at once (``*DataSent``); turn off to
         test backpressure, then call :meth:`ack`.
+    :param honour_pauses: Act like a driver that stops reading a paused connection:
+        what its peer sends waits until the proxy resumes it.
+    :param check: Run :func:`check_invariants` after every call of the proxy.
     """
 
     def __init__(self, config: ProxyConfig | None = None, *, plugins: Sequence[object] = (),
-                 seed: int = 0, auto_ack: bool = True) -> None:
+                 seed: int = 0, auto_ack: bool = True, honour_pauses: bool = False,
+                 check: bool = False) -> None:
         config = config or ProxyConfig()
         pm = make_plugin_manager(config, plugins=plugins)
         self.proxy = Proxy(config, pm=pm, rng=random.Random(seed))
         self.now = 0.0
         self.auto_ack = auto_ack
+        self.honour_pauses = honour_pauses
+        self.check = check
+        #: Connections the proxy told the driver not to read: ("c"|"l", id).
+        self.paused: set[tuple[str, int]] = set()
+        #: What arrived from paused connections, waiting to be read.
+        self.unread: dict[tuple[str, int], list[ev.Event]] = {}
         self.clients: dict[int, FakeClient] = {}
         self.backends: dict[str, FakeBackend] = {}
         self.links: dict[int, BackendLink] = {}
@@ -350,7 +408,7 @@ class Harness:
         self._busy = True
         try:
             while self._queue:
-                self._run(self.proxy.handle(self._queue.popleft(), self.now))
+                self._run(self._handle(self._queue.popleft()))
         finally:
             self._busy = False
 
@@ -387,7 +445,30 @@ class Harness:
         if self._queue and not self._busy:
             self.feed(self._queue.popleft())
 
+    def _handle(self, event: ev.Event) -> list[act.Action]:
+        if self.honour_pauses:
+            key = (("c", event.conn) if isinstance(event, ev.ClientDataReceived)
+                   else ("l", event.link) if isinstance(event, ev.LinkDataReceived) else None)
+            if key is not None and key in self.paused:
+                self.unread.setdefault(key, []).append(event)
+                return []
+        return self.proxy.handle(event, self.now)
+
     def _run(self, actions: list[act.Action]) -> None:
+        if self.check:
+            check_invariants(self.proxy)
+        for action in actions:
+            key = (("c", action.conn) if isinstance(action, act.PauseClient | act.ResumeClient)
+                   else ("l", action.link) if isinstance(action, act.PauseLink | act.ResumeLink)
+                   else None)
+            if key is None:
+                continue
+            if isinstance(action, act.PauseClient | act.PauseLink):
+                self.paused.add(key)
+            else:
+                self.paused.discard(key)
+                # Read what waited, before anything the peer sends from now on.
+                self._queue.extend(self.unread.pop(key, []))
         self.actions.extend(actions)
         for action in actions:
             self._execute(action)
@@ -432,3 +513,48 @@ class Harness:
                                else ev.LinkDataSent(ident, nbytes))
         else:
             self.unacked[(kind, ident)] = self.unacked.get((kind, ident), 0) + nbytes
+
+
+def check_invariants(proxy: Proxy) -> None:
+    """Assert what must hold between any two calls of ``proxy`` (for property tests).
+
+    Every pipe holds no more than ``buffer_limit`` and exactly what its buffer and
+    its client's message in progress cost; the memory budget is the sum over pipes;
+    a backend's load is the pipes whose link it holds; a pipe's live link is
+    registered and belongs to it; peers point at each other only on a live relay.
+    """
+    cfg = proxy.config
+    sessions = proxy._sessions
+    pipes = list(sessions.by_conn.values())
+    for pipe in pipes:
+        lane = pipe.lane
+        assert 0 <= lane.held <= cfg.buffer_limit, (pipe.id, lane.held)
+        assert lane.held == lane.buffer.cost + pipe.client.assembler.size, pipe.id
+        if pipe.link is not None:
+            assert proxy._links.get(pipe.link.id) is pipe.link, pipe.id
+            assert pipe.link.owner is pipe, pipe.id
+        peer = pipe.client.peer
+        if peer is not None:
+            assert peer is pipe.link and peer.peer is pipe.client, pipe.id  # type: ignore[union-attr]
+            assert pipe.state is PipeState.LINKED, (pipe.id, pipe.state)
+    assert 0 <= proxy.budget.used <= cfg.memory_budget
+    assert proxy.budget.used == sum(p.lane.held for p in pipes)
+    for backend in proxy.pool:
+        assert backend.pipes == sum(1 for p in pipes
+                                    if p.link is not None and p.link.backend is backend)
+
+
+def leftovers(proxy: Proxy) -> dict[str, int]:
+    """What the core still holds, by kind; all zero once every client and link is gone."""
+    sessions = proxy._sessions
+    return {
+        "pending clients": len(proxy._handshakes),
+        "pipes": len(sessions.by_conn) + len(sessions.by_id),
+        "client ids": len(sessions.by_client_id),
+        "links": len(proxy._links),
+        "budget waiters": proxy._flow.budget_waiters,
+        "budget bytes": proxy.budget.used,
+        "deadlines": len(proxy._timers),
+        "timer heap": proxy._timers.deadlines.heap_size,
+        "unsent actions": len(proxy._flow.out),
+    }

@@ -1,17 +1,12 @@
-"""Shared helpers of the core tests: configs, fixed client ids, peer instrumentation."""
+"""Shared helpers of the core tests: configs, fixed client ids, hand-made frames."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-from wsproto.events import Event as WsEvent
-from wsproto.events import Pong
 
 from wspipe_core import ProxyConfig
 from wspipe_core import actions as act
-from wspipe_core.testing import BackendLink, FakeClient, Harness
+from wspipe_core.testing import Harness
 
 ID1 = "11111111-1111-4111-8111-111111111111"
 ID2 = "22222222-2222-4222-8222-222222222222"
@@ -30,48 +25,6 @@ def harness(**overrides: object) -> Harness:
     auto_ack = bool(overrides.pop("auto_ack", True))
     plugins = overrides.pop("plugins", ())
     return Harness(config(**overrides), plugins=plugins, auto_ack=auto_ack)  # type: ignore[arg-type]
-
-
-def record_pongs(client: FakeClient) -> list[bytes]:
-    """Make ``client`` record the payloads of the Pongs it receives."""
-    pongs: list[bytes] = []
-    original = client._on_other
-
-    def on_other(event: WsEvent) -> None:
-        if isinstance(event, Pong):
-            pongs.append(bytes(event.payload))
-        original(event)
-
-    client._on_other = on_other  # type: ignore[method-assign]
-    return pongs
-
-
-def mute(link: BackendLink) -> None:
-    """The backend keeps the connection but reads and answers nothing (no pongs)."""
-    link._receive = lambda data: b""  # type: ignore[method-assign]
-
-
-@contextmanager
-def held_replies(link: BackendLink) -> Iterator[list[bytes]]:
-    """Hold back what the backend answers on ``link`` while the block runs.
-
-    Yields the list of held answers; the caller feeds them (``link.send_raw``)
-    when it wants them to arrive, e.g. after bytes the backend wrote earlier.
-    """
-    held: list[bytes] = []
-    original = link._receive
-
-    def receive(data: bytes) -> bytes:
-        reply = original(data)
-        if reply:
-            held.append(reply)
-        return b""
-
-    link._receive = receive  # type: ignore[method-assign]
-    try:
-        yield held
-    finally:
-        link._receive = original  # type: ignore[method-assign]
 
 
 def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:

@@ -6,7 +6,7 @@ import h11
 import pytest
 from wsproto.events import Request
 
-from wspipe_core.client import choose_subprotocol, http_error, request_info
+from wspipe_core.handshake import choose_subprotocol, http_error, request_info
 
 
 @pytest.mark.parametrize("status", [400, 408, 409, 431, 503, 599])

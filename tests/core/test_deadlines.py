@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from wspipe_core.deadlines import Deadlines
+from wspipe_core.testing import leftovers
 
 from .helpers import harness
 
@@ -71,20 +72,19 @@ def test_late_timer_call_fires_everything_due():
     h = harness(handshake_timeout=10)
     clients = [h.raw_client(b"GET / HTTP/1.1\r\n") for _ in range(3)]
     h.now = 100.0
-    h._run(h.proxy.handle_timer(100.0))
+    h.apply(h.proxy.handle_timer(100.0))
     assert all(c.status == 408 for c in clients)
     assert h.proxy.next_deadline() is None
 
 
 def test_closing_link_is_forgotten_after_close_timeout_if_backend_never_answers():
-    from .helpers import mute
 
     h = harness(close_timeout=5)
     b1 = h.backend("ws://b1/")
     c = h.client()
-    mute(b1.links[0])
+    b1.links[0].mute()
     c.close_ws()
-    assert len(h.proxy._links) == 1 and not b1.links[0].tcp_closed
+    assert leftovers(h.proxy)["links"] == 1 and not b1.links[0].tcp_closed
     h.advance(5)
-    assert h.proxy._links == {} and b1.links[0].tcp_closed
+    assert leftovers(h.proxy)["links"] == 0 and b1.links[0].tcp_closed
     assert h.proxy.next_deadline() is None

@@ -6,7 +6,7 @@ import pytest
 
 from wspipe_core import PipeState
 
-from .helpers import harness, mute
+from .helpers import harness
 
 
 def test_backend_eof_mid_stream_outage_messages_reach_next_backend_in_order_once():
@@ -159,7 +159,7 @@ def test_link_ping_timeout_is_an_interruption():
     c = h.client()
     h.advance(10)  # pings answered: nothing happens
     assert b2.links == [] and c.close is None
-    mute(b1.links[0])
+    b1.links[0].mute()
     h.advance(5 + 3)
     assert len(b2.links) == 1 and c.close is None
     assert h.proxy.stats.interruptions["ping_timeout"] == 1

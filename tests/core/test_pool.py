@@ -21,7 +21,7 @@ from wspipe_core import (
 )
 from wspipe_core.pool import Pool, parse_backend_url
 
-from .helpers import apply, harness, held_replies
+from .helpers import apply, harness
 
 
 def _state(h, url):
@@ -207,7 +207,7 @@ def test_drain_with_migrate_moves_every_pipe_off_the_backend_losing_nothing():
     # What b1 wrote before it saw our Close is still on the wire.
     late = [link.ws.send(TextMessage(data=f"late-{i}")) for i, link in enumerate(links)]
     with ExitStack() as stack:
-        held = [stack.enter_context(held_replies(link)) for link in links]
+        held = [stack.enter_context(link.holding()) for link in links]
         apply(h, h.proxy.remove_backend("ws://b1/", migrate=True, now=h.now))
         h.advance(3 / h.proxy.config.migrate_rate)  # paced: the 4th moves 3 intervals later
         for i, c in enumerate(clients):

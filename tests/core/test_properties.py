@@ -25,13 +25,10 @@ from hypothesis import strategies as st
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, TextMessage
 
-from wspipe_core import PipeEventKind, hookimpl
-from wspipe_core import actions as act
-from wspipe_core import events as ev
-from wspipe_core.link import LinkState
-from wspipe_core.testing import Harness
+from wspipe_core import PipeEventKind, PipeState, hookimpl
+from wspipe_core.testing import Harness, leftovers
 
-from .helpers import apply, config, held_replies
+from .helpers import config
 
 CLIENT_IDS = [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(1, 3)]
 MAX_BACKENDS = 5
@@ -84,11 +81,7 @@ initial_modes = st.lists(st.sampled_from(["accept", "refuse", "blackhole"]), min
 class World:
     def __init__(self, modes: list[str], policy: str = "close", flow: bool = False) -> None:
         self.config = config = dataclasses.replace(CONFIG, buffer_policy=policy)
-        #: Whether writes are acknowledged only on "ack" and pauses are honoured.
-        self.flow = flow
-        #: Connections the core told the driver not to read, and what arrived meanwhile.
-        self.paused: set[tuple[str, int]] = set()
-        self.unread: dict[tuple[str, int], list[ev.Event]] = {}
+        #: With ``flow``, writes are acknowledged only on "ack" and pauses are honoured.
         self.clock = 0
         #: (pipe id, clock) of every link that opened for a pipe.
         self.link_opened: list[tuple[str, int]] = []
@@ -101,8 +94,9 @@ class World:
                     world.clock += 1
                     world.link_opened.append((event.pipe.id, world.clock))
 
-        self.h = Harness(config, plugins=[Recorder()], auto_ack=not flow)
-        self._check_limits_on_every_call()
+        # check=True: the core's limits and bookkeeping are checked after every call.
+        self.h = Harness(config, plugins=[Recorder()], auto_ack=not flow, honour_pauses=flow,
+                         check=True)
         self.backends = [self.h.backend(f"ws://b{i}/", mode=mode)
                          for i, mode in enumerate(modes)]
         self.clients = [self.h.client(f"/{cid}") for cid in CLIENT_IDS]
@@ -116,76 +110,14 @@ class World:
         self.outage: list[tuple[str, int, object]] = []
         self.seq = 0
 
-    def _check_limits_on_every_call(self) -> None:
-        proxy = self.h.proxy
-        handle, handle_timer = proxy.handle, proxy.handle_timer
-
-        def checked(fn):
-            def call(*args):
-                out = fn(*args)
-                self.track_pauses(out)
-                self.check_limits()
-                return out
-            return call
-
-        def reading(event, now):
-            # A driver does not read a paused connection: what its peer sends waits.
-            key = self.source(event)
-            if self.flow and key in self.paused:
-                self.unread.setdefault(key, []).append(event)
-                return []
-            return handle_checked(event, now)
-
-        handle_checked = checked(handle)
-        proxy.handle = reading  # type: ignore[method-assign]
-        proxy.handle_timer = checked(handle_timer)  # type: ignore[method-assign]
-
-    @staticmethod
-    def source(event: ev.Event) -> tuple[str, int] | None:
-        """Whose data this is (EOFs and resets are noticed even when not reading)."""
-        if isinstance(event, ev.ClientDataReceived):
-            return ("c", event.conn)
-        if isinstance(event, ev.LinkDataReceived):
-            return ("l", event.link)
-        return None
-
-    def track_pauses(self, actions: list[act.Action]) -> None:
-        for action in actions:
-            if isinstance(action, act.PauseClient | act.PauseLink):
-                self.paused.add(("c", action.conn) if isinstance(action, act.PauseClient)
-                                else ("l", action.link))
-            elif isinstance(action, act.ResumeClient | act.ResumeLink):
-                key = (("c", action.conn) if isinstance(action, act.ResumeClient)
-                       else ("l", action.link))
-                self.paused.discard(key)
-                # Read what waited, before anything the peer sends from now on.
-                self.h._queue.extend(self.unread.pop(key, []))
-
-    def check_limits(self) -> None:
-        proxy = self.h.proxy
-        pipes = list(proxy._pipes.values())
-        for pipe in pipes:
-            assert 0 <= pipe.held <= self.config.buffer_limit
-            assert pipe.held == pipe.buffer.bytes + pipe.assembler.size
-        assert 0 <= proxy.budget.used <= self.config.memory_budget
-        assert proxy.budget.used == sum(p.held for p in pipes)
-        # Strategies count on this: a backend's load is the pipes whose link it holds.
-        for backend in proxy.pool:
-            assert backend.pipes == sum(1 for p in pipes
-                                        if p.link is not None and p.link.backend is backend)
-        for link in proxy._links.values():
-            if link.pipe is not None and link.pipe.link is link:
-                assert link.pipe.conn in proxy._pipes
-
     # -- helpers
 
     def pipe_of(self, slot: int):
-        client = self.clients[slot]
-        return self.h.proxy._pipes.get(client.conn)
+        return self.h.pipe(self.clients[slot])
 
     def live(self, slot: int) -> bool:
         pipe = self.pipe_of(slot)
-        return pipe is not None and pipe.link is not None and pipe.link.state is LinkState.OPEN
+        return pipe is not None and pipe.state is PipeState.LINKED
 
     def backend(self, index: int):
         return self.backends[index % len(self.backends)]
@@ -211,10 +143,7 @@ class World:
         elif kind == "drain":
             url = self.backend(op[1]).url
             if any(b.url == url for b in self.h.proxy.backends()):
-                actions = self.h.proxy.remove_backend(url, migrate=op[2], now=self.h.now)
-                self.track_pauses(actions)
-                self.check_limits()
-                apply(self.h, actions)
+                self.h.apply(self.h.proxy.remove_backend(url, migrate=op[2], now=self.h.now))
             if len(self.backends) < MAX_BACKENDS:
                 self.backends.append(self.h.backend(f"ws://b{len(self.backends)}/"))
         elif kind == "tick":
@@ -252,25 +181,16 @@ class World:
         if split is not None:
             # A client does not write a Pong (or Close) into the middle of its own
             # frame: hold its automatic answers until the frame is complete.
-            receive = client._receive
-
-            def holding(incoming: bytes) -> bytes:
-                reply = receive(incoming)
-                if reply:
-                    held.append(reply)
-                return b""
-
-            client._receive = holding  # type: ignore[method-assign]
-            cut = max(1, int(len(data) * split[0]))
-            client.send_raw(data[:cut])
-            self.failure(split[1])
+            with client.holding() as held:
+                cut = max(1, int(len(data) * split[0]))
+                client.send_raw(data[:cut])
+                self.failure(split[1])
             data = data[cut:]
-            client._receive = receive  # type: ignore[method-assign]
         if client.tcp_closed:
             return
         pipe = self.pipe_of(slot)
         # Whether this message completes now (else it waits unread: unknown).
-        read_now = ("c", client.conn) not in self.paused
+        read_now = ("c", client.conn) not in self.h.paused
         was_live = self.live(slot)
         client.send_raw(data)
         for reply in held:
@@ -302,7 +222,7 @@ class World:
         if meanwhile is None:
             link.send_raw(data)
             return
-        with held_replies(link) as held:
+        with link.holding() as held:
             self.failure(meanwhile)
         if not link.tcp_closed:
             link.send_raw(data)
@@ -395,12 +315,8 @@ class World:
         self.h.advance(CONFIG.close_timeout + CONFIG.handshake_timeout + 1)
         self.check_delivery()
         proxy = self.h.proxy
-        assert proxy._pipes == {} and proxy._pending == {} and proxy._by_client_id == {}
-        assert proxy._links == {}
-        assert proxy._budget_waiters == {}
-        assert proxy.budget.used == 0
+        assert all(n == 0 for n in leftovers(proxy).values()), leftovers(proxy)
         assert proxy.next_deadline() is None
-        assert len(proxy._deadlines) == 0 and proxy._deadlines._heap == []
         assert proxy.idle
 
 

@@ -6,8 +6,9 @@ import pytest
 from wsproto.connection import ConnectionState
 
 from wspipe_core import PipeState
+from wspipe_core.testing import leftovers
 
-from .helpers import apply, harness, masked_frame, record_pongs
+from .helpers import apply, harness, masked_frame
 
 MESSAGES = ["hello", "", "héllo wörld ✓", b"\x00\x01\xff", b"", b"x" * 70_000, "y" * 300]
 
@@ -89,7 +90,7 @@ def test_client_ping_is_answered_by_the_proxy_not_forwarded():
     h = harness()
     b1 = h.backend("ws://b1/")
     c = h.client()
-    pongs = record_pongs(c)
+    pongs = c.pongs
     c.ping(b"are you there")
     assert pongs == [b"are you there"]
     assert b1.links[0].received == []
@@ -182,14 +183,12 @@ def test_backend_message_in_flight_when_the_pipe_ended_is_dropped_not_a_crash(ho
     """The backend wrote before it saw our Close; its bytes arrive after the pipe is gone."""
     from wsproto.events import TextMessage
 
-    from .helpers import held_replies
-
     h = harness()
     b1 = h.backend("ws://b1/")
     c = h.client()
     link = b1.links[0]
     late = link.ws.send(TextMessage(data="in flight"))
-    with held_replies(link) as held:
+    with link.holding() as held:
         if how == "client_close":
             c.close_ws(1000)
         elif how == "client_eof":
@@ -200,7 +199,7 @@ def test_backend_message_in_flight_when_the_pipe_ended_is_dropped_not_a_crash(ho
     for data in held:
         link.send_raw(data)
     assert c.received == []
-    assert h.proxy._links == {}
+    assert leftovers(h.proxy)["links"] == 0
 
 
 def test_backend_close_without_a_code_reaches_the_client_as_1000():
@@ -226,13 +225,12 @@ def test_backend_dying_mid_message_never_leaves_the_client_a_torn_message():
 
 
 def test_shutdown_completes_within_close_timeout_even_if_peers_never_answer():
-    from .helpers import mute
 
     h = harness(close_timeout=5)
     b1 = h.backend("ws://b1/")
     c = h.client()
     c.ws.receive_data = lambda data: None  # the client reads nothing any more
-    mute(b1.links[0])
+    b1.links[0].mute()
     apply(h, h.proxy.shutdown(h.now))
     assert not h.proxy.idle
     assert h.proxy.next_deadline() == 5

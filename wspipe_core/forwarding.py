@@ -1,0 +1,32 @@
+"""What a backend sees: the handshake a link sends, built from the client's request.
+
+The link's request carries the client's path and query appended to the backend
+URL's (``forward_target``), the client headers the configuration names
+(``forward_headers``, e.g. ``Cookie``, ``Authorization``), ``X-Forwarded-For`` and
+``X-Forwarded-Proto``, the client id (``client_id_header``) and the subprotocol
+agreed with the client. The ``wspipe_backend_request`` hook may change it.
+"""
+
+from __future__ import annotations
+
+from .config import ProxyConfig
+from .info import BackendRequest, RequestInfo
+from .pool import Backend
+
+
+def backend_request(config: ProxyConfig, request: RequestInfo, client_id: str,
+                    subprotocol: str | None, backend: Backend) -> BackendRequest:
+    """The default handshake of a link to ``backend`` for a client's ``request``."""
+    target = backend.address.target
+    if config.forward_target:
+        base_path, _, base_query = target.partition("?")
+        path = base_path.rstrip("/") + request.path if request.path != "/" else base_path
+        query = "&".join(q for q in (base_query, request.query) if q)
+        target = path + ("?" + query if query else "")
+    forward = {h.lower() for h in config.forward_headers}
+    headers = [(k, v) for k, v in request.headers if k in forward]
+    xff = request.header("x-forwarded-for")
+    headers.append(("x-forwarded-for", f"{xff}, {request.peer}" if xff else request.peer))
+    headers.append(("x-forwarded-proto", "https" if request.tls else "http"))
+    headers.append((config.client_id_header.lower(), client_id))
+    return BackendRequest(target=target, headers=tuple(headers), subprotocol=subprotocol)

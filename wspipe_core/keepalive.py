@@ -1,0 +1,73 @@
+"""Keepalive: pings and pongs, hop by hop, the same for a client and for a link.
+
+The proxy answers every ping itself and pings each of its connections every
+``ping_interval``; a connection that does not answer within ``ping_timeout`` is
+dead (for a link: an interruption; for a client: the session ends with 1011).
+"""
+
+from __future__ import annotations
+
+from wsproto.connection import ConnectionState
+from wsproto.events import Ping
+
+from .flow import Endpoint, Flow
+
+PING_PAYLOAD = b"wspipe"
+
+
+class Keepalive:
+    """Pings, pong deadlines and ping answers for endpoints."""
+
+    def __init__(self, interval: float, timeout: float, flow: Flow) -> None:
+        self.interval = interval
+        self.timeout = timeout
+        self._flow = flow
+
+    def start(self, ep: Endpoint, now: float) -> None:
+        """``ep`` just opened: its first ping is due one interval from now."""
+        ep.ping_at = now + self.interval if self.interval else None
+        ep.pong_deadline = None
+
+    def stop(self, ep: Endpoint) -> None:
+        """No more pings for ``ep`` (it is closing)."""
+        ep.ping_at = ep.pong_deadline = None
+
+    def answer(self, ep: Endpoint, ping: Ping) -> None:
+        """Answer a ping from ``ep`` with its pong.
+
+        A peer that pings but does not read gets no more pongs once its outbox is
+        over the high-water mark (RFC 6455 5.5.3 allows answering only the latest
+        ping), so a ping flood cannot grow the outbox.
+        """
+        if ep.ws.state is ConnectionState.OPEN and ep.pending <= self._flow.high:
+            self._flow.write(ep, ep.ws.send(ping.response()))
+
+    def pong(self, ep: Endpoint) -> None:
+        """``ep`` answered: it is alive."""
+        ep.pong_deadline = None
+
+    def tick(self, ep: Endpoint, now: float) -> bool:
+        """Send ``ep``'s ping if due; ``True`` if its pong is overdue (it is dead)."""
+        if ep.holds:
+            # Not reading it, so its pong could not be seen: keepalive waits until
+            # reading resumes.
+            ep.pong_deadline = None
+            if ep.ping_at is not None and now >= ep.ping_at:
+                ep.ping_at = now + self.interval
+            return False
+        if ep.pong_deadline is not None and now >= ep.pong_deadline:
+            return True
+        if ep.ping_at is not None and now >= ep.ping_at:
+            ep.ping_at = now + self.interval
+            if ep.pong_deadline is None and ep.ws.state is ConnectionState.OPEN:
+                self._flow.write(ep, ep.ws.send(Ping(payload=PING_PAYLOAD)))
+                ep.pong_deadline = now + self.timeout
+        return False
+
+    @staticmethod
+    def next_deadline(ep: Endpoint) -> float | None:
+        """The earliest keepalive deadline of ``ep``."""
+        ping, pong = ep.ping_at, ep.pong_deadline
+        if ping is None:
+            return pong
+        return ping if pong is None or ping < pong else pong

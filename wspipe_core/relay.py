@@ -1,0 +1,196 @@
+"""The relay: how one message crosses the proxy, the same code for both directions.
+
+A message (or fragment) read from an endpoint goes to that endpoint's ``peer`` —
+the pipe's live link for a client, the client for a link. A whole one-frame message
+on a live relay is re-sent as it came (the fast path). Otherwise fragments are
+assembled up to ``max_message_size`` and the whole message is sent, or, when the
+direction has no destination now, held in the direction's :class:`Lane` — bounded
+by ``buffer_limit`` and the memory budget, with the buffer policy deciding when a
+message does not fit. What the verdict means for the pipe (1009, 1013, stop
+reading) is the session's decision.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any
+
+from wsproto.events import BytesMessage, TextMessage
+
+from .assembler import Message, payload_size
+from .buffer import MemoryBudget, ReplayBuffer
+from .codes import LimitKind
+from .config import ProxyConfig
+from .flow import Endpoint, Flow, Hold
+from .hooks import Hooks
+from .info import BufferFullAction
+from .logs import pipe_log
+from .stats import Stats
+
+Frame = TextMessage | BytesMessage
+
+
+class Verdict(enum.Enum):
+    """What became of a message handed to :meth:`Relay.forward`."""
+
+    #: Sent, held, or dropped as the policy says: read on.
+    GO = "go"
+    #: It takes its sender's message over ``max_message_size`` (close with 1009).
+    TOO_BIG = "too_big"
+    #: It does not fit and the buffer policy says close (1013).
+    FULL = "full"
+    #: It does not fit and the buffer policy paused the sender: stop reading frames.
+    PAUSED = "paused"
+
+
+class Lane:
+    """One direction of a pipe: the messages waiting for a destination, and what they cost.
+
+    ``held`` is what the limits count: the sender's message in progress plus the
+    buffer (payload bytes plus ``buffer_message_overhead`` per buffered message).
+    """
+
+    __slots__ = ("buffer", "dropped", "held", "overflow", "paused", "paused_since")
+
+    def __init__(self, overhead: int) -> None:
+        self.buffer = ReplayBuffer(overhead)
+        #: Bytes counted against ``buffer_limit`` and the memory budget.
+        self.held = 0
+        #: Whether the ``pause`` policy stopped reading the sender.
+        self.paused = False
+        #: When the pause began (a pause longer than ``max_interruption`` ends the pipe).
+        self.paused_since: float | None = None
+        #: The message (or fragment) the ``pause`` policy held back.
+        self.overflow: Frame | None = None
+        #: Messages dropped by the ``drop_oldest`` policy.
+        self.dropped = 0
+
+
+def frame(message: Message) -> Frame:
+    """The wsproto event that sends a whole message."""
+    return TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
+
+
+class Relay:
+    """Forwards, assembles and holds messages; applies the buffer policy."""
+
+    def __init__(self, config: ProxyConfig, flow: Flow, budget: MemoryBudget, hooks: Hooks,
+                 stats: Stats) -> None:
+        self._max = config.max_message_size
+        self._limit = config.buffer_limit
+        self._flow = flow
+        self._budget = budget
+        self._hooks = hooks
+        self._stats = stats
+
+    def forward(self, pipe: Any, src: Endpoint, lane: Lane | None, event: Frame,
+                now: float) -> Verdict:
+        """Relay one message or fragment ``src`` sent.
+
+        :param pipe: The pipe (for the buffer policy's snapshot).
+        :param lane: Where the message waits when ``src`` has no destination; ``None``
+            drops it then (its pipe is ending).
+        """
+        data = event.data
+        n = len(data) if type(data) is not str else payload_size(data)
+        dst = src.peer
+        asm = src.assembler
+        if event.message_finished and dst is not None and asm.idle and n <= self._max:
+            # Fast path: a whole one-frame message on a live relay; nothing is held.
+            self._count(src, n)
+            self._flow.write(dst, dst.ws.send(event))
+            return Verdict.GO
+        if asm.size + n > self._max:
+            return Verdict.TOO_BIG
+        if lane is not None:
+            if not event.message_finished:
+                growth = n  # held in the assembler until the message is complete
+            else:
+                growth = 0 if dst is not None else n + lane.buffer.overhead
+            if growth:
+                verdict = self._make_room(pipe, src, lane, event, n, growth, now)
+                if verdict is not Verdict.GO:
+                    return verdict
+        prior = asm.size
+        message = asm.feed(event, n)
+        if message is not None:
+            self._count(src, prior + n)
+            if dst is not None:
+                self._flow.write(dst, dst.ws.send(frame(message)))
+            elif lane is not None:
+                lane.buffer.append(message, prior + n)
+        if lane is not None:
+            self.account(lane, src)
+        return Verdict.GO
+
+    def _count(self, src: Endpoint, nbytes: int) -> None:
+        stats = self._stats
+        if src.INBOUND:
+            stats.messages_in += 1
+            stats.bytes_in += nbytes
+        else:
+            stats.messages_out += 1
+            stats.bytes_out += nbytes
+
+    def _make_room(self, pipe: Any, src: Endpoint, lane: Lane, event: Frame, n: int,
+                   growth: int, now: float) -> Verdict:
+        """Apply the buffer policy while ``growth`` more bytes do not fit."""
+        while True:
+            if lane.held + growth > self._limit:
+                reason, limit = LimitKind.BUFFER_LIMIT, self._limit
+            elif not self._budget.fits(growth):
+                reason, limit = LimitKind.MEMORY_BUDGET, self._budget.limit
+            else:
+                return Verdict.GO
+            action = self._hooks.buffer_full(pipe.info(), n, limit, reason)
+            if action is BufferFullAction.DROP_OLDEST and len(lane.buffer):
+                lane.buffer.drop_oldest()
+                lane.dropped += 1
+                self._stats.messages_dropped += 1
+                self.account(lane, src)
+                continue
+            if action is BufferFullAction.PAUSE:
+                lane.overflow = event
+                lane.paused = True
+                if lane.paused_since is None:
+                    lane.paused_since = now
+                if reason is LimitKind.MEMORY_BUDGET:
+                    self._flow.wait_for_budget(pipe)
+                pipe_log(logging.INFO, pipe, "%s reached (%d bytes); not reading the client",
+                         reason, limit)
+                self._flow.hold(src, Hold.POLICY)
+                return Verdict.PAUSED
+            pipe_log(logging.WARNING, pipe, "%s reached (%d bytes); closing the client", reason,
+                     limit)
+            return Verdict.FULL
+
+    def replay(self, lane: Lane, src: Endpoint, dst: Endpoint) -> int:
+        """Send everything ``lane`` holds to ``dst``, oldest first; the number of messages."""
+        messages = lane.buffer.drain()
+        for message in messages:
+            self._flow.write(dst, dst.ws.send(frame(message)))
+        self._stats.messages_replayed += len(messages)
+        self.account(lane, src)
+        return len(messages)
+
+    def clear(self, lane: Lane, src: Endpoint) -> None:
+        """Drop everything ``lane`` holds (its pipe ended) and give the bytes back."""
+        lane.buffer.drain()
+        src.assembler.reset()
+        lane.overflow = None
+        lane.paused = False
+        lane.paused_since = None
+        self.account(lane, src)
+
+    def account(self, lane: Lane, src: Endpoint) -> None:
+        """Bring ``lane.held`` and the memory budget up to date."""
+        held = src.assembler.size + lane.buffer.cost
+        delta = held - lane.held
+        if delta:
+            lane.held = held
+            if delta > 0:
+                self._budget.take(delta)
+            else:
+                self._budget.give_back(-delta)
+                self._flow.budget_freed()
