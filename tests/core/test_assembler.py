@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from wsproto.events import BytesMessage, TextMessage
 
 from wspipe_core.assembler import MessageAssembler, payload_size
@@ -42,10 +44,19 @@ def test_reset_forgets_the_message_in_progress():
 def test_a_flood_of_empty_fragments_does_not_grow_memory():
     asm = MessageAssembler()
     asm.feed(BytesMessage(data=b"x", message_finished=False), 1)
-    for _ in range(10_000):
-        assert asm.feed(BytesMessage(data=b"", message_finished=False), 0) is None
-    assert asm.size == 1 and len(asm._buf or b"") == 1  # one bytearray, no list of parts
-    assert asm.feed(BytesMessage(data=b"y", message_finished=True), 1) == b"xy"  # no copy
+    empty = BytesMessage(data=b"", message_finished=False)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10_000):
+            assert asm.feed(empty, 0) is None
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 1024  # a list of 10,000 parts would hold ~80 KB
+    assert asm.size == 1
+    whole = asm.feed(BytesMessage(data=b"y", message_finished=True), 1)
+    assert whole == b"xy" and isinstance(whole, bytearray)  # no final copy
     assert asm.idle
 
 

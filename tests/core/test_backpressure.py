@@ -171,8 +171,7 @@ def test_migrating_a_link_paused_for_a_slow_client_reads_it_again_until_its_clos
     assert any(isinstance(a, act.PauseLink) and a.link == old.link for a in h.actions)
     h.backend("ws://b2/")
     mark = len(h.actions)
-    h._run(h.proxy.remove_backend("ws://b1/", migrate=True, now=h.now))
-    h._drain()
+    h.apply(h.proxy.remove_backend("ws://b1/", migrate=True, now=h.now))
     # Otherwise what b1 wrote before seeing our Close would stay unread and be lost.
     assert any(isinstance(a, act.ResumeLink) and a.link == old.link for a in h.actions[mark:])
     h.ack()

@@ -42,7 +42,7 @@ def test_heap_stays_bounded_by_live_keys_under_churn():
     for i in range(10_000):
         d.set(i % 10, float(i))
     assert len(d) == 10
-    assert len(d._heap) <= 2 * 10 + 64 + 1
+    assert d.heap_size <= 2 * 10 + 64 + 1
 
 
 def test_idle_proxy_has_no_deadline():

@@ -1,0 +1,116 @@
+"""The layering rules, checked on the source: no cycles, small modules, public seams only."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("wspipe_core", "wspipe_anyio")
+#: Largest module of the core, in lines.
+MAX_CORE_LINES = 500
+#: What the core may import besides itself and the standard library.
+CORE_DEPENDENCIES = {"wsproto", "pluggy"}
+
+
+def _modules(package: str) -> dict[str, Path]:
+    base = ROOT / package
+    out = {}
+    for path in sorted(base.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Every module ``name`` imports, TYPE_CHECKING imports included, absolute names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base if is_package else base[:-1]
+                base = base[:len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _graph(package: str) -> dict[str, set[str]]:
+    modules = _modules(package)
+    graph = {}
+    for name, path in modules.items():
+        graph[name] = {m for m in _imports(name, path) if m in modules and m != name}
+    return graph
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycles(package):
+    graph = _graph(package)
+    # A package's __init__ re-exports its modules; only cycles among modules matter.
+    for name in graph:
+        graph[name] = {m for m in graph[name] if m != package}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = stack[stack.index(dep):] + [dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_core_modules_are_small():
+    too_big = {name: n for name, path in _modules("wspipe_core").items()
+               if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_CORE_LINES}
+    assert too_big == {}
+
+
+def test_core_imports_only_wsproto_pluggy_and_the_standard_library():
+    stdlib = set(sys.stdlib_module_names)
+    for name, path in _modules("wspipe_core").items():
+        for module in _imports(name, path):
+            top = module.split(".")[0]
+            assert top in stdlib or top in CORE_DEPENDENCIES or top == "wspipe_core", \
+                f"{name} imports {module}"
+            assert top not in {"asyncio", "anyio", "trio", "socket", "ssl", "time",
+                               "threading", "selectors"}, f"{name} imports {module} (I/O)"
+
+
+def _private_accesses(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not (node.attr.startswith("__") and node.attr.endswith("__"))
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
+    return found
+
+
+def test_tests_use_public_names_only():
+    """Tests reach the core and the driver through public names and wspipe_core.testing."""
+    found = [hit for path in sorted((ROOT / "tests").rglob("*.py"))
+             for hit in _private_accesses(path)]
+    assert found == []

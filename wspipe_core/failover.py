@@ -1,0 +1,318 @@
+"""Failover: a pipe's links — dialing, what happens to each link, interruption, migration.
+
+While CONNECTING or INTERRUPTED a pipe dials: the strategy hook chooses a backend
+(the one that just failed is excluded for that attempt), and a link that fails
+before opening costs a backoff (the backoff hook). When a link opens, the buffer is
+replayed to it first and the pipe is LINKED; when a live link is lost — EOF, reset,
+ping timeout, protocol error, a backend Close with an interruption code, a message
+over ``max_message_size``, a migration — the pipe is INTERRUPTED and dials again
+at once. A backend Close with any other code ends the session with that code.
+
+:class:`Failover` is the half of :class:`~wspipe_core.session.Sessions` that deals
+with links; the pipe's own life (accept, client side, end) is in
+:mod:`wspipe_core.session`. Pipe states change only in these two modules.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import random
+
+from wsproto.events import BytesMessage, TextMessage
+
+from .actions import CloseLink
+from .codes import CloseCode, InterruptionCause
+from .config import ProxyConfig
+from .deadlines import Timers
+from .events import ConnId
+from .flow import Flow, Hold
+from .forwarding import backend_request
+from .hooks import Hooks
+from .info import PipeEvent, PipeEventKind, PipeState
+from .keepalive import Keepalive
+from .link import Closed, Done, Failed, Link, Links, Lost, Opened, Outcome, Proven
+from .logs import pipe_log
+from .pipe import Pipe
+from .pool import Backend, Pool
+from .relay import Relay, Verdict
+from .stats import Stats
+
+_MESSAGES = (TextMessage, BytesMessage)
+_ENDED = (PipeState.CLOSING, PipeState.CLOSED)
+
+
+class Failover(abc.ABC):
+    """Pipes and their links: the registries, dialing, link outcomes, failover."""
+
+    def __init__(self, config: ProxyConfig, hooks: Hooks, rng: random.Random, pool: Pool,
+                 flow: Flow, relay: Relay, keepalive: Keepalive, timers: Timers, links: Links,
+                 stats: Stats) -> None:
+        self._config = config
+        self._hooks = hooks
+        self._rng = rng
+        self._pool = pool
+        self._flow = flow
+        self._relay = relay
+        self._keepalive = keepalive
+        self._timers = timers
+        self._links = links
+        self._stats = stats
+        self.by_conn: dict[ConnId, Pipe] = {}
+        self.by_id: dict[str, Pipe] = {}
+        self.by_client_id: dict[str, Pipe] = {}
+        self._next = 1
+
+    @abc.abstractmethod
+    def end(self, pipe: Pipe, code: int, reason: str, now: float) -> None:
+        """End the session (see :class:`~wspipe_core.session.Sessions`)."""
+
+    @abc.abstractmethod
+    def _unpause(self, pipe: Pipe, now: float) -> None:
+        """Read a client the pause policy held again."""
+
+    # ------------------------------------------------------------------ links
+
+    def link_connected(self, link: Link) -> None:
+        """The link's connection is up: send the (hook-shaped) upgrade request."""
+        pipe: Pipe = link.owner
+        if pipe.link is not link:
+            self._forget_link(link)
+            return
+        default = backend_request(self._config, pipe.request, pipe.client_id,
+                                  pipe.subprotocol, link.backend)
+        request = self._hooks.backend_request(pipe.info(), link.backend.info(), default)
+        try:
+            link.handshake(request, self._flow)
+        except Exception as exc:  # h11 (under wsproto) refused what the hook returned
+            pipe_log(logging.ERROR, pipe, "wspipe_backend_request returned an invalid request "
+                     "(%s); sending the default one", exc)
+            link.handshake(default, self._flow)
+        self._timers.touch(link)
+
+    def link_data(self, link: Link, data: bytes, now: float) -> None:
+        """Bytes from a backend."""
+        pipe: Pipe = link.owner
+        self._timers.touch(link)
+        relay = self._relay
+        for item in link.receive(data, self._keepalive, self._flow, now):
+            if isinstance(item, _MESSAGES):
+                if pipe.state in _ENDED:
+                    continue  # written before the backend saw our Close: nobody to give it to
+                verdict = relay.forward(pipe, link, None, item, now)
+                if verdict is not Verdict.GO:
+                    self._too_big(pipe, link, now)  # the only verdict without a lane
+                    return
+            elif not self.outcome(link, item, now):
+                return
+
+    def _too_big(self, pipe: Pipe, link: Link, now: float) -> None:
+        """The backend sent a message over ``max_message_size``: 1009 to it, fail over."""
+        pipe_log(logging.WARNING, pipe, "backend %s sent a message over max_message_size on "
+                 "link %d", link.backend.id, link.id)
+        live = pipe.link is link
+        if live:
+            self._detach(pipe)
+        self._close_link(link, CloseCode.MESSAGE_TOO_BIG, "message too big", now)
+        self._pool.record_failure(link.backend, now, "message over max_message_size")
+        if live:
+            self._interrupt(pipe, link.backend, InterruptionCause.MESSAGE_TOO_BIG,
+                            f"backend {link.backend.id} sent a message too big", now)
+
+    def link_timer(self, link: Link, now: float) -> None:
+        """A deadline of ``link`` passed."""
+        self._timers.touch(link)
+        outcome = link.tick(now, self._keepalive)
+        if outcome is not None:
+            self.outcome(link, outcome, now)
+
+    def outcome(self, link: Link, outcome: Outcome, now: float) -> bool:
+        """Act on what happened to ``link``; ``False`` when its frames must not be read on."""
+        pipe: Pipe = link.owner
+        if isinstance(outcome, Proven):
+            self._pool.record_success(link.backend)
+        elif isinstance(outcome, Opened):
+            self._linked(pipe, link, now)
+        elif isinstance(outcome, Failed):
+            self._link_failed(link, outcome, now)
+            return False
+        elif isinstance(outcome, Lost):
+            self._link_lost(link, outcome.cause, outcome.why, now)
+            return False
+        elif isinstance(outcome, Closed):
+            if (outcome.code in self._config.interruption_codes or pipe.link is not link
+                    or pipe.state is PipeState.CLOSING):
+                self._link_lost(link, InterruptionCause.CLOSE_CODE,
+                                f"backend closed with {outcome.code} {outcome.reason}".rstrip(),
+                                now)
+            else:
+                self._forget_link(link)
+                pipe_log(logging.INFO, pipe, "backend %s ended the session with %d %s",
+                         link.backend.id, outcome.code, outcome.reason)
+                self.end(pipe, outcome.code, outcome.reason, now)
+            return False
+        elif isinstance(outcome, Done):
+            self._forget_link(link)
+            return False
+        return True
+
+    def _linked(self, pipe: Pipe, link: Link, now: float) -> None:
+        """The link opened: replay the buffer to it first, then relay both ways."""
+        if pipe.link is not link or pipe.state is PipeState.CLOSING:
+            self._close_link(link, CloseCode.GOING_AWAY, "client session ended", now)
+            return
+        resumed = pipe.state is PipeState.INTERRUPTED
+        duration = now - pipe.interrupted_at if pipe.interrupted_at is not None else 0.0
+        pipe.state = PipeState.LINKED
+        pipe.attempts = 0
+        pipe.interrupted_at = pipe.retry_at = None
+        pipe.last_backend = link.backend
+        self._timers.touch(pipe)
+        self._flow.join(pipe.client, link)
+        replayed = self._relay.replay(pipe.lane, pipe.client, link)
+        backend = link.backend
+        if resumed:
+            self._stats.failovers += 1
+            pipe_log(logging.INFO, pipe, "resumed on %s after %.3fs, %d buffered messages "
+                     "replayed", backend.id, duration, replayed)
+            self._event(PipeEventKind.RESUMED, pipe, backend, now, f"resumed on {backend.id}",
+                        duration=duration)
+            pipe.cause = None
+        else:
+            pipe_log(logging.INFO, pipe, "linked to %s after %.3fs", backend.id, duration)
+            self._event(PipeEventKind.LINKED, pipe, backend, now, f"linked to {backend.id}",
+                        duration=duration)
+        if pipe.lane.paused:
+            self._unpause(pipe, now)
+
+    def _link_failed(self, link: Link, failure: Failed, now: float) -> None:
+        """A link that never opened failed: count the error, back off, try again."""
+        pipe: Pipe = link.owner
+        backend = link.backend
+        live = pipe.link is link
+        self._forget_link(link)
+        self._stats.link_failures[failure.cause] += 1
+        self._pool.record_failure(backend, now, failure.why)
+        if not live:
+            return
+        pipe.exclude = backend
+        delay = self._back_off(pipe, now)
+        pipe_log(logging.WARNING, pipe, "link to %s %s failed: %s; retry in %.3fs", backend.id,
+                 backend.url, failure.why, delay)
+
+    def _link_lost(self, link: Link, cause: InterruptionCause, why: str, now: float) -> None:
+        """An open link failed: count the error; its pipe, if live on it, fails over."""
+        pipe: Pipe = link.owner
+        backend = link.backend
+        live = pipe.link is link
+        self._forget_link(link)
+        self._pool.record_failure(backend, now, why)
+        if live and pipe.state is not PipeState.CLOSING:
+            self._interrupt(pipe, backend, cause, f"link to {backend.id} lost: {why}", now)
+
+    # ------------------------------------------------------------------ failover
+
+    def _interrupt(self, pipe: Pipe, backend: Backend, cause: InterruptionCause, why: str,
+                   now: float) -> None:
+        """The pipe lost its live link: buffer from now on and fail over at once."""
+        pipe.state = PipeState.INTERRUPTED
+        pipe.cause = cause
+        pipe.interruptions += 1
+        pipe.interrupted_at = now
+        pipe.exclude = backend
+        pipe.attempts = 0
+        self._stats.interruptions[cause] += 1
+        pipe_log(logging.WARNING, pipe, "interrupted: %s", why)
+        self._event(PipeEventKind.INTERRUPTED, pipe, backend, now, why)
+        self._dial(pipe, now)
+
+    def _dial(self, pipe: Pipe, now: float) -> None:
+        """Choose a backend and open a link to it, or schedule a retry after backoff."""
+        self._timers.touch(pipe)
+        pipe.retry_at = None
+        chosen = self._pool.choose(
+            now, pipe.exclude, lambda infos: self._hooks.select_backend(pipe.info(), infos,
+                                                                         self._rng))
+        pipe.exclude = None
+        if chosen is None:
+            delay = self._back_off(pipe, now)
+            pipe_log(logging.INFO, pipe, "no backend available; retry in %.3fs", delay)
+            return
+        link = self._links.new(chosen, pipe, now + self._config.handshake_timeout)
+        self._timers.touch(link)
+        pipe.link = link
+        chosen.pipes += 1
+        pipe_log(logging.DEBUG, pipe, "dialing %s as link %d", chosen.url, link.id)
+        self._flow.out.append(link.open_action())
+
+    def _back_off(self, pipe: Pipe, now: float) -> float:
+        pipe.attempts += 1
+        delay = self._hooks.backoff(pipe.info(), pipe.attempts, self._rng)
+        pipe.retry_at = now + delay
+        self._timers.touch(pipe)
+        return delay
+
+    def migrate(self, pipe: Pipe, now: float) -> bool:
+        """Move ``pipe`` to another backend now: close its link with 1001, fail over."""
+        link = pipe.link
+        if link is None or pipe.state is PipeState.CLOSING:
+            return False
+        backend = link.backend
+        self._detach(pipe)
+        self._close_link(link, CloseCode.GOING_AWAY, "backend draining, session moves", now)
+        if pipe.state is PipeState.LINKED:
+            self._interrupt(pipe, backend, InterruptionCause.MIGRATE,
+                            f"migrating off draining backend {backend.id}", now)
+        else:  # still dialing that backend: choose another one instead
+            pipe.exclude = backend
+            self._dial(pipe, now)
+        return True
+
+    def retry_now(self, now: float) -> None:
+        """A backend was registered: pipes waiting out a backoff try again now."""
+        for pipe in self.by_conn.values():
+            if pipe.retry_at is not None and pipe.retry_at > now:
+                pipe.retry_at = now
+                self._timers.touch(pipe)
+
+    # ------------------------------------------------------------------ link bookkeeping
+
+    def _detach(self, pipe: Pipe) -> None:
+        """The pipe's link stops being its link; the backend slot is freed."""
+        link = pipe.link
+        assert link is not None
+        pipe.link = None
+        pipe.last_backend = link.backend
+        link.backend.pipes -= 1
+        self._pool.remove_if_drained(link.backend)
+        self._flow.part(pipe.client, link)
+
+    def _close_link(self, link: Link, code: int, reason: str, now: float) -> None:
+        """Send a Close if the link is open and wait for the answer; else just drop it."""
+        if link.close(code, reason, now, self._config.close_timeout, self._flow,
+                      self._keepalive):
+            self._timers.touch(link)
+        else:
+            self._forget_link(link)
+
+    def _forget_link(self, link: Link) -> None:
+        if self._links.forget(link):
+            self._flow.out.append(CloseLink(link.ident))
+        link.holds = Hold(0)  # its socket closes: no Resume for it
+        self._timers.cancel(link)
+        pipe: Pipe = link.owner
+        if pipe.link is link:
+            self._detach(pipe)
+        link.assembler.reset()
+
+    # ------------------------------------------------------------------ observers
+
+    def _event(self, kind: PipeEventKind, pipe: Pipe, backend: Backend | None, now: float,
+               reason: str = "", *, code: int | None = None,
+               duration: float | None = None) -> None:
+        dropped = pipe.lane.dropped
+        extra = {"dropped_messages": float(dropped)} if dropped else {}
+        self._hooks.pipe_event(PipeEvent(kind, pipe.info(), backend.info() if backend else None,
+                                         now, reason, code, duration, extra, pipe.cause))
+
+
