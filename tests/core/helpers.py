@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+import h11
+
 from wspipe_core import ProxyConfig
 from wspipe_core import actions as act
 from wspipe_core.testing import Harness
@@ -43,3 +45,12 @@ def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
 def apply(h: Harness, actions: list[act.Action]) -> None:
     """Execute actions returned by a direct ``Proxy`` call and route the answers."""
     h.apply(actions)
+
+
+def upgrade_request(target: str, headers: list[tuple[str, str]]) -> bytes:
+    """A client upgrade request with extra ``headers``, built with h11."""
+    conn = h11.Connection(h11.CLIENT)
+    return conn.send(h11.Request(method="GET", target=target, headers=[
+        ("Host", "proxy"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13"),
+        *headers]))

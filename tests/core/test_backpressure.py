@@ -109,28 +109,6 @@ def test_paused_link_is_not_declared_dead_for_a_pong_the_proxy_is_not_reading():
     assert b2.links == [] and c.close is None
 
 
-def test_paused_client_is_not_closed_for_a_pong_the_proxy_is_not_reading():
-    """A slow backend pauses the client; the client's pong waits unread in the socket."""
-    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False,
-                ping_interval=5, ping_timeout=5)
-    h.backend("ws://b1/")
-    c = h.client()
-    h.ack()
-    c.send(b"x" * 1500)  # the link's outbox is over high water: the client is paused
-    assert c.paused
-    with c.holding() as unread:  # the client's pongs wait unread in the socket
-        for _ in range(6):
-            h.advance(5)
-            for key in [k for k in h.unacked if k[0] == "c"]:  # client writes go out
-                h.feed(ev.ClientDataSent(key[1], h.unacked.pop(key)))
-        assert c.close is None and not c.tcp_closed
-    h.ack()
-    for data in unread:
-        c.send_raw(data)
-    h.advance(30)
-    assert c.close is None
-
-
 def test_a_ping_flood_from_a_client_that_does_not_read_gets_no_more_pongs_over_high_water():
     h = harness(write_high_water=1000, write_low_water=100, auto_ack=False)
     h.backend("ws://b1/")

@@ -47,22 +47,6 @@ def _outage(h, *urls):
     return [h.backend(url, mode="refuse") for url in urls]
 
 
-def test_buffer_overflow_closes_only_that_client_with_1013():
-    h = harness(buffer_limit=1000, max_message_size=500, backoff="fixed", backoff_base=1)
-    (b1,) = _outage(h, "ws://b1/")
-    greedy, modest = h.client(), h.client()
-    modest.send("m" * 300)
-    for _ in range(3):
-        greedy.send("g" * 400)
-    assert greedy.close is not None
-    assert (greedy.close.code, greedy.close.reason) == (1013, "buffer limit reached")
-    assert modest.close is None
-    b1.mode = "accept"
-    h.advance(2)
-    assert b1.messages() == ["m" * 300]
-    assert h.proxy.budget.used == 0
-
-
 def test_buffer_limit_counts_in_progress_fragments():
     from wsproto.events import BytesMessage
 
@@ -239,4 +223,20 @@ def test_pause_on_the_memory_budget_of_linked_pipes_ends_after_max_interruption(
     h.advance(2)
     assert (a.close.code, a.close.reason) == (1013, "buffer limit reached")
     assert (b.close.code, b.close.reason) == (1013, "buffer limit reached")
+    assert h.proxy.budget.used == 0
+
+
+def test_buffer_overflow_closes_only_that_client_with_1013():
+    h = harness(buffer_limit=1000, max_message_size=500, backoff="fixed", backoff_base=1)
+    (b1,) = _outage(h, "ws://b1/")
+    greedy, modest = h.client(), h.client()
+    modest.send("m" * 300)
+    for _ in range(3):
+        greedy.send("g" * 400)
+    assert greedy.close is not None
+    assert (greedy.close.code, greedy.close.reason) == (1013, "buffer limit reached")
+    assert modest.close is None
+    b1.mode = "accept"
+    h.advance(2)
+    assert b1.messages() == ["m" * 300]
     assert h.proxy.budget.used == 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from wspipe_core import PipeState
 
 from .helpers import harness
@@ -58,21 +56,6 @@ def test_message_completed_during_outage_is_replayed_whole():
     assert b1.links[1].received == ["part1-part2"]
 
 
-@pytest.mark.parametrize("code", [1012, 1001, 1011, 1013, 1014])
-def test_backend_close_with_interruption_code_fails_over(code):
-    h = harness()
-    b1 = h.backend("ws://b1/")
-    b2 = h.backend("ws://b2/")
-    c = h.client()
-    c.send("one")
-    b1.links[0].close_ws(code, "restarting")
-    c.send("two")
-    assert c.close is None
-    assert b1.messages() == ["one"] and b2.messages() == ["two"]
-    assert b1.links[0].tcp_closed
-    assert sum(h.proxy.stats.interruptions.values()) == 1
-
-
 def test_backend_close_1012_loses_and_duplicates_nothing_when_restarted():
     """A graceful restart of the only backend: close 1012, come back, carry on."""
     h = harness(backoff="fixed", backoff_base=0.5)
@@ -88,17 +71,6 @@ def test_backend_close_1012_loses_and_duplicates_nothing_when_restarted():
     c.send("d")
     assert b1.messages() == ["a", "b", "c", "d"]
     assert c.received == ["a", "b", "c", "d"]
-
-
-def test_configured_interruption_codes_replace_the_default():
-    h = harness(interruption_codes=frozenset({4500}))
-    b1 = h.backend("ws://b1/")
-    b2 = h.backend("ws://b2/")
-    c = h.client()
-    b1.links[0].close_ws(4500)
-    assert c.close is None and len(b2.links) == 1
-    b2.links[0].close_ws(1012)
-    assert c.close is not None and c.close.code == 1012
 
 
 def test_backend_handshake_rejected_counts_error_and_next_backend_is_tried():
@@ -150,42 +122,6 @@ def test_backend_eof_during_handshake_counts_as_link_failure():
     b1.links[0].eof()
     h.advance(0.1)
     assert len(b2.links) == 1 and h.proxy.stats.link_failures["handshake"] == 1
-
-
-def test_link_ping_timeout_is_an_interruption():
-    h = harness(ping_interval=5, ping_timeout=3)
-    b1 = h.backend("ws://b1/")
-    b2 = h.backend("ws://b2/")
-    c = h.client()
-    h.advance(10)  # pings answered: nothing happens
-    assert b2.links == [] and c.close is None
-    b1.links[0].mute()
-    h.advance(5 + 3)
-    assert len(b2.links) == 1 and c.close is None
-    assert h.proxy.stats.interruptions["ping_timeout"] == 1
-    c.send("moved")
-    assert b2.messages() == ["moved"]
-
-
-def test_no_backend_within_max_interruption_closes_client_with_1013():
-    h = harness(max_interruption=30)
-    b1 = h.backend("ws://b1/")
-    c = h.client()
-    b1.kill()
-    c.send("lost")
-    h.advance(29.9)
-    assert c.close is None
-    h.advance(0.1)
-    assert c.close is not None and c.close.code == 1013 and c.close.reason
-    assert h.proxy.pipes() == [] and h.proxy.budget.used == 0
-
-
-def test_client_accepted_with_no_backend_at_all_gets_1013_after_max_interruption():
-    h = harness(max_interruption=5)
-    c = h.client()
-    assert c.accepted
-    h.advance(5)
-    assert c.close is not None and c.close.code == 1013
 
 
 def test_add_backend_wakes_waiting_pipes_at_once():

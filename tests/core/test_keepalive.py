@@ -1,0 +1,66 @@
+"""Keepalive: the proxy answers pings itself and pings each client and link."""
+
+from __future__ import annotations
+
+from wspipe_core import events as ev
+
+from .helpers import harness
+
+
+def test_client_ping_is_answered_by_the_proxy_not_forwarded():
+    h = harness()
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    pongs = c.pongs
+    c.ping(b"are you there")
+    assert pongs == [b"are you there"]
+    assert b1.links[0].received == []
+
+
+def test_proxy_pings_the_client_and_closes_a_silent_one_with_1011():
+    h = harness(ping_interval=5, ping_timeout=5)
+    h.backend("ws://b1/")
+    c = h.client()
+    h.advance(5)  # answered by the fake client
+    h.advance(5)
+    assert c.close is None
+    c.ws.receive_data = lambda data: None  # stops answering pings
+    h.advance(10)
+    assert c.tcp_closed and h.proxy.stats.clients_closed[1011] == 1
+
+
+def test_link_ping_timeout_is_an_interruption():
+    h = harness(ping_interval=5, ping_timeout=3)
+    b1 = h.backend("ws://b1/")
+    b2 = h.backend("ws://b2/")
+    c = h.client()
+    h.advance(10)  # pings answered: nothing happens
+    assert b2.links == [] and c.close is None
+    b1.links[0].mute()
+    h.advance(5 + 3)
+    assert len(b2.links) == 1 and c.close is None
+    assert h.proxy.stats.interruptions["ping_timeout"] == 1
+    c.send("moved")
+    assert b2.messages() == ["moved"]
+
+
+def test_paused_client_is_not_closed_for_a_pong_the_proxy_is_not_reading():
+    """A slow backend pauses the client; the client's pong waits unread in the socket."""
+    h = harness(write_high_water=1000, write_low_water=100, auto_ack=False,
+                ping_interval=5, ping_timeout=5)
+    h.backend("ws://b1/")
+    c = h.client()
+    h.ack()
+    c.send(b"x" * 1500)  # the link's outbox is over high water: the client is paused
+    assert c.paused
+    with c.holding() as unread:  # the client's pongs wait unread in the socket
+        for _ in range(6):
+            h.advance(5)
+            for key in [k for k in h.unacked if k[0] == "c"]:  # client writes go out
+                h.feed(ev.ClientDataSent(key[1], h.unacked.pop(key)))
+        assert c.close is None and not c.tcp_closed
+    h.ack()
+    for data in unread:
+        c.send_raw(data)
+    h.advance(30)
+    assert c.close is None
