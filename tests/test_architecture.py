@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -114,3 +115,21 @@ def test_tests_use_public_names_only():
     found = [hit for path in sorted((ROOT / "tests").rglob("*.py"))
              for hit in _private_accesses(path)]
     assert found == []
+
+
+def test_the_behaviour_table_of_architecture_md_names_files_that_exist():
+    """docs/architecture.md's "behaviour -> module -> test" table stays true."""
+    lines = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("| behaviour | decided in | pinned by |")
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    assert len(rows) >= 10
+    for behaviour, modules, tests in rows:
+        for name in re.findall(r"`([\w/]+(?:\.py|/))`", modules):
+            assert (ROOT / "wspipe_core" / name).exists(), f"{behaviour}: {name}"
+        for name in re.findall(r"`([\w/]+\.py)`", tests):
+            assert (ROOT / name).exists(), f"{behaviour}: {name}"
+        assert re.search(r"`tests/", tests) or tests.startswith("—"), behaviour
