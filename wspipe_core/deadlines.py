@@ -80,21 +80,22 @@ class Timers:
 
     def __init__(self) -> None:
         self.deadlines = Deadlines()
-        self._touched: dict[Timed, None] = {}
+        #: Objects whose deadline must be re-read (in touch order).
+        self.touched: dict[Timed, None] = {}
 
     def touch(self, obj: Timed) -> None:
         """``obj``'s timing may have changed: re-read it at the next :meth:`flush`."""
-        self._touched[obj] = None
+        self.touched[obj] = None
 
     def cancel(self, obj: Timed) -> None:
         """Forget ``obj``: it is gone and must not fire."""
-        self._touched.pop(obj, None)
+        self.touched.pop(obj, None)
         self.deadlines.set(obj, None)
 
     def flush(self) -> None:
         """Re-read the deadline of every touched object."""
-        if self._touched:
-            touched, self._touched = self._touched, {}
+        if self.touched:
+            touched, self.touched = self.touched, {}
             for obj in touched:
                 self.deadlines.set(obj, obj.next_deadline())
 

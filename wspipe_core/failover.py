@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import logging
 import random
+from typing import cast
 
 from wsproto.events import BytesMessage, TextMessage
 
@@ -38,7 +39,6 @@ from .pool import Backend, Pool
 from .relay import Relay, Verdict
 from .stats import Stats
 
-_MESSAGES = (TextMessage, BytesMessage)
 _ENDED = (PipeState.CLOSING, PipeState.CLOSED)
 
 
@@ -96,14 +96,15 @@ class Failover(abc.ABC):
         self._timers.touch(link)
         relay = self._relay
         for item in link.receive(data, self._keepalive, self._flow, now):
-            if isinstance(item, _MESSAGES):
+            # Exact types: wsproto events are ABCs, so isinstance is slow per message.
+            if type(item) is TextMessage or type(item) is BytesMessage:
                 if pipe.state in _ENDED:
                     continue  # written before the backend saw our Close: nobody to give it to
                 verdict = relay.forward(pipe, link, None, item, now)
                 if verdict is not Verdict.GO:
                     self._too_big(pipe, link, now)  # the only verdict without a lane
                     return
-            elif not self.outcome(link, item, now):
+            elif not self.outcome(link, cast(Outcome, item), now):
                 return
 
     def _too_big(self, pipe: Pipe, link: Link, now: float) -> None:

@@ -89,12 +89,8 @@ class Flow:
         #: The actions of the call in progress, in order.
         self.out: list[Action] = []
         self._budget_waiters: dict[Any, None] = {}
-        self._budget_freed = False
-
-    def take(self) -> list[Action]:
-        """The actions collected since the last call; starts a new list."""
-        out, self.out = self.out, []
-        return out
+        #: Whether bytes went back to the memory budget since waiters were last woken.
+        self.budget_freed = False
 
     def write(self, ep: Endpoint, data: bytes) -> None:
         """Hand ``data`` to the driver for ``ep``; hold its feeder if it is now congested."""
@@ -106,9 +102,8 @@ class Flow:
             if feeder is not None and feeder.peer is ep:
                 self.hold(feeder, Hold.BACKPRESSURE)
 
-    def written(self, ep: Endpoint, nbytes: int) -> None:
-        """The driver wrote ``nbytes`` of ``ep``'s data; read its feeder again at low water."""
-        ep.pending -= nbytes
+    def written(self, ep: Endpoint) -> None:
+        """``ep.pending`` went down (the driver wrote): read its feeder again at low water."""
         if ep.congested and ep.pending <= self.low:
             ep.congested = False
             feeder = ep.peer
@@ -157,13 +152,9 @@ class Flow:
     def forget_waiter(self, pipe: Any) -> None:
         self._budget_waiters.pop(pipe, None)
 
-    def budget_freed(self) -> None:
-        """Bytes went back to the memory budget."""
-        self._budget_freed = True
-
     def take_budget_waiters(self) -> list[Any]:
         """The pipes to wake because bytes were given back (each waits again if need be)."""
-        freed, self._budget_freed = self._budget_freed, False
+        freed, self.budget_freed = self.budget_freed, False
         if not freed or not self._budget_waiters:
             return []
         waiters, self._budget_waiters = list(self._budget_waiters), {}

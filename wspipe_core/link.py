@@ -101,7 +101,6 @@ class Done:
 
 Outcome = Opened | Proven | Failed | Lost | Closed | Done
 Message = TextMessage | BytesMessage
-_MESSAGES = (TextMessage, BytesMessage)
 _DONE = Done()
 _PROVEN = Proven()
 
@@ -175,7 +174,8 @@ class Link(Endpoint):
             return  # data after the close handshake: nothing to do with it
         try:
             for event in ws.events():
-                if isinstance(event, _MESSAGES):
+                # Exact types: wsproto events are ABCs, so isinstance is slow per message.
+                if type(event) is TextMessage or type(event) is BytesMessage:
                     if not self.proven:
                         self.proven = True
                         yield _PROVEN
@@ -272,25 +272,26 @@ class Links:
     """The live links by id; hands out ids."""
 
     def __init__(self) -> None:
-        self._links: dict[LinkId, Link] = {}
+        #: The links by id.
+        self.by_id: dict[LinkId, Link] = {}
         self._next = 1
 
     def new(self, backend: Backend, owner: Any, deadline: float) -> Link:
         """A new link to ``backend`` for ``owner``, dialing until ``deadline``."""
         link = Link(self._next, backend, owner, deadline)
         self._next += 1
-        self._links[link.ident] = link
+        self.by_id[link.ident] = link
         return link
 
     def get(self, ident: LinkId) -> Link | None:
-        return self._links.get(ident)
+        return self.by_id.get(ident)
 
     def forget(self, link: Link) -> bool:
         """Remove ``link``; ``False`` if it was already gone."""
-        return self._links.pop(link.ident, None) is not None
+        return self.by_id.pop(link.ident, None) is not None
 
     def __len__(self) -> int:
-        return len(self._links)
+        return len(self.by_id)
 
     def __iter__(self) -> Iterator[Link]:
-        return iter(list(self._links.values()))
+        return iter(list(self.by_id.values()))

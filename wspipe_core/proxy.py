@@ -120,9 +120,14 @@ class Proxy:
         return self._finish(now)
 
     def _finish(self, now: float) -> list[Action]:
-        self._sessions.wake_budget_waiters(now)
-        self._reschedule()
-        return self._flow.take()
+        flow = self._flow
+        if flow.budget_freed:
+            self._sessions.wake_budget_waiters(now)
+        if self.pool.changed or self._timers.touched:
+            self._reschedule()
+        out = flow.out
+        flow.out = []
+        return out
 
     def _reschedule(self) -> None:
         if self.pool.changed:
@@ -265,7 +270,10 @@ class Proxy:
     def _on_client_sent(self, event: ev.ClientDataSent, now: float) -> None:
         pipe = self._sessions.by_conn.get(event.conn)
         if pipe is not None:
-            self._flow.written(pipe.client, event.nbytes)
+            client = pipe.client
+            client.pending -= event.nbytes
+            if client.congested:
+                self._flow.written(client)
 
     def _on_link_connected(self, event: ev.LinkConnected, now: float) -> None:
         link = self._links.get(event.link)
@@ -280,7 +288,7 @@ class Proxy:
                 self._sessions.outcome(link, outcome, now)
 
     def _on_link_data(self, event: ev.LinkDataReceived, now: float) -> None:
-        link = self._links.get(event.link)
+        link = self._links.by_id.get(event.link)
         if link is not None:
             self._sessions.link_data(link, event.data, now)
 
@@ -290,6 +298,8 @@ class Proxy:
             self._sessions.outcome(link, link.eof(event.error), now)
 
     def _on_link_sent(self, event: ev.LinkDataSent, now: float) -> None:
-        link = self._links.get(event.link)
+        link = self._links.by_id.get(event.link)
         if link is not None:
-            self._flow.written(link, event.nbytes)
+            link.pending -= event.nbytes
+            if link.congested:
+                self._flow.written(link)

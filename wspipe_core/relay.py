@@ -98,7 +98,13 @@ class Relay:
         asm = src.assembler
         if event.message_finished and dst is not None and asm.idle and n <= self._max:
             # Fast path: a whole one-frame message on a live relay; nothing is held.
-            self._count(src, n)
+            stats = self._stats
+            if src.INBOUND:
+                stats.messages_in += 1
+                stats.bytes_in += n
+            else:
+                stats.messages_out += 1
+                stats.bytes_out += n
             self._flow.write(dst, dst.ws.send(event))
             return Verdict.GO
         if asm.size + n > self._max:
@@ -193,4 +199,4 @@ class Relay:
                 self._budget.take(delta)
             else:
                 self._budget.give_back(-delta)
-                self._flow.budget_freed()
+                self._flow.budget_freed = True

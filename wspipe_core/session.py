@@ -32,7 +32,6 @@ from .pipe import ClientConn, Pipe
 from .relay import Lane, Verdict
 
 _OPENISH = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
-_MESSAGES = (TextMessage, BytesMessage)
 
 
 class Sessions(Failover):
@@ -84,7 +83,8 @@ class Sessions(Failover):
         relay = self._relay
         ending = pipe.state is PipeState.CLOSING
         for event in client.ws.events():
-            if isinstance(event, _MESSAGES):
+            # Exact types: wsproto events are ABCs, so isinstance is slow per message.
+            if type(event) is TextMessage or type(event) is BytesMessage:
                 if ending:
                     continue  # sent before it saw our Close: nobody to give it to
                 verdict = relay.forward(pipe, client, lane, event, now)
