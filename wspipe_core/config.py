@@ -10,6 +10,9 @@ from .errors import ConfigError
 KiB = 1024
 MiB = 1024 * KiB
 
+#: ``max_message_size`` unless ``buffer_limit`` is smaller.
+DEFAULT_MAX_MESSAGE_SIZE = 4 * MiB
+
 #: Backend close codes that mean "this link failed, find another" (design note 4).
 DEFAULT_INTERRUPTION_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 
@@ -35,7 +38,8 @@ class ProxyConfig:
     #: Limit on buffered plus in-progress message bytes over all pipes.
     memory_budget: int = 1024 * MiB
     #: Largest message (after assembly of fragments) relayed either way; over it: close 1009.
-    max_message_size: int = 4 * MiB
+    #: 0 (the default) means 4 MiB, or ``buffer_limit`` if that is smaller.
+    max_message_size: int = 0
     #: Largest request head a client may send before the upgrade; over it: HTTP 431.
     max_header_size: int = 16 * KiB
     #: Time a client has to complete its upgrade request, and a link to connect and
@@ -87,6 +91,13 @@ class ProxyConfig:
     plugin_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        size = self.max_message_size
+        if isinstance(size, int) and not isinstance(size, bool) and size == 0:
+            buffer_limit = self.buffer_limit
+            default = DEFAULT_MAX_MESSAGE_SIZE
+            if isinstance(buffer_limit, int) and 0 < buffer_limit < default:
+                default = buffer_limit
+            object.__setattr__(self, "max_message_size", default)
         positive_ints = ("max_connections", "buffer_limit", "memory_budget",
                          "max_message_size", "max_header_size", "eject_after",
                          "write_high_water")
@@ -120,7 +131,8 @@ class ProxyConfig:
         if not 0 <= self.write_low_water < self.write_high_water:
             raise ConfigError("write_low_water must be >= 0 and below write_high_water")
         if self.max_message_size > self.buffer_limit:
-            raise ConfigError("max_message_size must not exceed buffer_limit")
+            raise ConfigError(f"max_message_size ({self.max_message_size}) must not exceed "
+                              f"buffer_limit ({self.buffer_limit}): a message must fit the buffer")
         if self.buffer_limit > self.memory_budget:
             raise ConfigError("buffer_limit must not exceed memory_budget")
         if self.max_errors is not None and self.max_errors <= 0:

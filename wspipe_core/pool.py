@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -102,8 +103,10 @@ class Pool:
     def add(self, url: str, weight: float = 1.0) -> Backend:
         """Register ``url``; registering a URL twice is an error (as in the original)."""
         address = parse_backend_url(url)
-        if not isinstance(weight, int | float) or isinstance(weight, bool) or weight <= 0:
-            raise InvalidBackendURL(f"invalid weight {weight!r} for {url}: must be > 0")
+        if (not isinstance(weight, int | float) or isinstance(weight, bool)
+                or not math.isfinite(weight) or weight <= 0):
+            raise InvalidBackendURL(
+                f"invalid weight {weight!r} for {url}: must be a finite number > 0")
         same = next((b for b in self._backends.values()
                      if b.url == url or b.address == address), None)
         if same is not None:

@@ -18,7 +18,7 @@ def test_defaults_are_valid_and_pinned():
 @pytest.mark.parametrize("field,value", [
     ("max_connections", 0), ("max_connections", -1), ("max_connections", 1.5),
     ("max_connections", True), ("buffer_limit", 0), ("memory_budget", "1"),
-    ("max_message_size", 0), ("max_header_size", 0), ("eject_after", 0),
+    ("max_message_size", -1), ("max_header_size", 0), ("eject_after", 0),
     ("write_high_water", 0),
     ("handshake_timeout", 0), ("max_interruption", -1), ("close_timeout", "5"),
     ("eject_base", 0), ("eject_max", 0), ("backoff_max", 0), ("handshake_timeout", True),
@@ -52,6 +52,16 @@ def test_ping_timeout_required_when_pinging():
 def test_inconsistent_limits_name_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field):
         ProxyConfig(**kwargs)
+
+
+def test_max_message_size_follows_a_smaller_buffer_limit_unless_set():
+    """``--buffer-limit 1MiB`` alone must not fail on another setting's default."""
+    assert ProxyConfig().max_message_size == 4 * 1024 * 1024
+    assert ProxyConfig(buffer_limit=1024 * 1024).max_message_size == 1024 * 1024
+    assert ProxyConfig(buffer_limit=1000, max_message_size=500).max_message_size == 500
+    with pytest.raises(ConfigError, match=r"max_message_size \(2000\) must not exceed "
+                                          r"buffer_limit \(1000\)"):
+        ProxyConfig(buffer_limit=1000, max_message_size=2000)
 
 
 def test_from_mapping_accepts_dashes_and_lists():

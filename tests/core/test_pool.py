@@ -57,7 +57,7 @@ def test_invalid_backend_urls_raise(url):
     assert h.proxy.backends() == []
 
 
-@pytest.mark.parametrize("weight", [0, -1, True, "2"])
+@pytest.mark.parametrize("weight", [0, -1, True, "2", float("nan"), float("inf"), -float("inf")])
 def test_invalid_backend_weight_raises(weight):
     with pytest.raises(InvalidBackendURL, match="weight"):
         Pool(ProxyConfig()).add("ws://b1/", weight)
