@@ -27,8 +27,7 @@ class ProxyConfig:
 
     #: Backend URLs registered at start-up.
     backends: tuple[str, ...] = ()
-    #: Open pipes beyond which new clients get HTTP 503 (handshaking connections are
-    #: refused at once beyond twice this number).
+    #: Open pipes beyond which new clients get HTTP 503.
     max_connections: int = 10_000
     #: Per-pipe limit on buffered plus in-progress client message bytes.
     buffer_limit: int = 5 * MiB
@@ -40,6 +39,11 @@ class ProxyConfig:
     #: Largest message (after assembly of fragments) relayed either way; over it: close 1009.
     #: 0 (the default) means 4 MiB, or ``buffer_limit`` if that is smaller.
     max_message_size: int = 0
+    #: Pending handshakes (connections whose upgrade request is not complete) from one
+    #: peer address; a new one beyond it closes that peer's oldest with 408.
+    max_pending_per_peer: int = 64
+    #: Pending handshakes in all; a new one beyond it closes the oldest with 408.
+    max_pending_handshakes: int = 1024
     #: Largest request head a client may send before the upgrade; over it: HTTP 431.
     max_header_size: int = 16 * KiB
     #: Time a client has to complete its upgrade request, and a link to connect and
@@ -100,7 +104,7 @@ class ProxyConfig:
             object.__setattr__(self, "max_message_size", default)
         positive_ints = ("max_connections", "buffer_limit", "memory_budget",
                          "max_message_size", "max_header_size", "eject_after",
-                         "write_high_water")
+                         "write_high_water", "max_pending_per_peer", "max_pending_handshakes")
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -1,7 +1,8 @@
 """The client before the upgrade: pending connections, parsing, every refusal over HTTP.
 
 A client connection is *pending* from ``ClientConnected`` until its upgrade request
-is complete. Then :meth:`Handshakes.admit` runs every check — shutdown and
+is complete; idle pending connections are bounded per peer and in all (the oldest
+makes room, see :class:`Handshakes`). Then :meth:`Handshakes.admit` runs every check — shutdown and
 ``max_connections`` (503), the client id (400), a live pipe with that id (409), the
 auth hook (401/403) — and either refuses over HTTP with a one-line body or hands
 the session an :class:`Upgrade` to accept.
@@ -60,6 +61,8 @@ class Upgrade:
     ws: WSConnection
     request: RequestInfo
     client_id: str
+    #: Bytes that came right after the request (frames sent before our answer).
+    early: bytes = b""
 
 
 def http_error(status: int, reason: str) -> bytes:
@@ -114,7 +117,15 @@ def choose_subprotocol(offered: tuple[str, ...], allowed: tuple[str, ...]) -> st
 
 
 class Handshakes:
-    """The pending client connections, until each is refused or becomes an :class:`Upgrade`."""
+    """The pending client connections, until each is refused or becomes an :class:`Upgrade`.
+
+    Pending connections are bounded so that idle sockets cannot lock real clients
+    out: at most ``max_pending_per_peer`` from one peer address and
+    ``max_pending_handshakes`` in all. A new connection over either bound is not
+    refused; the *oldest* pending connection of that peer (or of all) is closed with
+    408 to make room, so a client that completes its request promptly always gets in
+    while idle sockets come and go.
+    """
 
     def __init__(self, config: ProxyConfig, hooks: Hooks, flow: Flow, timers: Timers,
                  stats: Stats) -> None:
@@ -123,7 +134,9 @@ class Handshakes:
         self._flow = flow
         self._timers = timers
         self._stats = stats
+        #: In arrival order: the first is the oldest.
         self._pending: dict[ConnId, PendingClient] = {}
+        self._by_peer: dict[str, dict[ConnId, PendingClient]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -134,30 +147,38 @@ class Handshakes:
     def get(self, conn: ConnId) -> PendingClient | None:
         return self._pending.get(conn)
 
-    def connected(self, event: ClientConnected, now: float, connections: int,
-                  shutting_down: bool) -> None:
-        """A client connection was accepted: refuse it at once, or wait for its request.
-
-        Beyond twice ``max_connections`` connections (pipes plus pending ones) even
-        a pending connection costs too much: it is refused before reading a byte.
-        """
-        if shutting_down or connections >= 2 * self._config.max_connections:
-            why = "proxy is shutting down" if shutting_down else "too many connections"
-            log.warning("client conn %s from %s refused with 503: %s", event.conn, event.peer,
-                        why)
+    def connected(self, event: ClientConnected, now: float, shutting_down: bool) -> None:
+        """A client connection was accepted: wait for its request (making room if needed)."""
+        if shutting_down:
+            log.warning("client conn %s from %s refused with 503: proxy is shutting down",
+                        event.conn, event.peer)
             self._stats.clients_rejected[503] += 1
-            self._flow.out.append(SendToClient(event.conn, http_error(503, why)))
+            self._flow.out.append(SendToClient(event.conn,
+                                               http_error(503, "proxy is shutting down")))
             self._flow.out.append(CloseClient(event.conn))
             return
+        cfg = self._config
+        same_peer = self._by_peer.get(event.peer)
+        if same_peer is not None and len(same_peer) >= cfg.max_pending_per_peer:
+            self.refuse(next(iter(same_peer.values())), 408,
+                        f"upgrade request not completed: more than {cfg.max_pending_per_peer} "
+                        f"pending from {event.peer}, the oldest is closed")
+        elif len(self._pending) >= cfg.max_pending_handshakes:
+            self.refuse(next(iter(self._pending.values())), 408,
+                        f"upgrade request not completed: more than {cfg.max_pending_handshakes} "
+                        "pending handshakes, the oldest is closed")
         client = PendingClient(event.conn, event.peer, event.tls,
-                               now + self._config.handshake_timeout)
+                               now + cfg.handshake_timeout)
         self._pending[event.conn] = client
+        self._by_peer.setdefault(event.peer, {})[event.conn] = client
         self._timers.touch(client)
 
-    def receive(self, client: PendingClient, data: bytes) -> Request | None:
-        """Bytes of the upgrade request; the request once complete and within limits."""
+    def receive(self, client: PendingClient, data: bytes) -> tuple[Request, bytes] | None:
+        """Bytes of the upgrade request: once it is complete and within limits, the request
+        and the bytes that came after it (frames the client sent without waiting)."""
         client.received += len(data)
         limit = self._config.max_header_size
+        window = bytes(client.start) + data
         if len(client.start) < limit + 4:
             client.start += data[:limit + 4 - len(client.start)]
         try:
@@ -167,25 +188,35 @@ class Handshakes:
                     # h11 bounds only an *incomplete* head: a complete one that came
                     # in a single read is parsed whatever its size, so measure it (and
                     # only it: frames sent too early do not count).
-                    end = client.start.find(b"\r\n\r\n")
+                    end = window.find(b"\r\n\r\n")
                     if end < 0 or end + 4 > limit:
                         self.refuse(client, 431, "request headers too large")
                         return None
+                    version = window[:window.find(b"\r\n")].rsplit(b" ", 1)[-1]
+                    if version != b"HTTP/1.1":
+                        # RFC 6455 4.1: the upgrade needs HTTP/1.1 (h11 also parses 1.0).
+                        self.refuse(client, 400, "malformed upgrade request: a WebSocket "
+                                    f"upgrade needs HTTP/1.1, got {version.decode('latin-1')}")
+                        return None
                     client.start = bytearray()
-                    return event
+                    return event, window[end + 4:]
         except RemoteProtocolError as exc:
             if client.received > limit:
                 self.refuse(client, 431, "request headers too large")
                 return None
             hint = exc.event_hint
             status = hint.status_code if isinstance(hint, RejectConnection) else 400
-            self.refuse(client, status, f"malformed upgrade request: {exc}")
+            if status == 426:
+                reason = "unsupported Sec-WebSocket-Version: this proxy speaks version 13"
+            else:
+                reason = f"malformed upgrade request: {exc}"
+            self.refuse(client, status, reason)
             return None
         if client.received > limit:
             self.refuse(client, 431, "request headers too large")
         return None
 
-    def admit(self, client: PendingClient, request: Request, *, pipes: int,
+    def admit(self, client: PendingClient, request: Request, early: bytes, *, pipes: int,
               shutting_down: bool, is_live: Callable[[str], bool]) -> Upgrade | None:
         """Run every check on a complete request: the :class:`Upgrade`, or ``None`` (refused)."""
         cfg = self._config
@@ -208,7 +239,7 @@ class Handshakes:
             self.refuse(client, refusal.status, refusal.reason)
             return None
         self._drop(client)
-        return Upgrade(client.conn, client.peer, client.tls, client.ws, info, client_id)
+        return Upgrade(client.conn, client.peer, client.tls, client.ws, info, client_id, early)
 
     def refuse(self, client: PendingClient, status: int, reason: str) -> None:
         """Answer ``status`` with ``reason`` as the body, and close."""
@@ -241,4 +272,8 @@ class Handshakes:
 
     def _drop(self, client: PendingClient) -> None:
         del self._pending[client.conn]
+        same_peer = self._by_peer[client.peer]
+        del same_peer[client.conn]
+        if not same_peer:
+            del self._by_peer[client.peer]
         self._timers.cancel(client)

@@ -238,7 +238,7 @@ class Proxy:
     def _on_client_connected(self, event: ev.ClientConnected, now: float) -> None:
         if event.conn in self._handshakes or event.conn in self._sessions.by_conn:
             raise UsageError(f"client connection {event.conn} is already known")
-        self._handshakes.connected(event, now, self.connections, self._shutting_down)
+        self._handshakes.connected(event, now, self._shutting_down)
 
     def _on_client_data(self, event: ev.ClientDataReceived, now: float) -> None:
         sessions = self._sessions
@@ -249,11 +249,11 @@ class Proxy:
         client = self._handshakes.get(event.conn)
         if client is None:
             return
-        request = self._handshakes.receive(client, event.data)
-        if request is None:
+        received = self._handshakes.receive(client, event.data)
+        if received is None:
             return
         upgrade = self._handshakes.admit(
-            client, request, pipes=len(sessions.by_conn), shutting_down=self._shutting_down,
+            client, *received, pipes=len(sessions.by_conn), shutting_down=self._shutting_down,
             is_live=sessions.by_client_id.__contains__)
         if upgrade is not None:
             sessions.open(upgrade, now)

@@ -62,7 +62,9 @@ class Sessions(Failover):
                  subprotocol)
         self._event(PipeEventKind.OPENED, pipe, None, now)
         self._dial(pipe, now)
-        self._pump_client(pipe, now)  # frames that came with the request
+        if up.early:
+            connection.receive_data(up.early)  # frames that came with the request
+        self._pump_client(pipe, now)
 
     # ------------------------------------------------------------------ the client
 

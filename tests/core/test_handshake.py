@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from wsproto.events import Request
 
-from .helpers import ID1, harness, upgrade_request
+from .helpers import ID1, harness, masked_frame, upgrade_request
 
 
 def test_valid_request_is_accepted_before_any_backend_is_reached():
@@ -135,7 +136,6 @@ def test_frames_sent_too_early_do_not_count_towards_the_header_limit():
     # read, has a small head: it is accepted, not refused with 431.
     import struct
 
-    from wsproto.events import Request
 
     h = harness(max_header_size=1024)
     h.backend("ws://b1/")
@@ -146,3 +146,49 @@ def test_frames_sent_too_early_do_not_count_towards_the_header_limit():
              + bytes(p ^ mask[i % 4] for i, p in enumerate(payload)))
     c.send_raw(request + frame)
     assert c.status is None and h.proxy.pipes()[0].client_id == ID1
+
+
+def test_http_1_0_upgrade_request_gets_400_saying_http_1_1_is_needed():
+    h = harness()
+    h.backend("ws://b1/")
+    c = h.raw_client(upgrade_request(f"/{ID1}", []).replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n"))
+    assert c.status == 400 and c.tcp_closed
+    assert b"needs HTTP/1.1, got HTTP/1.0" in c.body
+
+
+def test_sec_websocket_version_8_is_named_as_unsupported_not_missing():
+    h = harness()
+    c = h.raw_client(upgrade_request(f"/{ID1}", []).replace(
+        b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"))
+    assert c.status == 426
+    assert c.body == b"unsupported Sec-WebSocket-Version: this proxy speaks version 13\n"
+
+
+def test_frames_sent_in_the_same_packet_as_the_request_are_relayed_not_dropped():
+    h = harness()
+    b1 = h.backend("ws://b1/", echo=True)
+    h.raw_client(upgrade_request(f"/{ID1}", []) + masked_frame(0x1, b"eager")
+                 + masked_frame(0x2, b"\x00\x01"))
+    assert b1.messages() == ["eager", b"\x00\x01"]
+
+
+def test_idle_pending_connections_of_one_peer_make_room_for_a_real_client():
+    """The oldest idle handshake of that peer is closed (408); other peers are untouched."""
+    h = harness(max_pending_per_peer=3)
+    h.backend("ws://b1/")
+    other = h.raw_client(b"GET / HTT", peer="10.0.0.9")
+    idle = [h.raw_client(b"GET / HTT") for _ in range(3)]
+    real = h.client()  # a fourth connection from the same peer
+    assert real.accepted
+    assert idle[0].status == 408 and b"more than 3 pending from 127.0.0.1" in idle[0].body
+    assert all(c.status is None and not c.tcp_closed for c in idle[1:])
+    assert other.status is None and not other.tcp_closed
+    assert h.proxy.stats.clients_rejected[408] == 1
+
+
+def test_pending_handshakes_in_all_are_bounded_by_closing_the_oldest():
+    h = harness(max_pending_handshakes=4, max_pending_per_peer=100)
+    idle = [h.raw_client(b"GET / HTT", peer=f"10.0.0.{i}") for i in range(6)]
+    assert [c.status for c in idle] == [408, 408, None, None, None, None]
+    assert b"more than 4 pending handshakes" in idle[0].body
+    assert h.proxy.connections == 4
