@@ -49,6 +49,13 @@ class ProxyConfig:
     #: Time a client has to complete its upgrade request, and a link to connect and
     #: complete its handshake.
     handshake_timeout: float = 10.0
+    #: Time a link has to connect to its backend and complete its handshake. Shorter
+    #: than ``handshake_timeout`` by default: a backend on the same network answers in
+    #: milliseconds, and a pipe must not wait long on one that never answers.
+    link_timeout: float = 3.0
+    #: A link still not open this long after it was dialed gets a second one, to
+    #: another backend, racing it: the first to open carries the pipe. 0 disables.
+    race_after: float = 0.5
     #: Interval between keepalive pings on each link and client; 0 disables pings.
     ping_interval: float = 20.0
     #: A link (or client) that does not answer a ping within this time is dead.
@@ -113,8 +120,8 @@ class ProxyConfig:
         if not isinstance(overhead, int) or isinstance(overhead, bool) or overhead < 0:
             raise ConfigError(
                 f"buffer_message_overhead must be an integer >= 0, got {overhead!r}")
-        positive_times = ("handshake_timeout", "max_interruption", "close_timeout",
-                          "eject_base", "eject_max", "backoff_max")
+        positive_times = ("handshake_timeout", "link_timeout", "max_interruption",
+                          "close_timeout", "eject_base", "eject_max", "backoff_max")
         rate = self.migrate_rate
         if (not isinstance(rate, int | float) or isinstance(rate, bool)
                 or not 0 < rate < float("inf")):
@@ -123,7 +130,7 @@ class ProxyConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-        for name in ("ping_interval", "ping_timeout", "backoff_base"):
+        for name in ("ping_interval", "ping_timeout", "backoff_base", "race_after"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")

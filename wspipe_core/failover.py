@@ -23,7 +23,7 @@ from typing import cast
 from wsproto.events import BytesMessage, TextMessage
 
 from .actions import CloseLink
-from .codes import CloseCode, InterruptionCause
+from .codes import CloseCode, InterruptionCause, LinkFailure
 from .config import ProxyConfig
 from .deadlines import Timers
 from .events import ConnId
@@ -32,7 +32,7 @@ from .forwarding import backend_request
 from .hooks import Hooks
 from .info import PipeEvent, PipeEventKind, PipeState
 from .keepalive import Keepalive
-from .link import Closed, Done, Failed, Link, Links, Lost, Opened, Outcome, Proven
+from .link import Closed, Done, Failed, Link, Links, LinkState, Lost, Opened, Outcome, Proven
 from .logs import pipe_log
 from .pipe import Pipe
 from .pool import Backend, Pool
@@ -40,6 +40,7 @@ from .relay import Relay, Verdict
 from .stats import Stats
 
 _ENDED = (PipeState.CLOSING, PipeState.CLOSED)
+_DIALING = (LinkState.DIALING, LinkState.HANDSHAKING)
 
 
 class Failover(abc.ABC):
@@ -76,7 +77,7 @@ class Failover(abc.ABC):
     def link_connected(self, link: Link) -> None:
         """The link's connection is up: send the (hook-shaped) upgrade request."""
         pipe: Pipe = link.owner
-        if pipe.link is not link:
+        if link is not pipe.link and link is not pipe.racer:
             self._forget_link(link)
             return
         default = backend_request(self._config, pipe.request, pipe.client_id,
@@ -133,6 +134,16 @@ class Failover(abc.ABC):
         if isinstance(outcome, Proven):
             self._pool.record_success(link.backend)
         elif isinstance(outcome, Opened):
+            if link is pipe.racer:
+                # The racer opened first: it carries the pipe; the slow link goes on
+                # alone, so that the pool still learns whether its backend answers.
+                slow, pipe.link, pipe.racer = pipe.link, link, None
+                if slow is not None:
+                    self._orphan(slow)
+                self._stats.races_won += 1
+            elif link is pipe.link and pipe.racer is not None:
+                self._orphan(pipe.racer)
+                pipe.racer = None
             self._linked(pipe, link, now)
         elif isinstance(outcome, Failed):
             self._link_failed(link, outcome, now)
@@ -159,9 +170,13 @@ class Failover(abc.ABC):
 
     def _linked(self, pipe: Pipe, link: Link, now: float) -> None:
         """The link opened: replay the buffer to it first, then relay both ways."""
-        if pipe.link is not link or pipe.state is PipeState.CLOSING:
+        if pipe.state in _ENDED:
             self._close_link(link, CloseCode.GOING_AWAY, "client session ended", now)
             return
+        if pipe.link is not link:
+            self._close_link(link, CloseCode.GOING_AWAY, "another link opened first", now)
+            return
+        pipe.race_at = None
         resumed = pipe.state is PipeState.INTERRUPTED
         duration = now - pipe.interrupted_at if pipe.interrupted_at is not None else 0.0
         pipe.state = PipeState.LINKED
@@ -191,10 +206,22 @@ class Failover(abc.ABC):
         pipe: Pipe = link.owner
         backend = link.backend
         live = pipe.link is link
+        if link is pipe.racer:
+            self._orphan(link)
+            pipe.racer = None
         self._forget_link(link)
         self._stats.link_failures[failure.cause] += 1
-        self._pool.record_failure(backend, now, failure.why)
+        # A backend that did not answer at all is ejected at once: every pipe that
+        # picks it would wait the whole link_timeout too.
+        self._pool.record_failure(backend, now, failure.why,
+                                  eject=failure.cause is LinkFailure.TIMEOUT)
         if not live:
+            return
+        if pipe.racer is not None:  # the racer carries on: no backoff
+            pipe.link, pipe.racer = pipe.racer, None
+            pipe_log(logging.WARNING, pipe, "link to %s %s failed: %s; link %d to %s is "
+                     "still dialing", backend.id, backend.url, failure.why, pipe.link.id,
+                     pipe.link.backend.id)
             return
         pipe.exclude = backend
         delay = self._back_off(pipe, now)
@@ -239,12 +266,45 @@ class Failover(abc.ABC):
             delay = self._back_off(pipe, now)
             pipe_log(logging.INFO, pipe, "no backend available; retry in %.3fs", delay)
             return
-        link = self._links.new(chosen, pipe, now + self._config.handshake_timeout)
+        pipe.link = self._open(pipe, chosen, now)
+        if self._config.race_after:
+            pipe.race_at = now + self._config.race_after
+
+    def _open(self, pipe: Pipe, backend: Backend, now: float) -> Link:
+        link = self._links.new(backend, pipe, now + self._config.link_timeout)
         self._timers.touch(link)
-        pipe.link = link
-        chosen.pipes += 1
-        pipe_log(logging.DEBUG, pipe, "dialing %s as link %d", chosen.url, link.id)
+        backend.pipes += 1
+        pipe_log(logging.DEBUG, pipe, "dialing %s as link %d", backend.url, link.id)
         self._flow.out.append(link.open_action())
+        return link
+
+    def race(self, pipe: Pipe, now: float) -> None:
+        """The pipe's link is slow to open: dial another backend as well."""
+        pipe.race_at = None
+        slow = pipe.link
+        if slow is None or slow.state not in _DIALING or pipe.racer is not None:
+            return
+        chosen = self._pool.choose(
+            now, None, lambda infos: self._hooks.select_backend(pipe.info(), infos, self._rng),
+            never=(slow.backend,))
+        if chosen is None:
+            return
+        pipe.racer = self._open(pipe, chosen, now)
+        self._stats.races += 1
+        pipe_log(logging.INFO, pipe, "link %d to %s not open after %.3fs: racing link %d to %s",
+                 slow.id, slow.backend.id, self._config.race_after, pipe.racer.id, chosen.id)
+
+    def _orphan(self, link: Link) -> None:
+        """``link`` stops counting for its pipe and its backend; it finishes on its own."""
+        link.backend.pipes -= 1
+        self._pool.remove_if_drained(link.backend)
+
+    def drop_racer(self, pipe: Pipe) -> None:
+        racer = pipe.racer
+        if racer is not None:
+            pipe.racer = None
+            self._orphan(racer)
+            self._forget_link(racer)
 
     def _back_off(self, pipe: Pipe, now: float) -> float:
         pipe.attempts += 1
@@ -258,6 +318,7 @@ class Failover(abc.ABC):
         link = pipe.link
         if link is None or pipe.state is PipeState.CLOSING:
             return False
+        self.drop_racer(pipe)
         backend = link.backend
         self._detach(pipe)
         self._close_link(link, CloseCode.GOING_AWAY, "backend draining, session moves", now)

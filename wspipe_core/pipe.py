@@ -47,6 +47,10 @@ class Pipe:
     state: PipeState = PipeState.CONNECTING
     #: The live or dialing link, if any.
     link: Link | None = None
+    #: A second link dialed while ``link`` is slow to open; the first to open wins.
+    racer: Link | None = None
+    #: When to dial a racer, while ``link`` is dialing.
+    race_at: float | None = None
     #: The backend of the last link (for snapshots and logs).
     last_backend: Backend | None = None
     #: The backend that just failed this pipe, excluded from the next choice.
@@ -72,8 +76,9 @@ class Pipe:
         if self.state is PipeState.CLOSING:
             return self.close_deadline
         when = Keepalive.next_deadline(self.client)
-        if self.retry_at is not None and (when is None or self.retry_at < when):
-            when = self.retry_at
+        for t in (self.retry_at, self.race_at):
+            if t is not None and (when is None or t < when):
+                when = t
         for start in (self.interrupted_at, self.lane.paused_since):
             if start is not None and (when is None or start + self.patience < when):
                 when = start + self.patience

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -149,16 +149,18 @@ class Pool:
         return up or [b for b in backends if b.state is BackendState.EJECTED]
 
     def choose(self, now: float, exclude: Backend | None,
-               select: Callable[[list[BackendInfo]], BackendInfo | None]) -> Backend | None:
+               select: Callable[[list[BackendInfo]], BackendInfo | None], *,
+               never: Collection[Backend] = ()) -> Backend | None:
         """The backend for a pipe's next link, chosen by ``select`` (the strategy hook).
 
         ``exclude`` (the backend that just failed the pipe) is left out, unless it is
         the only candidate: then it is tried again rather than waiting a backoff for
-        nothing (the failure already cost one when it dialed).
+        nothing (the failure already cost one when it dialed). ``never`` are left out
+        in any case.
         """
-        candidates = self.candidates(now, exclude)
+        candidates = [b for b in self.candidates(now, exclude) if b not in never]
         if not candidates and exclude is not None:
-            candidates = self.candidates(now, None)
+            candidates = [b for b in self.candidates(now, None) if b not in never]
         if not candidates:
             return None
         info = select([b.info() for b in candidates])
@@ -179,8 +181,10 @@ class Pool:
             backend.state = BackendState.UP
             self.changed = True
 
-    def record_failure(self, backend: Backend, now: float, why: str) -> None:
-        """Count an error; eject after ``eject_after`` in a row; remove at ``max_errors``."""
+    def record_failure(self, backend: Backend, now: float, why: str, *,
+                       eject: bool = False) -> None:
+        """Count an error; eject after ``eject_after`` in a row (or at once with ``eject``,
+        for a backend that did not answer at all); remove at ``max_errors``."""
         backend.errors += 1
         backend.consecutive_failures += 1
         if not backend.registered:
@@ -189,7 +193,8 @@ class Pool:
         if cfg.max_errors is not None and backend.errors >= cfg.max_errors:
             self.remove(backend, f"{backend.errors} errors reached max_errors")
             return
-        if backend.state is BackendState.UP and backend.consecutive_failures >= cfg.eject_after:
+        if backend.state is BackendState.UP and (
+                eject or backend.consecutive_failures >= cfg.eject_after):
             cooldown = min(cfg.eject_max, cfg.eject_base * 2 ** min(backend.ejections, 32))
             backend.ejections += 1
             backend.state = BackendState.EJECTED

@@ -163,6 +163,9 @@ class Proxy:
         """
         backend = self.pool.get(id_or_url)
         self.pool.drain(backend)
+        for pipe in self._sessions.by_conn.values():
+            if pipe.racer is not None and pipe.racer.backend is backend:
+                self._sessions.drop_racer(pipe)  # no new pipes there, even racing ones
         if migrate and backend.registered:
             ids = [p.id for p in self._sessions.by_conn.values()
                    if p.link is not None and p.link.backend is backend]

@@ -191,6 +191,8 @@ class Sessions(Failover):
             if pipe.conn in self.by_conn:
                 self._forget(pipe)  # a client that does not pong will not answer Close
             return
+        if pipe.race_at is not None and now >= pipe.race_at:
+            self.race(pipe, now)
         if pipe.retry_at is not None and now >= pipe.retry_at:
             self._dial(pipe, now)
 
@@ -218,6 +220,7 @@ class Sessions(Failover):
                  link_code: int = CloseCode.GOING_AWAY,
                  link_reason: str = "client session ended") -> None:
         """Free what the session held: its link, buffer, budget and client id."""
+        self.drop_racer(pipe)
         link = pipe.link
         if link is not None:
             self._detach(pipe)
@@ -225,7 +228,7 @@ class Sessions(Failover):
         self._relay.clear(pipe.lane, pipe.client)
         self._flow.forget_waiter(pipe)
         self._keepalive.stop(pipe.client)
-        pipe.retry_at = pipe.interrupted_at = None
+        pipe.retry_at = pipe.interrupted_at = pipe.race_at = None
         if self.by_client_id.get(pipe.client_id) is pipe:
             del self.by_client_id[pipe.client_id]
         self._stats.clients_closed[code] += 1

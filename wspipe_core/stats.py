@@ -27,6 +27,10 @@ class Stats:
     failovers: int = 0
     #: Pipes moved off draining backends by a drain with migrate.
     pipes_migrated: int = 0
+    #: Second links dialed because a pipe's link was slow to open (``race_after``),
+    #: and how many of them opened first.
+    races: int = 0
+    races_won: int = 0
     #: Failed link attempts by cause (``connect``, ``handshake``, ``timeout``).
     link_failures: Counter[str] = field(default_factory=Counter)
     #: Clients refused before the upgrade, by HTTP status.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from wspipe_core import PipeState
+from wspipe_core import BackendState, PipeState
 
 from .helpers import harness
 
@@ -99,7 +99,7 @@ def test_connect_refused_counts_error_and_next_backend_is_tried():
 
 
 def test_black_holed_backend_times_out_handshake_and_next_backend_is_tried():
-    h = harness(handshake_timeout=3, backoff="fixed", backoff_base=0.1)
+    h = harness(link_timeout=3, race_after=0, backoff="fixed", backoff_base=0.1)
     b1 = h.backend("ws://b1/", mode="blackhole")
     b2 = h.backend("ws://b2/")
     c = h.client()
@@ -112,6 +112,74 @@ def test_black_holed_backend_times_out_handshake_and_next_backend_is_tried():
     assert b2.messages() == ["waiting"]
     assert h.proxy.stats.link_failures["timeout"] == 1
     assert h.proxy.backends()[0].errors == 1
+    # A backend that does not answer at all is ejected at once, not after eject_after.
+    assert h.proxy.backends()[0].state is BackendState.EJECTED
+
+
+def test_link_timeout_is_the_links_own_not_the_clients_handshake_timeout():
+    h = harness(handshake_timeout=10, link_timeout=1, race_after=0)
+    b1 = h.backend("ws://b1/", mode="blackhole")
+    h.client()
+    h.advance(1)
+    assert b1.links[0].tcp_closed and h.proxy.stats.link_failures["timeout"] == 1
+
+
+def test_a_slow_link_gets_a_racing_link_and_the_first_to_open_carries_the_pipe():
+    h = harness(race_after=0.5, link_timeout=3)
+    slow = h.backend("ws://slow/", mode="blackhole")  # least connections picks it first
+    fast = h.backend("ws://fast/")
+    c = h.client()
+    c.send("early")
+    h.advance(0.4)
+    assert fast.links == []
+    h.advance(0.1)  # race_after: a second link, to another backend
+    assert fast.messages() == ["early"] and c.close is None
+    c.send("later")
+    assert fast.messages() == ["early", "later"] and slow.links[0].received == []
+    assert h.pipe(c).backend_id == "b2" and h.proxy.stats.races_won == 1
+    assert [b.pipes for b in h.proxy.backends()] == [0, 1]  # the slow dial no longer counts
+    h.advance(2.5)  # the slow link still runs to its own timeout, so the pool learns
+    assert slow.links[0].tcp_closed
+    assert h.proxy.backends()[0].state is BackendState.EJECTED
+    assert c.close is None and fast.messages() == ["early", "later"]
+
+
+def test_a_slow_link_that_opens_after_the_racer_is_closed_and_carries_nothing():
+    h = harness(race_after=0.5, link_timeout=3)
+    slow = h.backend("ws://slow/", mode="blackhole")
+    fast = h.backend("ws://fast/")
+    c = h.client()
+    h.advance(0.5)
+    c.send("hello")
+    assert fast.messages() == ["hello"]
+    slow.links[0].answer()  # it finally accepts the upgrade
+    assert slow.links[0].close is not None and slow.links[0].close.code == 1001
+    assert slow.links[0].close.reason == "another link opened first"
+    assert slow.links[0].received == [] and h.pipe(c).backend_id == "b2"
+    assert h.proxy.backends()[0].errors == 0  # slow is not broken
+
+
+def test_when_the_slow_link_fails_the_racer_carries_on_without_a_backoff():
+    h = harness(race_after=0.5, link_timeout=3, backoff="fixed", backoff_base=5)
+    slow = h.backend("ws://slow/", mode="blackhole")
+    fast = h.backend("ws://fast/", mode="blackhole")
+    c = h.client()
+    h.advance(0.5)
+    assert len(fast.links) == 1
+    slow.links[0].eof()  # the first link fails while the racer is still dialing
+    assert h.pipe(c).retry_at is None and h.proxy.stats.link_failures["handshake"] == 1
+    fast.links[0].answer()
+    c.send("on the racer")
+    assert fast.messages() == ["on the racer"] and len(slow.links) == 1
+
+
+def test_no_racing_with_race_after_0():
+    h = harness(race_after=0, link_timeout=3)
+    h.backend("ws://slow/", mode="blackhole")
+    fast = h.backend("ws://fast/")
+    h.client()
+    h.advance(2.9)
+    assert fast.links == [] and h.proxy.stats.races == 0
 
 
 def test_backend_eof_during_handshake_counts_as_link_failure():

@@ -11,7 +11,7 @@ def check_invariants(proxy: Proxy) -> None:
 
     Every pipe holds no more than ``buffer_limit`` and exactly what its buffer and
     its client's message in progress cost; the memory budget is the sum over pipes;
-    a backend's load is the pipes whose link it holds; a pipe's live link is
+    a backend's load is the pipes whose link (or racing link) it holds; a pipe's live link is
     registered and belongs to it; peers point at each other only on a live relay.
     """
     cfg = proxy.config
@@ -32,8 +32,8 @@ def check_invariants(proxy: Proxy) -> None:
     assert 0 <= proxy.budget.used <= cfg.memory_budget
     assert proxy.budget.used == sum(p.lane.held for p in pipes)
     for backend in proxy.pool:
-        assert backend.pipes == sum(1 for p in pipes
-                                    if p.link is not None and p.link.backend is backend)
+        assert backend.pipes == sum(1 for p in pipes for link in (p.link, p.racer)
+                                    if link is not None and link.backend is backend), backend.id
 
 
 def leftovers(proxy: Proxy) -> dict[str, int]:

@@ -235,6 +235,13 @@ class BackendLink(_Holding):
         """From now on the backend keeps the connection but reads and answers nothing."""
         self.muted = True
 
+    def answer(self) -> None:
+        """Accept the upgrade now: a black-holed (``"blackhole"``) backend turns slow."""
+        assert self.request is not None and self.peer is None, "nothing to answer"
+        sub = self.request.subprotocols[0] if self.request.subprotocols else None
+        self.peer = _Peer(self.ws)
+        self.send_raw(self.ws.send(AcceptConnection(subprotocol=sub)))
+
     def _receive(self, data: bytes) -> bytes:
         if self.muted:
             return b""
