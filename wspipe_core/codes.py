@@ -78,8 +78,11 @@ class LinkFailure(enum.StrEnum):
     CONNECT = "connect"
     #: The backend refused or broke the WebSocket handshake, or dropped the connection.
     HANDSHAKE = "handshake"
-    #: The handshake did not finish within ``handshake_timeout``.
+    #: The connect and handshake did not finish within ``link_timeout``.
     TIMEOUT = "timeout"
+    #: The backend chose another subprotocol than the one the client got: it cannot
+    #: carry this pipe (not an error of the backend's).
+    SUBPROTOCOL = "subprotocol"
 
 
 class LimitKind(enum.StrEnum):

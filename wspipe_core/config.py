@@ -84,8 +84,10 @@ class ProxyConfig:
     backoff_base: float = 0.05
     #: Longest backoff between two attempts of one pipe.
     backoff_max: float = 2.0
-    #: Subprotocols the proxy accepts from clients, in no particular order; ``*`` allows any.
-    subprotocols: tuple[str, ...] = ()
+    #: Subprotocols a client may ask for. ``None`` (the default): whatever the client
+    #: offers is offered to the backend and the backend's choice is the answer; a list
+    #: keeps only those (``*`` keeps any); an empty list refuses every subprotocol.
+    subprotocols: tuple[str, ...] | None = None
     #: Append the client's path and query to the backend URL's path.
     forward_target: bool = True
     #: Client request headers copied to the backend handshake (case-insensitive).
@@ -151,6 +153,8 @@ class ProxyConfig:
         for name in ("backends", "subprotocols", "forward_headers"):
             # A bare string would be searched by substring ("chat" allows "ha").
             value = getattr(self, name)
+            if value is None and name == "subprotocols":
+                continue
             if (not isinstance(value, tuple | list)
                     or not all(isinstance(item, str) for item in value)):
                 raise ConfigError(f"{name} must be a list of strings, got {value!r}")

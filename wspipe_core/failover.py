@@ -69,6 +69,10 @@ class Failover(abc.ABC):
         """End the session (see :class:`~wspipe_core.session.Sessions`)."""
 
     @abc.abstractmethod
+    def answer(self, pipe: Pipe, subprotocol: str | None, now: float) -> None:
+        """Answer the client's upgrade (see :class:`~wspipe_core.session.Sessions`)."""
+
+    @abc.abstractmethod
     def _unpause(self, pipe: Pipe, now: float) -> None:
         """Read a client the pause policy held again."""
 
@@ -80,8 +84,12 @@ class Failover(abc.ABC):
         if link is not pipe.link and link is not pipe.racer:
             self._forget_link(link)
             return
-        default = backend_request(self._config, pipe.request, pipe.client_id,
-                                  pipe.subprotocol, link.backend)
+        if pipe.answered:
+            subprotocols: tuple[str, ...] = (pipe.subprotocol,) if pipe.subprotocol else ()
+        else:
+            subprotocols = pipe.offered
+        default = backend_request(self._config, pipe.request, pipe.client_id, subprotocols,
+                                  link.backend)
         request = self._hooks.backend_request(pipe.info(), link.backend.info(), default)
         try:
             link.handshake(request, self._flow)
@@ -107,6 +115,21 @@ class Failover(abc.ABC):
                     return
             elif not self.outcome(link, cast(Outcome, item), now):
                 return
+
+    def _incompatible(self, pipe: Pipe, link: Link, subprotocol: str | None,
+                      now: float) -> None:
+        """The backend chose another subprotocol than the client's: it never carries
+        this pipe. Not an error of the backend's: it is not ejected for it."""
+        backend = link.backend
+        pipe_log(logging.WARNING, pipe, "backend %s chose subprotocol %s but the client has "
+                 "%s: not linked; trying another backend", backend.id, subprotocol,
+                 pipe.subprotocol)
+        self._stats.link_failures[LinkFailure.SUBPROTOCOL] += 1
+        pipe.incompatible = pipe.incompatible | {backend}
+        self._detach(pipe)
+        self._close_link(link, CloseCode.PROTOCOL_ERROR,
+                         f"subprotocol mismatch: the session uses {pipe.subprotocol}", now)
+        self._dial(pipe, now)
 
     def _too_big(self, pipe: Pipe, link: Link, now: float) -> None:
         """The backend sent a message over ``max_message_size``: 1009 to it, fail over."""
@@ -144,7 +167,7 @@ class Failover(abc.ABC):
             elif link is pipe.link and pipe.racer is not None:
                 self._orphan(pipe.racer)
                 pipe.racer = None
-            self._linked(pipe, link, now)
+            self._linked(pipe, link, outcome.subprotocol, now)
         elif isinstance(outcome, Failed):
             self._link_failed(link, outcome, now)
             return False
@@ -168,13 +191,18 @@ class Failover(abc.ABC):
             return False
         return True
 
-    def _linked(self, pipe: Pipe, link: Link, now: float) -> None:
+    def _linked(self, pipe: Pipe, link: Link, subprotocol: str | None, now: float) -> None:
         """The link opened: replay the buffer to it first, then relay both ways."""
         if pipe.state in _ENDED:
             self._close_link(link, CloseCode.GOING_AWAY, "client session ended", now)
             return
         if pipe.link is not link:
             self._close_link(link, CloseCode.GOING_AWAY, "another link opened first", now)
+            return
+        if not pipe.answered:
+            self.answer(pipe, subprotocol, now)  # the client gets the backend's choice
+        elif subprotocol != pipe.subprotocol:
+            self._incompatible(pipe, link, subprotocol, now)
             return
         pipe.race_at = None
         resumed = pipe.state is PipeState.INTERRUPTED
@@ -260,7 +288,8 @@ class Failover(abc.ABC):
         pipe.retry_at = None
         chosen = self._pool.choose(
             now, pipe.exclude, lambda infos: self._hooks.select_backend(pipe.info(), infos,
-                                                                         self._rng))
+                                                                         self._rng),
+            never=pipe.incompatible)
         pipe.exclude = None
         if chosen is None:
             delay = self._back_off(pipe, now)
@@ -286,7 +315,7 @@ class Failover(abc.ABC):
             return
         chosen = self._pool.choose(
             now, None, lambda infos: self._hooks.select_backend(pipe.info(), infos, self._rng),
-            never=(slow.backend,))
+            never=pipe.incompatible | {slow.backend})
         if chosen is None:
             return
         pipe.racer = self._open(pipe, chosen, now)

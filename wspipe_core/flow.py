@@ -38,6 +38,8 @@ class Hold(enum.IntFlag):
     BACKPRESSURE = 1
     #: The ``pause`` buffer policy stopped reading the client.
     POLICY = 2
+    #: The client's upgrade is not answered yet (it waits for a backend's subprotocol).
+    UPGRADE = 4
 
 
 class Endpoint:

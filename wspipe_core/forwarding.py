@@ -4,7 +4,9 @@ The link's request carries the client's path and query appended to the backend
 URL's (``forward_target``), the client headers the configuration names
 (``forward_headers``, e.g. ``Cookie``, ``Authorization``), ``X-Forwarded-For`` and
 ``X-Forwarded-Proto``, the client id (``client_id_header``) and the subprotocol
-agreed with the client. The ``wspipe_backend_request`` hook may change it.
+the client asked for (before the client is answered, every one it offered that the
+configuration allows; afterwards, the one it got). The ``wspipe_backend_request``
+hook may change it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from .pool import Backend
 
 
 def backend_request(config: ProxyConfig, request: RequestInfo, client_id: str,
-                    subprotocol: str | None, backend: Backend) -> BackendRequest:
+                    subprotocols: tuple[str, ...], backend: Backend) -> BackendRequest:
     """The default handshake of a link to ``backend`` for a client's ``request``."""
     target = backend.address.target
     if config.forward_target:
@@ -29,4 +31,4 @@ def backend_request(config: ProxyConfig, request: RequestInfo, client_id: str,
     headers.append(("x-forwarded-for", f"{xff}, {request.peer}" if xff else request.peer))
     headers.append(("x-forwarded-proto", "https" if request.tls else "http"))
     headers.append((config.client_id_header.lower(), client_id))
-    return BackendRequest(target=target, headers=tuple(headers), subprotocol=subprotocol)
+    return BackendRequest(target=target, headers=tuple(headers), subprotocols=subprotocols)

@@ -109,11 +109,12 @@ def request_info(request: Request, peer: str, tls: bool) -> RequestInfo:
     )
 
 
-def choose_subprotocol(offered: tuple[str, ...], allowed: tuple[str, ...]) -> str | None:
-    """The first subprotocol the client offered that the configuration allows."""
-    if "*" in allowed:
-        return offered[0] if offered else None
-    return next((p for p in offered if p in allowed), None)
+def allowed_subprotocols(offered: tuple[str, ...],
+                         allowed: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The subprotocols the client offered that the configuration lets through, in order."""
+    if allowed is None or "*" in allowed:
+        return offered
+    return tuple(p for p in offered if p in allowed)
 
 
 class Handshakes:

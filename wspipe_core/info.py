@@ -136,8 +136,8 @@ class BackendRequest:
     target: str
     #: Extra request headers (names lower-case), besides Host and the WebSocket keys.
     headers: tuple[tuple[str, str], ...]
-    #: The subprotocol offered to the backend, if any.
-    subprotocol: str | None
+    #: The subprotocols offered to the backend, in the client's order (empty: none).
+    subprotocols: tuple[str, ...] = ()
 
 
 class PipeEventKind(enum.Enum):

@@ -264,7 +264,7 @@ def _request(backend: Backend, request: BackendRequest) -> Request:
     headers = [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
                for k, v in request.headers]
     return Request(host=backend.address.host_header, target=request.target,
-                   subprotocols=[request.subprotocol] if request.subprotocol else [],
+                   subprotocols=list(request.subprotocols),
                    extra_headers=headers)
 
 

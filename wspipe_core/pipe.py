@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wsproto import WSConnection
+
 from .actions import PauseClient, ResumeClient, SendToClient
 from .codes import InterruptionCause
 from .events import ConnId
@@ -37,6 +39,7 @@ class Pipe:
     id: str
     client_id: str
     request: RequestInfo
+    #: The subprotocol the client got (``None`` until answered, or none agreed).
     subprotocol: str | None
     since: float
     client: ClientConn
@@ -45,6 +48,18 @@ class Pipe:
     #: ``max_interruption``: how long the pipe may go without a link or stay paused.
     patience: float
     state: PipeState = PipeState.CONNECTING
+    #: The subprotocols the client offered that the configuration allows.
+    offered: tuple[str, ...] = ()
+    #: Whether the client's upgrade was answered (101); until then it waits for the
+    #: first backend to choose among ``offered``, until ``answer_by``.
+    answered: bool = False
+    answer_by: float | None = None
+    #: The server side of the client's handshake, until answered.
+    upgrade: WSConnection | None = None
+    #: Frames the client sent with its request, read once it is answered.
+    early: bytes = b""
+    #: Backends that chose another subprotocol than the client's: never this pipe's.
+    incompatible: frozenset[Backend] = frozenset()
     #: The live or dialing link, if any.
     link: Link | None = None
     #: A second link dialed while ``link`` is slow to open; the first to open wins.
@@ -76,7 +91,7 @@ class Pipe:
         if self.state is PipeState.CLOSING:
             return self.close_deadline
         when = Keepalive.next_deadline(self.client)
-        for t in (self.retry_at, self.race_at):
+        for t in (self.retry_at, self.race_at, self.answer_by):
             if t is not None and (when is None or t < when):
                 when = t
         for start in (self.interrupted_at, self.lane.paused_since):

@@ -141,10 +141,11 @@ class Pool:
                 self.changed = True
                 log.info("backend %s cool-down over; probing it", backend.id)
 
-    def candidates(self, now: float, exclude: Backend | None) -> list[Backend]:
+    def candidates(self, now: float, exclude: Backend | None,
+                   never: Collection[Backend] = ()) -> list[Backend]:
         """Backends that may take a new pipe: ``up`` ones, else (outage) ``ejected`` ones."""
         self.refresh(now)
-        backends = [b for b in self._backends.values() if b is not exclude]
+        backends = [b for b in self._backends.values() if b is not exclude and b not in never]
         up = [b for b in backends if b.state is BackendState.UP]
         return up or [b for b in backends if b.state is BackendState.EJECTED]
 
@@ -158,9 +159,9 @@ class Pool:
         nothing (the failure already cost one when it dialed). ``never`` are left out
         in any case.
         """
-        candidates = [b for b in self.candidates(now, exclude) if b not in never]
+        candidates = self.candidates(now, exclude, never)
         if not candidates and exclude is not None:
-            candidates = [b for b in self.candidates(now, None) if b not in never]
+            candidates = self.candidates(now, None, never)
         if not candidates:
             return None
         info = select([b.info() for b in candidates])

@@ -25,8 +25,8 @@ from .actions import CloseClient
 from .codes import CloseCode, sendable
 from .failover import Failover
 from .flow import Hold
-from .handshake import Upgrade, choose_subprotocol
-from .info import PipeEventKind, PipeState
+from .handshake import Upgrade, allowed_subprotocols, http_error
+from .info import BackendState, PipeEventKind, PipeState
 from .logs import pipe_log
 from .pipe import ClientConn, Pipe
 from .relay import Lane, Verdict
@@ -40,36 +40,68 @@ class Sessions(Failover):
     # ------------------------------------------------------------------ opening
 
     def open(self, up: Upgrade, now: float) -> None:
-        """Accept the client (before any backend is reached) and start dialing."""
+        """Start the session of a valid upgrade request and dial a backend.
+
+        The client is answered at once — before any backend is reached, so a client
+        can connect while every backend is down — unless it asked for subprotocols
+        while a backend is up: then the first link's backend chooses among them and
+        the client gets that choice (both hops agree), or, if no link opens within
+        ``handshake_timeout``, the first one it offered.
+        """
         cfg = self._config
-        subprotocol = choose_subprotocol(up.request.subprotocols, cfg.subprotocols)
-        accept = up.ws.send(AcceptConnection(subprotocol=subprotocol))
-        connection = up.ws.connection
-        assert connection is not None  # wsproto opens it when it sends AcceptConnection
-        pipe = Pipe(f"p{self._next}", up.client_id, up.request, subprotocol, now,
-                    ClientConn(up.conn, connection, None), Lane(cfg.buffer_message_overhead),
-                    cfg.max_interruption, interrupted_at=now)
+        pipe = Pipe(f"p{self._next}", up.client_id, up.request, None, now,
+                    ClientConn(up.conn, up.ws, None), Lane(cfg.buffer_message_overhead),
+                    cfg.max_interruption, interrupted_at=now,
+                    offered=allowed_subprotocols(up.request.subprotocols, cfg.subprotocols),
+                    upgrade=up.ws, early=up.early)
         pipe.client.owner = pipe
         self._next += 1
         self.by_conn[up.conn] = pipe
         self.by_id[pipe.id] = pipe
         self.by_client_id[pipe.client_id] = pipe
-        self._keepalive.start(pipe.client, now)
+        self._timers.touch(pipe)
+        if pipe.offered and any(b.state is BackendState.UP for b in self._pool):
+            pipe.answer_by = now + cfg.handshake_timeout
+            self._flow.hold(pipe.client, Hold.UPGRADE)  # nothing to read before our answer
+            pipe_log(logging.INFO, pipe, "client from %s asks for subprotocols %s: the "
+                     "backend chooses", up.peer, ", ".join(pipe.offered))
+            self._dial(pipe, now)
+            return
+        self.answer(pipe, pipe.offered[0] if pipe.offered else None, now)
+        self._dial(pipe, now)
+        self._pump_client(pipe, now)
+
+    def answer(self, pipe: Pipe, subprotocol: str | None, now: float) -> None:
+        """Answer the client's upgrade (101) with ``subprotocol``; the session is open."""
+        assert pipe.upgrade is not None
+        accept = pipe.upgrade.send(AcceptConnection(subprotocol=subprotocol))
+        connection = pipe.upgrade.connection
+        assert connection is not None  # wsproto opens it when it sends AcceptConnection
+        client = pipe.client
+        client.ws = connection
+        pipe.upgrade = None
+        pipe.answered = True
+        pipe.answer_by = None
+        pipe.subprotocol = subprotocol
+        self._keepalive.start(client, now)
         self._timers.touch(pipe)
         self._stats.clients_accepted += 1
-        self._flow.write(pipe.client, accept)
-        pipe_log(logging.INFO, pipe, "client accepted from %s (subprotocol %s)", up.peer,
-                 subprotocol)
+        self._flow.write(client, accept)
+        self._flow.release(client, Hold.UPGRADE)
+        if pipe.early:
+            connection.receive_data(pipe.early)  # frames sent with the request
+            pipe.early = b""
+        pipe_log(logging.INFO, pipe, "client accepted from %s (subprotocol %s)",
+                 pipe.request.peer, subprotocol)
         self._event(PipeEventKind.OPENED, pipe, None, now)
-        self._dial(pipe, now)
-        if up.early:
-            connection.receive_data(up.early)  # frames that came with the request
-        self._pump_client(pipe, now)
 
     # ------------------------------------------------------------------ the client
 
     def client_data(self, pipe: Pipe, data: bytes, now: float) -> None:
         """Bytes from the client."""
+        if not pipe.answered:
+            pipe.early += data  # the read that was under way when we stopped reading
+            return
         ws = pipe.client.ws
         if ws.state is ConnectionState.CLOSED:
             return
@@ -79,7 +111,7 @@ class Sessions(Failover):
 
     def _pump_client(self, pipe: Pipe, now: float) -> None:
         lane = pipe.lane
-        if lane.paused:
+        if lane.paused or not pipe.answered:
             return  # the pause policy holds: frames stay undecoded in wsproto's buffer
         client = pipe.client
         relay = self._relay
@@ -174,6 +206,10 @@ class Sessions(Failover):
                 pipe_log(logging.INFO, pipe, "client did not answer our Close in time")
                 self._forget(pipe)
             return
+        if pipe.answer_by is not None and now >= pipe.answer_by:
+            pipe_log(logging.WARNING, pipe, "no backend within handshake_timeout to choose a "
+                     "subprotocol; the client gets the first it offered")
+            self.answer(pipe, pipe.offered[0], now)
         paused_since = pipe.lane.paused_since
         if paused_since is not None and now >= paused_since + pipe.patience:
             pipe_log(logging.WARNING, pipe, "paused by the buffer policy for max_interruption "
@@ -203,6 +239,12 @@ class Sessions(Failover):
         if pipe.state is PipeState.CLOSING:
             return
         code = sendable(code)
+        if not pipe.answered:  # no WebSocket yet: an HTTP answer
+            self._flow.write(pipe.client, http_error(503, reason))
+            pipe_log(logging.INFO, pipe, "refusing the client with 503 %s", reason)
+            self._release(pipe, code, reason, now)
+            self._forget(pipe)
+            return
         ws = pipe.client.ws
         if ws.state in _OPENISH:
             self._flow.write(pipe.client, ws.send(CloseConnection(code=code, reason=reason)))

@@ -6,7 +6,7 @@ import h11
 import pytest
 from wsproto.events import Request
 
-from wspipe_core.handshake import choose_subprotocol, http_error, request_info
+from wspipe_core.handshake import allowed_subprotocols, http_error, request_info
 
 
 @pytest.mark.parametrize("status", [400, 408, 409, 431, 503, 599])
@@ -39,12 +39,13 @@ def test_request_info_lower_cases_headers_and_splits_target():
     assert (info.peer, info.tls) == ("10.0.0.1", True)
 
 
-@pytest.mark.parametrize("offered,allowed,chosen", [
-    (("a", "b"), ("b", "a"), "a"),
-    (("x", "b"), ("a", "b"), "b"),
-    (("x",), (), None),
-    ((), ("*",), None),
-    (("q",), ("*",), "q"),
+@pytest.mark.parametrize("offered,allowed,kept", [
+    (("a", "b"), ("b", "a"), ("a", "b")),
+    (("x", "b"), ("a", "b"), ("b",)),
+    (("x",), (), ()),
+    ((), ("*",), ()),
+    (("q", "r"), ("*",), ("q", "r")),
+    (("q", "r"), None, ("q", "r")),
 ])
-def test_choose_subprotocol(offered, allowed, chosen):
-    assert choose_subprotocol(offered, allowed) == chosen
+def test_allowed_subprotocols_keep_the_clients_order(offered, allowed, kept):
+    assert allowed_subprotocols(offered, allowed) == kept

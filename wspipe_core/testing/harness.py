@@ -61,9 +61,9 @@ class Harness:
     # -- peers
 
     def backend(self, url: str, *, echo: bool = False, mode: str = "accept",
-                weight: float = 1.0) -> FakeBackend:
-        """Register ``url`` in the pool and return its fake backend."""
-        backend = FakeBackend(self, url, echo=echo, mode=mode)
+                weight: float = 1.0, subprotocols: Sequence[str] | None = None) -> FakeBackend:
+        """Register ``url`` in the pool and return its fake backend (see :class:`FakeBackend`)."""
+        backend = FakeBackend(self, url, echo=echo, mode=mode, subprotocols=subprotocols)
         self.backends[url] = backend
         self.proxy.add_backend(url, weight=weight, now=self.now)
         return backend

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -238,7 +238,7 @@ class BackendLink(_Holding):
     def answer(self) -> None:
         """Accept the upgrade now: a black-holed (``"blackhole"``) backend turns slow."""
         assert self.request is not None and self.peer is None, "nothing to answer"
-        sub = self.request.subprotocols[0] if self.request.subprotocols else None
+        sub = self.backend.choose(self.request.subprotocols)
         self.peer = _Peer(self.ws)
         self.send_raw(self.ws.send(AcceptConnection(subprotocol=sub)))
 
@@ -261,7 +261,7 @@ class BackendLink(_Holding):
                     if mode == "reject":
                         return (self.ws.send(RejectConnection(status_code=503, has_body=True))
                                 + self.ws.send(RejectData(data=b"no", body_finished=True)))
-                    sub = event.subprotocols[0] if event.subprotocols else None
+                    sub = self.backend.choose(event.subprotocols)
                     self.peer = _Peer(self.ws)
                     return self.ws.send(AcceptConnection(subprotocol=sub)) + self._events()
             return b""
@@ -290,15 +290,24 @@ class FakeBackend:
 
     ``mode``: ``"accept"`` (default), ``"refuse"`` (TCP connect fails), ``"reject"``
     (HTTP 503 to the upgrade), ``"blackhole"`` (TCP up, never answers).
+    ``subprotocols``: the ones it speaks, best first (it chooses the first offered one it
+    speaks, or none); ``None`` chooses the first offered.
     """
 
     def __init__(self, harness: Feeder, url: str, *, echo: bool = False,
-                 mode: str = "accept") -> None:
+                 mode: str = "accept", subprotocols: Sequence[str] | None = None) -> None:
         self.harness = harness
         self.url = url
         self.echo = echo
         self.mode = mode
+        self.subprotocols = None if subprotocols is None else tuple(subprotocols)
         self.links: list[BackendLink] = []
+
+    def choose(self, offered: Sequence[str]) -> str | None:
+        """The subprotocol it answers an upgrade offering ``offered`` with."""
+        if self.subprotocols is None:
+            return offered[0] if offered else None
+        return next((p for p in offered if p in self.subprotocols), None)
 
     def messages(self) -> list[Message]:
         """Every message received over all links, in link order."""
