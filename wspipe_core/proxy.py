@@ -72,6 +72,7 @@ class Proxy:
         self._handshakes = Handshakes(config, self.hooks, flow, self._timers, self.stats)
         self._sessions = Sessions(config, self.hooks, self.rng, self.pool, flow, relay,
                                   keepalive, self._timers, self._links, self.stats)
+        relay.evict = self._sessions.evict
         self._shutting_down = False
         self._handlers: dict[type, Callable[[Any, float], None]] = {
             ev.ClientConnected: self._on_client_connected,

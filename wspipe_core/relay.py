@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from wsproto.events import BytesMessage, TextMessage
@@ -51,9 +52,11 @@ class Lane:
     buffer (payload bytes plus ``buffer_message_overhead`` per buffered message).
     """
 
-    __slots__ = ("buffer", "dropped", "held", "overflow", "paused", "paused_since")
+    __slots__ = ("buffer", "dropped", "held", "overflow", "owner", "paused", "paused_since")
 
-    def __init__(self, overhead: int) -> None:
+    def __init__(self, overhead: int, owner: Any = None) -> None:
+        #: The pipe it belongs to.
+        self.owner: Any = owner
         self.buffer = ReplayBuffer(overhead)
         #: Bytes counted against ``buffer_limit`` and the memory budget.
         self.held = 0
@@ -83,6 +86,8 @@ class Relay:
         self._budget = budget
         self._hooks = hooks
         self._stats = stats
+        #: Ends a pipe that must make room (``evict(pipe, now)``); set by the session.
+        self.evict: Callable[[Any, float], None] | None = None
 
     def forward(self, pipe: Any, src: Endpoint, lane: Lane | None, event: Frame,
                 now: float) -> Verdict:
@@ -142,11 +147,16 @@ class Relay:
     def _make_room(self, pipe: Any, src: Endpoint, lane: Lane, event: Frame, n: int,
                    growth: int, now: float) -> Verdict:
         """Apply the buffer policy while ``growth`` more bytes do not fit."""
+        budget = self._budget
         while True:
             if lane.held + growth > self._limit:
                 reason, limit = LimitKind.BUFFER_LIMIT, self._limit
-            elif not self._budget.fits(growth):
-                reason, limit = LimitKind.MEMORY_BUDGET, self._budget.limit
+            elif not budget.fits(growth):
+                largest = budget.largest()
+                if (largest is not None and largest.held > lane.held
+                        and self._make_room_elsewhere(largest, pipe, n, now)):
+                    continue
+                reason, limit = LimitKind.MEMORY_BUDGET, budget.limit
             else:
                 return Verdict.GO
             action = self._hooks.buffer_full(pipe.info(), n, limit, reason)
@@ -171,6 +181,30 @@ class Relay:
                      limit)
             return Verdict.FULL
 
+    def _make_room_elsewhere(self, largest: Any, pipe: Any, n: int, now: float) -> bool:
+        """The budget is short and ``largest`` holds more than ``pipe``: it pays first.
+
+        Its buffer policy decides; ``True`` if that freed bytes (it dropped its oldest
+        message, or it was closed). A ``pause`` frees nothing: then ``pipe`` pays.
+        """
+        victim: Lane = largest
+        other = victim.owner
+        action = self._hooks.buffer_full(other.info(), n, self._budget.limit,
+                                         LimitKind.MEMORY_BUDGET)
+        if action is BufferFullAction.DROP_OLDEST and len(victim.buffer):
+            victim.buffer.drop_oldest()
+            victim.dropped += 1
+            self._stats.messages_dropped += 1
+            self.account(victim, other.client)
+            return True
+        if action is BufferFullAction.PAUSE or self.evict is None:
+            return False
+        pipe_log(logging.WARNING, other, "memory_budget reached; it holds the most (%d bytes): "
+                 "closing the client to make room for pipe %s", victim.held, pipe.id)
+        self._stats.budget_evictions += 1
+        self.evict(other, now)
+        return True
+
     def replay(self, lane: Lane, src: Endpoint, dst: Endpoint) -> int:
         """Send everything ``lane`` holds to ``dst``, oldest first; the number of messages."""
         messages = lane.buffer.drain()
@@ -192,11 +226,7 @@ class Relay:
     def account(self, lane: Lane, src: Endpoint) -> None:
         """Bring ``lane.held`` and the memory budget up to date."""
         held = src.assembler.size + lane.buffer.cost
-        delta = held - lane.held
-        if delta:
-            lane.held = held
-            if delta > 0:
-                self._budget.take(delta)
-            else:
-                self._budget.give_back(-delta)
+        if held != lane.held:
+            if held < lane.held:
                 self._flow.budget_freed = True
+            self._budget.update(lane, held)

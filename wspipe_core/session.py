@@ -50,11 +50,11 @@ class Sessions(Failover):
         """
         cfg = self._config
         pipe = Pipe(f"p{self._next}", up.client_id, up.request, None, now,
-                    ClientConn(up.conn, up.ws, None), Lane(cfg.buffer_message_overhead),
+                    ClientConn(up.conn, up.ws, None), Lane(cfg.buffer_message_overhead, None),
                     cfg.max_interruption, interrupted_at=now,
                     offered=allowed_subprotocols(up.request.subprotocols, cfg.subprotocols),
                     upgrade=up.ws, early=up.early)
-        pipe.client.owner = pipe
+        pipe.client.owner = pipe.lane.owner = pipe
         self._next += 1
         self.by_conn[up.conn] = pipe
         self.by_id[pipe.id] = pipe
@@ -70,6 +70,10 @@ class Sessions(Failover):
         self.answer(pipe, pipe.offered[0] if pipe.offered else None, now)
         self._dial(pipe, now)
         self._pump_client(pipe, now)
+
+    def evict(self, pipe: Pipe, now: float) -> None:
+        """``pipe`` held the most when the memory budget was short: it pays (1013)."""
+        self.end(pipe, CloseCode.TRY_AGAIN_LATER, "buffer limit reached", now)
 
     def answer(self, pipe: Pipe, subprotocol: str | None, now: float) -> None:
         """Answer the client's upgrade (101) with ``subprotocol``; the session is open."""

@@ -18,6 +18,8 @@ class Stats:
     bytes_out: int = 0
     #: Client messages that waited in a buffer and were replayed to a new link.
     messages_replayed: int = 0
+    #: Pipes closed because they held the most when the memory budget was short.
+    budget_evictions: int = 0
     #: Client messages dropped by the ``drop_oldest`` buffer policy.
     messages_dropped: int = 0
     #: Interruptions by cause (``eof``, ``close_code``, ``ping_timeout``, ``protocol``,

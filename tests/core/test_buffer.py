@@ -30,13 +30,25 @@ def test_replay_buffer_drop_oldest_returns_its_size():
     assert buf.bytes == 2 and buf.drain() == [b"bb"]
 
 
-def test_memory_budget_fits_takes_and_gives_back():
+class _Holder:
+    def __init__(self) -> None:
+        self.held = 0
+
+
+def test_memory_budget_counts_what_each_holder_holds_and_knows_the_largest():
     budget = MemoryBudget(100)
-    assert budget.fits(100) and not budget.fits(101)
-    budget.take(60)
+    a, b = _Holder(), _Holder()
+    assert budget.fits(100) and not budget.fits(101) and budget.largest() is None
+    budget.update(a, 60)
     assert budget.fits(40) and not budget.fits(41)
-    budget.give_back(50)
-    assert budget.used == 10 and budget.high_water == 60
+    budget.update(b, 30)
+    assert budget.largest() is a and budget.holders == 2
+    budget.update(a, 10)
+    assert budget.largest() is b
+    assert budget.used == 40 and budget.high_water == 90
+    budget.update(b, 0)
+    budget.update(a, 0)
+    assert budget.largest() is None and budget.used == 0 and budget.holders == 0
 
 
 # -- through the proxy
@@ -61,16 +73,30 @@ def test_buffer_limit_counts_in_progress_fragments():
 
 
 def test_global_memory_budget_is_enforced_across_pipes():
-    h = harness(buffer_limit=1000, max_message_size=1000, memory_budget=1500)
+    h = harness(buffer_limit=1000, max_message_size=1000, memory_budget=1450)
     _outage(h, "ws://b1/")
     a, b = h.client(), h.client()
     a.send(b"a" * 900)
     b.send(b"b" * 500)
     assert h.proxy.budget.used == 1400
-    b.send(b"b" * 200)  # within b's own limit, over the budget
-    assert b.close is not None and b.close.code == 1013
-    assert a.close is None
-    assert h.proxy.budget.used == 900 and h.proxy.budget.high_water == 1400
+    a.send(b"a" * 100)  # within a's own limit, over the budget, and a holds the most
+    assert a.close is not None and a.close.code == 1013
+    assert b.close is None
+    assert h.proxy.budget.used == 500 and h.proxy.budget.high_water == 1400
+
+
+def test_when_the_budget_is_short_the_largest_holder_pays_not_the_one_asking():
+    """A pipe holding less than another is never closed because of the other's flood."""
+    h = harness(buffer_limit=1000, max_message_size=1000, memory_budget=1500)
+    _outage(h, "ws://b1/")
+    greedy, modest = h.client(), h.client()
+    greedy.send(b"g" * 900)
+    modest.send(b"m" * 500)
+    modest.send(b"m" * 200)  # over the budget: greedy (900) pays, not modest (500)
+    assert greedy.close is not None and greedy.close.code == 1013
+    assert modest.close is None and h.pipe(modest).buffered_bytes == 700
+    assert h.proxy.stats.budget_evictions == 1
+    assert h.proxy.budget.used == 700
 
 
 def test_pause_policy_pauses_client_loses_nothing_and_resumes_after_flush():
@@ -143,10 +169,25 @@ def test_drop_oldest_with_nothing_left_to_drop_closes_with_1013():
                 memory_budget=1000)
     _outage(h, "ws://b1/")
     a, b = h.client(), h.client()
-    a.send(b"a" * 600)
+    a.send(b"a" * 300)
     b.send_raw(b.ws.send(BytesMessage(data=b"b" * 600, message_finished=False)))
+    # b holds the most, only a message in progress: nothing of its own to drop.
+    b.send_raw(b.ws.send(BytesMessage(data=b"b" * 200, message_finished=False)))
     assert b.close is not None and b.close.code == 1013
-    assert a.close is None and h.proxy.budget.used == 600
+    assert a.close is None and h.proxy.budget.used == 300
+
+
+def test_drop_oldest_on_the_budget_drops_from_the_largest_holder():
+    h = harness(buffer_policy="drop_oldest", buffer_limit=1000, max_message_size=1000,
+                memory_budget=1000)
+    _outage(h, "ws://b1/")
+    big, small = h.client(), h.client()
+    for _ in range(4):
+        big.send(b"x" * 200)
+    small.send(b"y" * 200)
+    small.send(b"y" * 150)  # over the budget: big drops its oldest, small keeps all
+    assert (h.pipe(big).buffered_messages, h.pipe(small).buffered_messages) == (3, 2)
+    assert big.close is None and small.close is None
 
 
 @pytest.mark.parametrize("answer", [BufferFullAction.CLOSE, "nonsense", None])
