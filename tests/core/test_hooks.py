@@ -96,8 +96,8 @@ def test_raising_backoff_hook_uses_backoff_base():
     h = harness(plugins=[_RaisingBackoff()], backoff_base=0.25)
     h.backend("ws://b1/", mode="refuse")
     h.client()
-    pipe = next(iter(h.proxy._pipes.values()))
-    assert pipe.retry_at == pytest.approx(0.25)
+    (pipe,) = h.proxy.pipes()
+    assert pipe.attempts == 1 and pipe.retry_at == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, "soon", None])

@@ -56,7 +56,7 @@ def test_describe_plugins_lists_call_order_and_hooks():
     listed = describe_plugins(h.proxy.pm)
     order = [name for name, _ in listed]
     assert order.index("token:TokenAuth") < order.index("weighted:Weighted")
-    assert order[-4:] == list(reversed(BUILTIN_NAMES))  # built-ins are registered first
+    assert order[-4:] == list(BUILTIN_NAMES)  # built-ins are asked last of all
     assert dict(listed)["token:TokenAuth"] == ["wspipe_authenticate", "wspipe_backend_request"]
     assert dict(listed)["wspipe.strategy"] == ["wspipe_select_backend"]
 
