@@ -7,9 +7,9 @@ from the configuration's ``backoff``, ``backoff_base`` and ``backoff_max``::
 
     [plugins.backoff]
     kind = "exponential"   # or "fixed" (default: backoff)
-    base = 0.05            # exponential: ceiling of the first delay (default: backoff_base)
-    max = 2.0              # exponential: largest ceiling (default: backoff_max)
-    delay = 0.5            # fixed: the delay (default: backoff_base)
+    base = 0.05            # exponential only: ceiling of the first delay (default: backoff_base)
+    max = 2.0              # exponential only: largest ceiling (default: backoff_max)
+    # delay = 0.5          # fixed only: the delay (default: backoff_base)
 
 The classes and the reading of this table are the core's
 (:mod:`wspipe_core.builtin.backoff`), which the built-in backoff uses too: the table
