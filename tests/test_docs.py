@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import inspect
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 import wspipe_plugins
 
-from wspipe_core import hookspecs
+from wspipe_core import ProxyConfig, hookspecs
+from wspipe_core.builtin import BUFFER_POLICIES, STRATEGIES, make_builtins
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS_MD = ROOT / "docs" / "plugins.md"
@@ -72,3 +74,31 @@ def test_builtin_plugin_names_are_documented():
     text = PLUGINS_MD.read_text()
     for name in BUILTIN_NAMES:
         assert f"`{name}`" in text
+
+
+TOML = re.compile(r"```toml\n(?P<code>.*?)```", re.S)
+
+
+def toml_blocks():
+    return [(page.relative_to(ROOT).as_posix(), i, m["code"])
+            for page in [PLUGINS_MD, *FAMILY_PAGES]
+            for i, m in enumerate(TOML.finditer(page.read_text()))]
+
+
+def test_there_are_toml_blocks_to_check():
+    assert len(toml_blocks()) >= 6
+
+
+@pytest.mark.parametrize("page,index,code", toml_blocks())
+def test_toml_blocks_parse_and_builtin_tables_are_accepted(page, index, code):
+    """Every TOML example parses, and the settings it shows for a strategy, backoff or
+    buffer policy are accepted by the one implementation, selected by its name."""
+    data = tomllib.loads(code)
+    tables = data.get("plugins", {})
+    for name, table in tables.items() if isinstance(tables, dict) else ():
+        if name in STRATEGIES:
+            make_builtins(ProxyConfig(strategy=name, plugin_settings={name: table}))
+        elif name in BUFFER_POLICIES:
+            make_builtins(ProxyConfig(buffer_policy=name, plugin_settings={name: table}))
+        elif name == "backoff":
+            make_builtins(ProxyConfig(plugin_settings={name: table}))

@@ -15,13 +15,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .builtin import (
-    STRATEGIES,
-    BufferPolicy,
-    ExponentialBackoff,
-    FixedBackoff,
-    UUIDClientId,
-)
+from .builtin import BACKOFF, BUFFER_POLICY, CLIENT_ID, STRATEGY, make_builtins, take_slot
 from .config import ProxyConfig
 from .errors import ConfigError
 from .info import (
@@ -40,7 +34,7 @@ log = logging.getLogger("wspipe.plugins")
 ENTRYPOINT_GROUP = "wspipe"
 
 #: Names of the built-in plugins (block one to replace it entirely).
-BUILTIN_NAMES = ("wspipe.client_id", "wspipe.strategy", "wspipe.backoff", "wspipe.buffer_policy")
+BUILTIN_NAMES = (CLIENT_ID, STRATEGY, BACKOFF, BUFFER_POLICY)
 
 #: Distributions whose ``wspipe`` entry points are a catalogue, not loaded at start-up:
 #: wspipe's own first-party plugins (``wspipe_plugins``) compete with each other (one
@@ -61,10 +55,13 @@ def make_plugin_manager(
     """Build a plugin manager with the specs, the built-ins and the given plugins.
 
     Registration order (later plugins are called first, so they win): the
-    built-ins (``trylast``), then the ``wspipe`` entry points of other distributions
-    (with ``load_entrypoints``), then ``plugins`` in order.
+    built-ins, then the ``wspipe`` entry points of other distributions (with
+    ``load_entrypoints``), then ``plugins`` in order. Built-in classes are ``trylast``,
+    so the objects of first-party plugins are asked after every other plugin, and the
+    built-ins themselves are moved behind them (:func:`builtins_last`): last of all.
 
-    :param config: Chooses the built-in strategy, backoff and buffer policy.
+    :param config: Chooses the built-in strategy, backoff and buffer policy (see
+        :func:`wspipe_core.builtin.make_builtins`).
     :param plugins: Plugin objects, entry-point names (``"weighted"``) or importable
         module paths, registered after the built-ins (see :func:`register_plugin`);
         ``"no:NAME"`` blocks ``NAME`` like ``blocked``.
@@ -72,8 +69,9 @@ def make_plugin_manager(
         that other distributions install (wspipe's own are loaded only when named).
     :param blocked: Plugin names not to register (built-in, entry-point names or
         module paths), e.g. ``"wspipe.strategy"``.
-    :raises ConfigError: A plugin fails to import, the strategy name is unknown, or a
-        plugin implements a hook that does not exist; the message names the plugin.
+    :raises ConfigError: A plugin fails to import, the strategy or buffer policy is
+        unknown or its settings table is bad, or a plugin implements a hook that does
+        not exist (or wraps ``wspipe_pipe_event``); the message names the plugin.
     """
     plugins = list(plugins)
     blocked = [*blocked, *(p[len(BLOCK_PREFIX):] for p in plugins
@@ -83,19 +81,7 @@ def make_plugin_manager(
     pm.add_hookspecs(hookspecs)
     for name in blocked:
         pm.set_blocked(name)
-    strategy = STRATEGIES.get(config.strategy)
-    if strategy is None:
-        raise ConfigError(
-            f"unknown strategy {config.strategy!r}; built-in: {', '.join(sorted(STRATEGIES))}")
-    backoff: object = (ExponentialBackoff(config.backoff_base, config.backoff_max)
-                       if config.backoff == "exponential" else FixedBackoff(config.backoff_base))
-    builtins: list[tuple[str, object]] = [
-        ("wspipe.client_id", UUIDClientId()),
-        ("wspipe.strategy", strategy()),
-        ("wspipe.backoff", backoff),
-        ("wspipe.buffer_policy", BufferPolicy(BufferFullAction(config.buffer_policy))),
-    ]
-    for name, plugin in builtins:
+    for name, plugin in make_builtins(config):
         if not pm.is_blocked(name):
             pm.register(plugin, name=name)
     if load_entrypoints:
@@ -105,8 +91,25 @@ def make_plugin_manager(
             _register(pm, _load_entry_point(ep), ep.name)
     for plugin in plugins:
         register_plugin(pm, plugin)
+    builtins_last(pm)
     check_plugins(pm)
     return pm
+
+
+def builtins_last(pm: pluggy.PluginManager) -> None:
+    """Re-register the built-ins (those not blocked) so they are asked after every plugin.
+
+    Their hooks are ``trylast``, and pluggy asks ``trylast`` implementations in
+    registration order, first registered first; so objects of built-in classes
+    registered later (a first-party plugin's, a user's ``trylast`` plugin) would come
+    after the built-ins. Called once the plugins are registered and again after
+    ``wspipe_configure``, it keeps the built-ins last of all.
+    """
+    for name in BUILTIN_NAMES:
+        plugin = pm.get_plugin(name)
+        if plugin is not None:
+            pm.unregister(name=name)
+            pm.register(plugin, name=name)
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
@@ -141,7 +144,9 @@ def register_plugin(pm: pluggy.PluginManager, plugin: object | str) -> None:
     (``"weighted"``), then imported as a module path (``"my_plugins.sticky"``); the
     plugin is registered under that string, so it is also the name that blocks it.
     ``"no:NAME"`` blocks ``NAME`` (it must come before ``NAME`` is registered). A plugin
-    already registered (under any name) is skipped.
+    already registered (under any name) is skipped. An object of a built-in class
+    (``Weighted()``, ``DropOldest()``, ...) takes its family's slot, as the first-party
+    plugin of that name would (:func:`wspipe_core.builtin.take_slot`).
 
     :raises ConfigError: The plugin cannot be imported or loaded, or it implements a
         hook that does not exist; the message names it.
@@ -151,6 +156,7 @@ def register_plugin(pm: pluggy.PluginManager, plugin: object | str) -> None:
         name = (plugin.__name__ if isinstance(plugin, types.ModuleType)
                 else f"{kind.__module__}.{kind.__qualname__}")
         if not (pm.is_registered(plugin) or pm.is_blocked(name)):
+            take_slot(pm, plugin)  # an object of a built-in class: as if named
             # A second object of the same class gets pluggy's default (unique) name.
             _register(pm, plugin, None if pm.has_plugin(name) else name)
         return
@@ -197,14 +203,26 @@ def _check_names(plugin: object, name: str) -> None:
             raise ConfigError(f"plugin {name!r}: {attr} is not marked with @hookimpl")
 
 
+#: Hooks whose implementations are each called on their own (see :meth:`Hooks.pipe_event`),
+#: so they cannot be wrappers.
+ISOLATED_HOOKS = frozenset({"wspipe_pipe_event"})
+
+
 def check_plugins(pm: pluggy.PluginManager) -> None:
     """Raise :class:`ConfigError` naming a plugin that implements an unknown hook.
 
-    (``pm.check_pending()``, with a message that names the plugin and the hook.)
+    (``pm.check_pending()``, with a message that names the plugin and the hook.) A
+    wrapper of ``wspipe_pipe_event`` is refused too: each observer runs on its own.
     """
     for hook_name in sorted(n for n in dir(pm.hook) if n.startswith(f"{hookspecs.PROJECT}_")):
         caller = getattr(pm.hook, hook_name)
         if caller.has_spec():
+            if hook_name in ISOLATED_HOOKS:
+                for impl in caller.get_hookimpls():
+                    if impl.hookwrapper or impl.wrapper:
+                        raise ConfigError(
+                            f"plugin {impl.plugin_name!r}: {hook_name} cannot be a wrapper "
+                            "(each implementation is called on its own)")
             continue
         for impl in caller.get_hookimpls():
             if not impl.optionalhook:
@@ -213,18 +231,34 @@ def check_plugins(pm: pluggy.PluginManager) -> None:
 
 
 def describe_plugins(pm: pluggy.PluginManager) -> list[tuple[str, list[str]]]:
-    """The registered plugins, last registered first, with the hooks each implements.
+    """The registered plugins in the order decision hooks ask them, with their hooks.
 
-    That is the order decision hooks ask them in (``tryfirst``/``trylast`` aside: the
-    built-ins, registered first, are asked last). One ``(name, [hook names])`` per
-    plugin, for a ``wspipe plugins`` listing.
+    pluggy's order: ``tryfirst`` plugins, then the others last registered first, then
+    the ``trylast`` ones (the built-in classes) first registered first, which puts
+    the built-ins last (:func:`builtins_last`). A plugin's place is that of its
+    decision hooks (``firstresult``); one with none (a module that only has
+    ``wspipe_configure``) counts as an ordinary plugin. One ``(name, [hook names])``
+    per plugin, for ``wspipe plugins``.
     """
     hooks: dict[int, list[str]] = {}
+    tiers: dict[int, int] = {}
     for hook_name in sorted(n for n in dir(pm.hook) if n.startswith(f"{hookspecs.PROJECT}_")):
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        caller = getattr(pm.hook, hook_name)
+        deciding = caller.spec is not None and caller.spec.opts.get("firstresult", False)
+        for impl in caller.get_hookimpls():
             hooks.setdefault(id(impl.plugin), []).append(hook_name)
+            if deciding:
+                tier = 0 if impl.tryfirst else 2 if impl.trylast else 1
+                tiers[id(impl.plugin)] = min(tiers.get(id(impl.plugin), tier), tier)
+    registered = [(name, plugin) for name, plugin in pm.list_name_plugin() if plugin is not None]
+
+    def place(item: tuple[int, tuple[str, object]]) -> tuple[int, int]:
+        index, (_, plugin) = item
+        tier = tiers.get(id(plugin), 1)
+        return tier, index if tier == 2 else -index
+
     return [(name, hooks.get(id(plugin), []))
-            for name, plugin in reversed(pm.list_name_plugin()) if plugin is not None]
+            for _, (name, plugin) in sorted(enumerate(registered), key=place)]
 
 
 class Hooks:
@@ -240,12 +274,14 @@ class Hooks:
 
         Unlike the other hooks, implementations run in registration order (built-ins
         first), so objects they register keep the order in which their plugins were
-        given: the later one still wins. Plugins registered here are then checked.
+        given: the later one still wins. Then the built-ins are moved behind the
+        objects registered here (:func:`builtins_last`) and every plugin is checked.
         """
         kwargs = {"config": self._config, "pm": self.pm}
         for impl in list(self._hook.wspipe_configure.get_hookimpls()):
             if not (impl.hookwrapper or impl.wrapper):
                 impl.function(*(kwargs[name] for name in impl.argnames))
+        builtins_last(self.pm)
         check_plugins(self.pm)
 
     def client_id(self, request: RequestInfo) -> str | None:
@@ -319,7 +355,17 @@ class Hooks:
         return result if isinstance(result, BackendRequest) else request
 
     def pipe_event(self, event: PipeEvent) -> None:
-        try:
-            self._hook.wspipe_pipe_event(event=event)
-        except Exception:
-            log.exception("wspipe_pipe_event raised; ignored")
+        """Call every ``wspipe_pipe_event`` implementation, each isolated from the others.
+
+        pluggy stops a call at the first exception; here each implementation is called
+        on its own, in pluggy's call order (last registered first, ``tryfirst`` before,
+        ``trylast`` after), with the arguments it names, so one that raises is logged
+        with its plugin's name and the others still run.
+        """
+        kwargs = {"event": event}
+        for impl in reversed(self._hook.wspipe_pipe_event.get_hookimpls()):
+            try:
+                impl.function(*(kwargs[name] for name in impl.argnames))
+            except Exception:
+                log.exception("wspipe_pipe_event of plugin %r raised; ignored",
+                              impl.plugin_name)

@@ -5,8 +5,10 @@ I/O (a plugin that needs I/O runs it in its own background task and keeps the
 result in memory). Hooks get read-only snapshots, never core objects. Decision
 hooks are ``firstresult``: the first implementation that returns something other
 than ``None`` decides, and the built-in behaviour is itself a plugin registered
-``trylast``, so any user plugin overrides it. An exception raised by a hook is
-logged and the safe default described on each hook is used instead.
+``trylast`` and asked last of all, so any user plugin overrides it. An exception
+raised by a hook is logged and the safe default described on each hook is used
+instead; an observer (``wspipe_pipe_event``) that raises does not keep the other
+observers from the event.
 """
 
 from __future__ import annotations
@@ -177,7 +179,11 @@ def wspipe_pipe_event(event: PipeEvent) -> None:
 
     :param event: What happened, to which pipe, with which backend, when and why.
 
-    Called: for every implementation, at each transition, for logs and metrics.
-    Exceptions are logged and ignored. Must not block: hand slow work (shipping
-    metrics) to a background task of the plugin's own.
+    Called: at each transition, for logs and metrics, for every implementation, each
+    on its own (in pluggy's order: ``tryfirst`` ones, then last registered first,
+    then ``trylast`` ones): one that raises is logged with its plugin's name and the
+    others still see the event (pluggy itself would stop at the first exception).
+    So an implementation cannot be a ``wrapper``/``hookwrapper``: start-up refuses one.
+    Must not block: hand slow work (shipping metrics) to a background task of the
+    plugin's own.
     """

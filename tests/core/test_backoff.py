@@ -13,19 +13,29 @@ def test_exponential_backoff_is_full_jitter_under_a_doubling_capped_ceiling():
     backoff = ExponentialBackoff(0.1, 2.0)
     rng = random.Random(1)
     for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (5, 1.6), (6, 2.0), (60, 2.0)]:
-        delays = [backoff.wspipe_backoff(None, attempt, rng) for _ in range(200)]  # type: ignore[arg-type]
+        delays = [backoff.wspipe_backoff(attempt=attempt, rng=rng) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8  # the whole range is used
 
 
+def test_exponential_ceiling_stops_doubling_after_60_doublings_only():
+    """One cap for every way of selecting it (the copies once had 32 and 60)."""
+    backoff = ExponentialBackoff(1.0, 1e300)
+    assert backoff.ceiling(33) == 2.0**32  # a cap of 32 doublings would stop here
+    assert backoff.ceiling(50) == 2.0**49
+    assert backoff.ceiling(61) == backoff.ceiling(10**9) == 2.0**60
+
+
 def test_fixed_backoff_is_constant():
-    assert {FixedBackoff(0.3).wspipe_backoff(None, n) for n in range(1, 10)} == {0.3}  # type: ignore[arg-type]
+    assert {FixedBackoff(0.3).wspipe_backoff() for _ in range(1, 10)} == {0.3}
 
 
 def _retry_times(h):
-    pipe = next(iter(h.proxy._pipes.values()))
+    """The delays before the next attempts of the harness's one pipe."""
     times = []
     for _ in range(6):
+        (pipe,) = h.proxy.pipes()
+        assert pipe.retry_at is not None
         times.append(pipe.retry_at - h.now)
         h.advance(pipe.retry_at - h.now)
     return times
@@ -62,5 +72,5 @@ def test_a_successful_link_resets_the_attempt_count():
     h.advance(3)
     b1.mode = "accept"
     h.advance(2)
-    pipe = next(iter(h.proxy._pipes.values()))
-    assert pipe.attempts == 0 and pipe.retry_at is None
+    (pipe,) = h.proxy.pipes()
+    assert pipe.attempts == 0 and pipe.retry_at is None and pipe.backend_id == "b1"

@@ -96,8 +96,8 @@ def test_raising_backoff_hook_uses_backoff_base():
     h = harness(plugins=[_RaisingBackoff()], backoff_base=0.25)
     h.backend("ws://b1/", mode="refuse")
     h.client()
-    pipe = next(iter(h.proxy._pipes.values()))
-    assert pipe.retry_at == pytest.approx(0.25)
+    (pipe,) = h.proxy.pipes()
+    assert pipe.attempts == 1 and pipe.retry_at == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, "soon", None])
@@ -142,6 +142,93 @@ def test_raising_pipe_event_hook_is_ignored():
     b1.links[0].eof()
     c.close_ws()
     assert b1.messages() == ["fine"] and h.proxy.idle
+
+
+class _Observer:
+    """Records the kind of every pipe event it sees."""
+
+    def __init__(self):
+        self.kinds = []
+
+    @hookimpl
+    def wspipe_pipe_event(self, event):
+        self.kinds.append(event.kind)
+
+
+class _NoArgObserver:
+    """Takes none of the hook's arguments (pluggy's opt-in arguments)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    @hookimpl
+    def wspipe_pipe_event(self):
+        self.calls += 1
+
+
+LIFE = [PipeEventKind.OPENED, PipeEventKind.LINKED, PipeEventKind.INTERRUPTED,
+        PipeEventKind.RESUMED, PipeEventKind.CLOSED]
+
+
+def _live_a_pipe(h):
+    """Open a pipe, interrupt it (it resumes on the second backend), close it."""
+    b1 = h.backend("ws://b1/")
+    h.backend("ws://b2/")
+    c = h.client()
+    c.send("fine")
+    b1.links[0].eof()
+    c.close_ws()
+    return b1, c
+
+
+@pytest.mark.parametrize("raiser_marker", [{}, {"tryfirst": True}, {"trylast": True}])
+def test_a_raising_observer_does_not_keep_the_others_from_any_event(raiser_marker, caplog):
+    class Raising:
+        @hookimpl(**raiser_marker)
+        def wspipe_pipe_event(self, event):
+            raise Boom(event.kind.value)
+
+    before, after, bare = _Observer(), _Observer(), _NoArgObserver()
+    h = harness(plugins=[before, Raising(), after, bare])
+    with caplog.at_level("ERROR", logger="wspipe.plugins"):
+        b1, c = _live_a_pipe(h)
+    assert before.kinds == LIFE and after.kinds == LIFE and bare.calls == len(LIFE)
+    assert b1.messages() == ["fine"] and c.close is not None and h.proxy.idle
+    logged = [r for r in caplog.records if r.name == "wspipe.plugins"]
+    assert len(logged) == len(LIFE)  # once per raising call
+    for record, kind in zip(logged, LIFE, strict=True):
+        message = record.getMessage()  # names the plugin (module.Class)
+        assert message.startswith("wspipe_pipe_event of plugin '")
+        assert message.endswith(".Raising' raised; ignored")
+        assert record.exc_info is not None and str(record.exc_info[1]) == kind.value
+
+
+def test_observers_are_called_in_pluggys_order():
+    calls = []
+
+    def observer(name, **marker):
+        class Named:
+            @hookimpl(**marker)
+            def wspipe_pipe_event(self, event):
+                if event.kind is PipeEventKind.OPENED:
+                    calls.append(name)
+        return Named()
+
+    h = harness(plugins=[observer("first"), observer("last", trylast=True),
+                         observer("second"), observer("early", tryfirst=True)])
+    h.backend("ws://b1/")
+    h.client()
+    assert calls == ["early", "second", "first", "last"]
+
+
+def test_a_wrapper_of_pipe_event_is_refused_at_start_up():
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def wspipe_pipe_event(self, event):
+            return (yield)
+
+    with pytest.raises(ConfigError, match="wspipe_pipe_event cannot be a wrapper"):
+        harness(plugins=[Wrapper()])
 
 
 def test_select_backend_returning_a_non_candidate_is_ignored():

@@ -13,9 +13,10 @@ from .helpers import harness
 
 
 def _backend_of(h, client):
-    """The backend id of the live pipe of ``client``."""
-    pipe = h.proxy._pipes[client.conn]
-    return pipe.link.backend.id if pipe.link is not None else None
+    """The backend id of the current link of ``client``'s pipe."""
+    pipe = h.pipe(client)
+    assert pipe is not None and pipe.state is PipeState.LINKED
+    return pipe.backend_id
 
 
 def _ids(n, seed=0):

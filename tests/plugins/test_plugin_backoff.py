@@ -66,6 +66,19 @@ def test_backoff_defaults_come_from_the_configuration():
     h = Harness(ProxyConfig(backoff_base=0.25, backoff_max=3.0), plugins=["backoff"])
     plugin = h.proxy.pm.get_plugin("backoff:ExponentialBackoff")
     assert (plugin.base, plugin.maximum) == (0.25, 3.0)
+    h = Harness(ProxyConfig(backoff="fixed", backoff_base=0.4), plugins=["backoff"])
+    assert h.proxy.pm.get_plugin("backoff:FixedBackoff").delay == 0.4
+
+
+def test_the_backoff_table_configures_the_builtin_backoff_too():
+    """One reading of ``[plugins.backoff]``: loading the plugin is not needed for it."""
+    config = ProxyConfig(max_interruption=60.0, ping_interval=0,
+                         plugin_settings={"backoff": {"kind": "fixed", "delay": 0.5}})
+    h = Harness(config)
+    h.backend("ws://b1:80/", mode="refuse")
+    h.client()
+    assert retry_delays(h, 4) == pytest.approx([0.5] * 4)
+    assert type(h.proxy.pm.get_plugin("wspipe.backoff")) is FixedBackoff
 
 
 @pytest.mark.parametrize("table,match", [
@@ -74,6 +87,7 @@ def test_backoff_defaults_come_from_the_configuration():
     ({"kind": "fixed", "delay": "1s"}, "delay"),
     ({"kind": "fixed", "base": 1}, "unknown key"),
 ])
-def test_backoff_bad_settings(table, match):
+@pytest.mark.parametrize("plugins", [["backoff"], []], ids=["plugin", "builtin"])
+def test_backoff_bad_settings(table, match, plugins):
     with pytest.raises(ConfigError, match=match):
-        Harness(ProxyConfig(plugin_settings={"backoff": table}), plugins=["backoff"])
+        Harness(ProxyConfig(plugin_settings={"backoff": table}), plugins=plugins)

@@ -56,9 +56,55 @@ def test_describe_plugins_lists_call_order_and_hooks():
     listed = describe_plugins(h.proxy.pm)
     order = [name for name, _ in listed]
     assert order.index("token:TokenAuth") < order.index("weighted:Weighted")
-    assert order[-4:] == list(reversed(BUILTIN_NAMES))  # built-ins are registered first
+    assert order[-4:] == list(BUILTIN_NAMES)  # built-ins are asked last of all
     assert dict(listed)["token:TokenAuth"] == ["wspipe_authenticate", "wspipe_backend_request"]
     assert dict(listed)["wspipe.strategy"] == ["wspipe_select_backend"]
+
+
+def test_describe_plugins_puts_tryfirst_first_and_trylast_after_the_others():
+    class Early:
+        @hookimpl(tryfirst=True)
+        def wspipe_select_backend(self, candidates):
+            return None
+
+    class Late:
+        @hookimpl(trylast=True)
+        def wspipe_select_backend(self, candidates):
+            return None
+
+    late, early = Late(), Early()
+    order = [name for name, _ in describe_plugins(Harness(plugins=[early, late]).proxy.pm)]
+    assert order[0].endswith(".Early")
+    assert order.index(next(n for n in order if n.endswith(".Late"))) == len(order) - 5
+    assert order[-4:] == list(BUILTIN_NAMES)
+
+
+def test_the_builtins_are_asked_after_a_users_trylast_plugin():
+    asked = []
+
+    class Fallback:
+        @hookimpl(trylast=True)
+        def wspipe_select_backend(self, candidates):
+            asked.append(len(candidates))
+            return candidates[-1]
+
+    h = Harness(plugins=[Fallback()])
+    b1, b2 = h.backend("ws://b1:80/"), h.backend("ws://b2:80/")
+    for _ in range(3):
+        h.client()
+    assert asked == [2, 2, 2] and (len(b1.links), len(b2.links)) == (0, 3)
+
+
+def test_an_object_of_a_builtin_class_takes_its_familys_place():
+    from wspipe_core.builtin import DropOldest, Exclusive, RoundRobin
+
+    h = Harness(plugins=[RoundRobin(), DropOldest()])
+    order = [name for name, _ in describe_plugins(h.proxy.pm)]
+    assert order.index("wspipe_core.builtin.strategies.RoundRobin") < order.index(
+        "wspipe.strategy")
+    h = Harness(plugins=[RoundRobin(), Exclusive()])  # the later one wins, and alone
+    assert [n for n in names(h.proxy.pm) if "strateg" in n] == [
+        "wspipe_core.builtin.strategies.Exclusive"]
 
 
 def test_module_path_loading():

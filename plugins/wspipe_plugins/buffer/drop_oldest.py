@@ -5,59 +5,27 @@ until the new message fits. The plugin counts what it dropped, per pipe and in
 total, and logs the count when the pipe closes; the ``closed`` pipe event also
 carries it as ``extra["dropped_messages"]``. When the buffer holds nothing to drop
 (the process-wide ``memory_budget`` is exhausted by other pipes) it closes the
-client with 1013 instead. Settings: none.
+client with 1013 instead. Settings: none. The class is the core's
+(:class:`wspipe_core.builtin.DropOldest`): ``--plugin drop_oldest`` and
+``buffer_policy = "drop_oldest"`` run the same code.
 """
 
 from __future__ import annotations
 
-import logging
-
 import pluggy
 
-from wspipe_core import (
-    BufferFullAction,
-    PipeEvent,
-    PipeEventKind,
-    PipeInfo,
-    ProxyConfig,
-    hookimpl,
-)
+from wspipe_core import ProxyConfig, hookimpl
+from wspipe_core.builtin import make_buffer_policy
+from wspipe_core.builtin.buffer_full import DropOldest
 
-from .._settings import Settings, activate
+from .._settings import activate
 
 NAME = "drop_oldest"
 
-log = logging.getLogger("wspipe.plugins.drop_oldest")
-
-
-class DropOldest:
-    """Answer a full buffer with ``DROP_OLDEST`` while there is something to drop."""
-
-    def __init__(self) -> None:
-        #: Messages dropped, over all pipes, since start.
-        self.dropped = 0
-        #: Messages dropped by live pipe id.
-        self.dropped_by_pipe: dict[str, int] = {}
-
-    @hookimpl
-    def wspipe_buffer_full(self, pipe: PipeInfo) -> BufferFullAction:
-        if pipe.buffered_messages == 0:  # (empty messages have no bytes but still cost)
-            return BufferFullAction.CLOSE
-        self.dropped += 1
-        self.dropped_by_pipe[pipe.id] = self.dropped_by_pipe.get(pipe.id, 0) + 1
-        return BufferFullAction.DROP_OLDEST
-
-    @hookimpl
-    def wspipe_pipe_event(self, event: PipeEvent) -> None:
-        if event.kind is PipeEventKind.CLOSED:
-            dropped = self.dropped_by_pipe.pop(event.pipe.id, 0)
-            if dropped:
-                log.info("pipe %s (client %s) dropped %d message(s)", event.pipe.id,
-                         event.pipe.client_id, dropped)
+__all__ = ["DropOldest"]
 
 
 @hookimpl
 def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
-    """Register a :class:`DropOldest` for this proxy."""
-    Settings.of(config, NAME).done()
-    activate(pm, NAME, DropOldest())
+    """Register a :class:`DropOldest`, asked before the built-in ``wspipe.buffer_policy``."""
+    activate(pm, NAME, make_buffer_policy(NAME, config))

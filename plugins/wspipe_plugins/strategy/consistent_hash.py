@@ -4,45 +4,27 @@ Weighted rendezvous hashing (highest random weight): each (client id, backend UR
 pair gets a pseudo-random score scaled by the backend's weight, and the candidate
 with the highest score wins. A client therefore returns to the same backend after
 an interruption, and adding or removing one backend of ``n`` moves only the clients
-that gain or lose it (about ``1/n`` of them). Settings: none.
+that gain or lose it (about ``1/n`` of them). Settings: none. The class and
+:func:`score` are the core's (:mod:`wspipe_core.builtin.strategies`):
+``--plugin consistent_hash`` and ``strategy = "consistent_hash"`` run the same code.
 """
 
 from __future__ import annotations
 
-import hashlib
-import math
-from collections.abc import Sequence
-
 import pluggy
 
-from wspipe_core import BackendInfo, PipeInfo, ProxyConfig, hookimpl
+from wspipe_core import ProxyConfig, hookimpl
+from wspipe_core.builtin import make_strategy
+from wspipe_core.builtin.strategies import ConsistentHash, score
 
-from .._settings import Settings, activate
+from .._settings import activate
 
 NAME = "consistent_hash"
 
-_SCALE = float(2**64)
-
-
-def score(key: str, backend: BackendInfo) -> float:
-    """The rendezvous score of ``key`` on ``backend`` (higher wins): ``weight / -ln(u)``."""
-    digest = hashlib.blake2b(f"{key}\x00{backend.url}".encode(), digest_size=8).digest()
-    u = (int.from_bytes(digest, "big") + 1) / (_SCALE + 1)  # uniform in (0, 1)
-    return backend.weight / -math.log(u)
-
-
-class ConsistentHash:
-    """Choose the candidate with the highest rendezvous score for the pipe's client id."""
-
-    @hookimpl
-    def wspipe_select_backend(
-        self, pipe: PipeInfo, candidates: Sequence[BackendInfo]
-    ) -> BackendInfo:
-        return max(candidates, key=lambda b: score(pipe.client_id, b))
+__all__ = ["ConsistentHash", "score"]
 
 
 @hookimpl
 def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
-    """Register a :class:`ConsistentHash` for this proxy."""
-    Settings.of(config, NAME).done()
-    activate(pm, NAME, ConsistentHash())
+    """Register the core's :class:`ConsistentHash`, asked before the built-in strategy."""
+    activate(pm, NAME, make_strategy(NAME, config))

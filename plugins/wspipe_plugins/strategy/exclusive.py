@@ -1,42 +1,29 @@
 """``exclusive``: at most one pipe per backend (the original library's semantics).
 
 A pipe takes a candidate with no pipe. When every candidate is taken the plugin
-has no answer and the built-in strategy (``wspipe.strategy``) is blocked, so the
-pipe waits: it asks again after its backoff, and its client is closed with 1013 if
-no backend frees up within ``max_interruption``. Settings: none.
+has no answer and, since it replaces the built-in strategy (``wspipe.strategy``),
+nothing else chooses: the pipe waits, asks again after its backoff, and its client
+is closed with 1013 if no backend frees up within ``max_interruption``. Settings:
+none. The class is the core's (:class:`wspipe_core.builtin.Exclusive`):
+``--plugin exclusive`` and ``strategy = "exclusive"`` run the same code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pluggy
 
-from wspipe_core import BackendInfo, ProxyConfig, hookimpl
+from wspipe_core import ProxyConfig, hookimpl
+from wspipe_core.builtin import make_strategy
+from wspipe_core.builtin.strategies import Exclusive
 
-from .._settings import Settings, activate
+from .._settings import activate
 
 NAME = "exclusive"
 
-#: The built-in strategy, which would otherwise share out busy backends.
-BUILTIN_STRATEGY = "wspipe.strategy"
-
-
-class Exclusive:
-    """Choose the first candidate (in registration order) that has no pipe."""
-
-    @hookimpl
-    def wspipe_configure(self, pm: pluggy.PluginManager) -> None:
-        pm.set_blocked(BUILTIN_STRATEGY)
-
-    @hookimpl
-    def wspipe_select_backend(self, candidates: Sequence[BackendInfo]) -> BackendInfo | None:
-        return next((b for b in candidates if b.pipes == 0), None)
+__all__ = ["Exclusive"]
 
 
 @hookimpl
 def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
-    """Register an :class:`Exclusive` for this proxy and block the built-in strategy."""
-    Settings.of(config, NAME).done()
-    pm.set_blocked(BUILTIN_STRATEGY)
-    activate(pm, NAME, Exclusive())
+    """Register the core's :class:`Exclusive`, asked before the built-in strategy."""
+    activate(pm, NAME, make_strategy(NAME, config))

@@ -1,42 +1,27 @@
 """``round_robin``: candidates in turn, in registration order.
 
 A backend that is not a candidate this time (ejected, draining, just failed) is
-skipped; the turn continues after the backend chosen last. Settings: none.
+skipped; the turn continues after the backend chosen last. Settings: none. The class
+is the core's (:class:`wspipe_core.builtin.RoundRobin`): ``--plugin round_robin`` and
+``strategy = "round_robin"`` run the same code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pluggy
 
-from wspipe_core import BackendInfo, ProxyConfig, hookimpl
+from wspipe_core import ProxyConfig, hookimpl
+from wspipe_core.builtin import make_strategy
+from wspipe_core.builtin.strategies import RoundRobin
 
-from .._settings import Settings, activate
+from .._settings import activate
 
 NAME = "round_robin"
 
-
-class RoundRobin:
-    """Choose the next candidate after the one chosen last, wrapping around."""
-
-    def __init__(self) -> None:
-        #: Backend id -> rank in the order first seen (candidates come in registration order).
-        self._rank: dict[str, int] = {}
-        self._last = -1
-
-    @hookimpl
-    def wspipe_select_backend(self, candidates: Sequence[BackendInfo]) -> BackendInfo:
-        for backend in candidates:
-            self._rank.setdefault(backend.id, len(self._rank))
-        ordered = sorted(candidates, key=lambda b: self._rank[b.id])
-        chosen = next((b for b in ordered if self._rank[b.id] > self._last), ordered[0])
-        self._last = self._rank[chosen.id]
-        return chosen
+__all__ = ["RoundRobin"]
 
 
 @hookimpl
 def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
-    """Register a :class:`RoundRobin` for this proxy."""
-    Settings.of(config, NAME).done()
-    activate(pm, NAME, RoundRobin())
+    """Register the core's :class:`RoundRobin`, asked before the built-in strategy."""
+    activate(pm, NAME, make_strategy(NAME, config))

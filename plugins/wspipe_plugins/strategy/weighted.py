@@ -12,44 +12,27 @@ set or override weights by URL, for backends listed in the config file::
 
     [plugins.weighted]
     weights = { "ws://10.0.0.1:9000" = 3, "ws://10.0.0.2:9000" = 1 }
+
+The class is the core's (:class:`wspipe_core.builtin.Weighted`): ``--plugin weighted``
+and ``strategy = "weighted"`` run the same code with the same table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import pluggy
 
-from wspipe_core import BackendInfo, ProxyConfig, hookimpl
+from wspipe_core import ProxyConfig, hookimpl
+from wspipe_core.builtin import make_strategy
+from wspipe_core.builtin.strategies import Weighted
 
-from .._settings import Settings, activate
+from .._settings import activate
 
 NAME = "weighted"
 
-
-class Weighted:
-    """Weighted least-connections.
-
-    :param weights: Weights by backend URL, overriding the registered ones.
-    """
-
-    def __init__(self, weights: Mapping[str, float] | None = None) -> None:
-        self.weights = dict(weights or {})
-
-    def weight(self, backend: BackendInfo) -> float:
-        """The weight used for ``backend``."""
-        return self.weights.get(backend.url, backend.weight)
-
-    @hookimpl
-    def wspipe_select_backend(self, candidates: Sequence[BackendInfo]) -> BackendInfo:
-        return min(candidates,
-                   key=lambda b: ((b.pipes + 1) / self.weight(b), -self.weight(b)))
+__all__ = ["Weighted"]
 
 
 @hookimpl
 def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
-    """Register a :class:`Weighted` configured from ``[plugins.weighted]``."""
-    settings = Settings.of(config, NAME)
-    weights = settings.numbers("weights")
-    settings.done()
-    activate(pm, NAME, Weighted(weights))
+    """Register the core's :class:`Weighted`, asked before the built-in strategy."""
+    activate(pm, NAME, make_strategy(NAME, config))
