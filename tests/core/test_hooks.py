@@ -257,7 +257,7 @@ def test_user_plugins_override_the_builtins():
         @hookimpl
         def wspipe_backend_request(self, request):
             return BackendRequest("/rewritten", (*request.headers, ("x-extra", "1")),
-                                  request.subprotocol)
+                                  request.subprotocols)
 
     class ClientId:
         @hookimpl

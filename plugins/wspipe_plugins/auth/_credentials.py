@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
@@ -78,8 +79,7 @@ class CredentialSource:
         if len(kept) == len(pairs):
             return None
         target = f"{path}?{urlencode(kept)}" if kept else path
-        return BackendRequest(target=target, headers=request.headers,
-                              subprotocol=request.subprotocol)
+        return dataclasses.replace(request, target=target)
 
 
 def source_from(settings: Settings) -> CredentialSource:
