@@ -98,6 +98,19 @@ def test_config_file_with_flags_overriding(tmp_path: Path) -> None:
     assert opts.async_lib == "trio"
 
 
+def test_migrate_rate_is_a_core_key_that_works_without_admin(tmp_path: Path) -> None:
+    assert options([]).config.migrate_rate == 50.0
+    opts = options(["--migrate-rate", "5"])
+    assert (opts.config.migrate_rate, opts.admin) == (5.0, None)
+    path = tmp_path / "wspipe.toml"
+    path.write_text("migrate_rate = 7\n")
+    assert options(["--config", str(path)]).config.migrate_rate == 7
+    assert options(["--config", str(path), "--migrate-rate", "2.5"]).config.migrate_rate == 2.5
+    with_admin = options(["--admin", "127.0.0.1:0", "--migrate-rate", "3"])
+    assert with_admin.config.migrate_rate == 3.0
+    assert with_admin.admin is not None
+
+
 @pytest.mark.parametrize(("argv", "config", "message"), [
     (["--bogus"], None, "unrecognized arguments"),
     (["--backend", "http://x"], None, "invalid backend URL"),
@@ -108,6 +121,9 @@ def test_config_file_with_flags_overriding(tmp_path: Path) -> None:
     (["--listen", "[::1"], None, "invalid listen address"),
     (["--plugin", "no_such_module_xyz"], None, "cannot import plugin"),
     (["--strategy", "nope"], None, "unknown strategy"),
+    (["--migrate-rate", "0"], None, "migrate_rate must be > 0"),
+    (["--migrate-rate", "fast"], None, "invalid float value"),
+    ([], "migrate_rate = -1", "migrate_rate must be > 0"),
     (["--certfile", "/no/such.pem"], None, "TLS setup failed"),
     ([], "x = [", "invalid config file"),
     ([], "no_such_key = 1", "unknown configuration key"),

@@ -169,7 +169,10 @@ def run_admin_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
             migrate = "true" if args.migrate else "false"
             result = call("DELETE", f"/backends/{urllib.parse.quote(args.id, safe='')}"
                                     f"?migrate={migrate}")
-            if result.get("removed"):
+            if result.get("removed") and result["pipes"]:
+                table = (f"backend {result['id']} removed from the pool: its "
+                         f"{result['pipes']} pipe(s) moved to other backends")
+            elif result.get("removed"):
                 table = f"backend {result['id']} had no pipes: removed from the pool"
             elif args.migrate:
                 table = (f"backend {result['id']} draining: moving its {result['pipes']} "

@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ping-timeout", type=_duration, metavar="SECONDS", help="pong wait before a link is dead")
     add("--handshake-timeout", type=_duration, metavar="SECONDS",
         help="time for a client upgrade or a backend connect+handshake")
+    add("--migrate-rate", type=float, metavar="PIPES_PER_S",
+        help="pipes moved per second, over the whole proxy, by a drain with migrate (50)")
     add("--shutdown-grace", type=_duration, metavar="SECONDS",
         help="longest wait for clients to close on SIGTERM (10)")
     add("--connect-timeout", type=_duration, metavar="SECONDS",

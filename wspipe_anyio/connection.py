@@ -55,6 +55,8 @@ class Channel:
         self._on_eof = on_eof
         self._linger = linger
         self._outbox: deque[bytes] = deque()
+        #: Bytes queued or being written, not yet reported to ``on_sent``.
+        self._unsent = 0
         self._closing = False
         self._paused = False
         self._eof = False
@@ -67,6 +69,11 @@ class Channel:
         self._write_scope = anyio.CancelScope()
         self._stream: ByteStream | None = None
 
+    @property
+    def queued(self) -> int:
+        """Bytes queued by :meth:`send` that are not written to the socket yet."""
+        return self._unsent
+
     # Called from dispatch(): synchronous, never await.
 
     def send(self, data: bytes) -> None:
@@ -75,6 +82,7 @@ class Channel:
             log.debug("%s: dropping %d bytes queued after close", self.name, len(data))
             return
         self._outbox.append(data)
+        self._unsent += len(data)
         self._wake_writer()
 
     def close(self) -> None:
@@ -172,8 +180,10 @@ class Channel:
             except SOCKET_ERRORS as exc:
                 self._report_eof(f"write failed: {exc!r}")
                 self._outbox.clear()
+                self._unsent = 0
                 self._write_scope.deadline = -math.inf
                 return
+            self._unsent -= len(chunk)
             self._on_sent(len(chunk))
 
     def _take(self) -> bytes:

@@ -1,41 +1,44 @@
-"""Prometheus metrics of a proxy, read from the core at scrape time.
+"""Prometheus metrics of a proxy, read at scrape time from its control interface.
 
 :class:`ProxyCollector` turns the core's counters (:class:`wspipe_core.stats.Stats`),
-its memory budget and snapshots of the pool and the pipes into metric families
-each time ``/metrics`` is scraped: nothing is copied on the hot path.
-:class:`FailoverObserver` is a ``wspipe_pipe_event`` plugin that feeds what the
-counters cannot say: failovers by reason and how long each took (a histogram).
-:class:`Metrics` bundles both in a registry of its own (so that several proxies
-in one process do not collide). Every name is prefixed ``wspipe_``; see
+its memory budget, the driver's outboxes and snapshots of the pool, the pipes and
+the migrations into metric families each time the registry is collected: nothing
+is copied on the hot path. :class:`FailoverObserver` is a ``wspipe_pipe_event``
+plugin that feeds what the counters cannot say: failovers by cause and how long
+each took (a histogram). :class:`Metrics` bundles both in a registry of its own
+(so that several proxies in one process do not collide); a
+:class:`~wspipe_anyio.ProxyServer` creates one as ``server.metrics`` and the admin
+API's ``/metrics`` renders it. Every name is prefixed ``wspipe_``; see
 docs/operations.md for the list and the alerts to set on them.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import pluggy
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from wspipe_core import BackendState, PipeEvent, PipeEventKind, PipeState, hookimpl
+from wspipe_core import (
+    BackendState,
+    InterruptionCause,
+    LinkFailure,
+    PipeEvent,
+    PipeEventKind,
+    PipeState,
+    hookimpl,
+)
 
 if TYPE_CHECKING:
-    from .admin import AdminTarget
+    from .control import ProxyControl
 
-log = logging.getLogger("wspipe.metrics")
-
-#: Interruption causes the core reports (``Stats.interruptions`` keys); series start at 0.
-INTERRUPTION_REASONS = ("eof", "close_code", "ping_timeout", "protocol", "message_too_big",
-                        "migrate")
-#: Failed link attempt causes (``Stats.link_failures`` keys).
-LINK_FAILURE_REASONS = ("connect", "handshake", "timeout")
 #: Buckets of ``wspipe_failover_duration_seconds``: a migration takes milliseconds,
 #: a backend outage up to ``max_interruption`` (30 s by default).
 FAILOVER_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -46,26 +49,26 @@ _ids = itertools.count(1)
 
 
 class ProxyCollector(Collector):
-    """A custom collector reading the core's counters and snapshots at scrape time."""
+    """A custom collector reading a proxy's counters and snapshots at scrape time."""
 
-    def __init__(self, target: AdminTarget) -> None:
-        self._target = target
+    def __init__(self, source: ProxyControl) -> None:
+        self._source = source
 
     def describe(self) -> Iterator[Metric]:
         """Nothing up front: the families depend on what the pool holds at scrape time."""
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        """The metric families, from the core as of now."""
-        proxy = self._target.proxy
-        stats = proxy.stats
+        """The metric families, as of now."""
+        source = self._source
+        stats = source.stats
 
         yield GaugeMetricFamily("wspipe_connections",
                                 "Client connections, handshaking or open.",
-                                value=proxy.connections)
+                                value=source.connections)
         yield GaugeMetricFamily("wspipe_max_connections",
                                 "Client connections beyond which new ones get HTTP 503.",
-                                value=proxy.config.max_connections)
+                                value=source.config.max_connections)
         yield CounterMetricFamily("wspipe_clients_accepted",
                                   "Clients whose upgrade was accepted.",
                                   value=stats.clients_accepted)
@@ -79,10 +82,10 @@ class ProxyCollector(Collector):
                                      "Pipes ended, by the close code the client got "
                                      "(1006: the client went away).", labels=["code"])
         for code, count in sorted(stats.clients_closed.items()):
-            closed.add_metric([str(code)], count)
+            closed.add_metric([str(int(code))], count)
         yield closed
 
-        by_state = Counter(p.state for p in self._target.pipes())
+        by_state = Counter(p.state for p in source.pipes())
         pipes = GaugeMetricFamily("wspipe_pipes", "Live pipes by state.", labels=["state"])
         for pipe_state in PipeState:
             if pipe_state is not PipeState.CLOSED:
@@ -110,17 +113,20 @@ class ProxyCollector(Collector):
         interruptions = CounterMetricFamily("wspipe_interruptions",
                                             "Links lost under a pipe, by reason.",
                                             labels=["reason"])
-        for reason in sorted({*INTERRUPTION_REASONS, *stats.interruptions}):
-            interruptions.add_metric([reason], stats.interruptions[reason])
+        for cause in InterruptionCause:
+            interruptions.add_metric([cause.value], stats.interruptions[cause])
         yield interruptions
         link_failures = CounterMetricFamily("wspipe_link_failures",
                                             "Link attempts that failed before opening, by "
                                             "reason.", labels=["reason"])
-        for reason in sorted({*LINK_FAILURE_REASONS, *stats.link_failures}):
-            link_failures.add_metric([reason], stats.link_failures[reason])
+        for failure in LinkFailure:
+            link_failures.add_metric([failure.value], stats.link_failures[failure])
         yield link_failures
+        yield CounterMetricFamily("wspipe_pipes_migrated",
+                                  "Pipes moved off draining backends by a drain with migrate.",
+                                  value=stats.pipes_migrated)
 
-        budget = proxy.budget
+        budget = source.budget
         yield GaugeMetricFamily("wspipe_buffered_bytes",
                                 "Client message bytes held (buffered and in progress) now, "
                                 "as the limits count them: payload plus "
@@ -133,8 +139,12 @@ class ProxyCollector(Collector):
         yield GaugeMetricFamily("wspipe_memory_budget_bytes",
                                 "The limit on buffered bytes over all pipes.",
                                 value=budget.limit)
+        yield GaugeMetricFamily("wspipe_outbox_bytes",
+                                "Bytes waiting to be written to client and backend sockets "
+                                "(bounded by write_high_water per socket).",
+                                value=source.queued_bytes())
 
-        backends = self._target.backends()
+        backends = source.backends()
         counts = Counter(b.state for b in backends)
         per_state = GaugeMetricFamily("wspipe_backends", "Backends in the pool, by state.",
                                       labels=["state"])
@@ -159,57 +169,51 @@ class ProxyCollector(Collector):
         yield state
         yield assigned
         yield errors
+        remaining = GaugeMetricFamily("wspipe_migration_remaining",
+                                      "Pipes still queued to move off each backend being "
+                                      "drained with migrate.", labels=["backend"])
+        for migration in source.migrations():
+            remaining.add_metric([migration.backend_id], migration.remaining)
+        yield remaining
 
 
 class FailoverObserver:
-    """A ``wspipe_pipe_event`` plugin counting failovers by reason and timing them.
+    """A ``wspipe_pipe_event`` plugin counting failovers by cause and timing them.
 
-    The reason of an interruption is the ``Stats.interruptions`` key the core
-    incremented just before the ``interrupted`` event; a failover is the
-    ``resumed`` event that ends it, timed by the event's ``duration``. A pipe closed
-    while interrupted counts as a failed failover.
+    A failover is the ``resumed`` event that ends an interruption, timed by the
+    event's ``duration``; a ``closed`` event carrying a cause ended an interrupted
+    pipe before a new link: a failed failover. The label is ``event.cause``, an
+    :class:`wspipe_core.InterruptionCause`.
     """
 
-    def __init__(self, metrics: Metrics, stats: Counter[str]) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._interruptions = stats
-        self._seen: Counter[str] = Counter(stats)
-        #: Pipe id -> reason of the interruption it is recovering from.
-        self._pending: dict[str, str] = {}
-
-    def _reason(self) -> str:
-        now = self._interruptions
-        grown = [key for key in now if now[key] > self._seen[key]]
-        self._seen = Counter(now)
-        return grown[0] if len(grown) == 1 else "unknown"
 
     @hookimpl
     def wspipe_pipe_event(self, event: PipeEvent) -> None:
         """Count and time failovers."""
-        pipe_id = event.pipe.id
-        if event.kind is PipeEventKind.INTERRUPTED:
-            self._pending[pipe_id] = self._reason()
-        elif event.kind is PipeEventKind.RESUMED:
-            reason = self._pending.pop(pipe_id, "unknown")
-            self._metrics.failovers.labels(reason).inc()
+        if event.cause is None:
+            return
+        cause = event.cause.value
+        if event.kind is PipeEventKind.RESUMED:
+            self._metrics.failovers.labels(cause).inc()
             if event.duration is not None:
-                self._metrics.failover_duration.labels(reason).observe(event.duration)
+                self._metrics.failover_duration.labels(cause).observe(event.duration)
         elif event.kind is PipeEventKind.CLOSED:
-            lost = self._pending.pop(pipe_id, None)
-            if lost is not None:
-                self._metrics.failovers_failed.labels(lost).inc()
+            self._metrics.failovers_failed.labels(cause).inc()
 
 
 class Metrics:
     """The metrics of one proxy: a registry with the collector and the failover plugin.
 
-    The plugin is registered on the proxy's plugin manager now and unregistered by
-    :meth:`close`.
+    :param source: What the collector reads at scrape time.
+    :param pm: The proxy's plugin manager; the failover plugin is registered on it
+        now and unregistered by :meth:`close`.
     """
 
-    def __init__(self, target: AdminTarget) -> None:
+    def __init__(self, source: ProxyControl, pm: pluggy.PluginManager) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ProxyCollector(target))
+        self.registry.register(ProxyCollector(source))
         self.failovers = PromCounter(
             "wspipe_failovers", "Interruptions that ended with a new link, by reason.",
             ["reason"], registry=self.registry)
@@ -220,21 +224,22 @@ class Metrics:
         self.failover_duration = Histogram(
             "wspipe_failover_duration_seconds", "Time from an interruption to the new link, "
             "by reason.", ["reason"], buckets=FAILOVER_BUCKETS, registry=self.registry)
-        for reason in INTERRUPTION_REASONS:
-            self.failovers.labels(reason)
-            self.failovers_failed.labels(reason)
-            self.failover_duration.labels(reason)
-        self._pm = target.proxy.pm
+        for cause in InterruptionCause:  # every series exists from the start, at 0
+            self.failovers.labels(cause.value)
+            self.failovers_failed.labels(cause.value)
+            self.failover_duration.labels(cause.value)
+        self._pm = pm
         self._plugin_name = f"wspipe.metrics.{next(_ids)}"
-        self._pm.register(FailoverObserver(self, target.proxy.stats.interruptions),
-                          name=self._plugin_name)
+        pm.register(FailoverObserver(self), name=self._plugin_name)
 
-    def exposition(self, accept: bytes | None = None) -> tuple[bytes, str]:
-        """The registry in the format the ``Accept`` header asks for: (body, content type)."""
-        encoder, content_type = choose_encoder((accept or b"").decode("latin-1"))
+    def exposition(self, accept: bytes | str | None = None) -> tuple[bytes, str]:
+        """The registry in the format an ``Accept`` header asks for: (body, content type)."""
+        if isinstance(accept, bytes):
+            accept = accept.decode("latin-1")
+        encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
     def close(self) -> None:
-        """Unregister the failover plugin."""
+        """Unregister the failover plugin (the counters stop moving)."""
         if self._pm.has_plugin(self._plugin_name):
             self._pm.unregister(name=self._plugin_name)

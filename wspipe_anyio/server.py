@@ -4,6 +4,10 @@ Every socket event becomes a :mod:`wspipe_core.events` event fed to
 :meth:`wspipe_core.Proxy.handle`; the actions it returns are executed by
 :meth:`ProxyServer.dispatch`, synchronously and in order. The driver decides
 nothing about WebSocket, clients or backends: it only moves bytes.
+
+:class:`ProxyServer` is also the proxy's control interface
+(:class:`wspipe_anyio.control.ProxyControl`): the admin API and other tools read
+and change the proxy through its public methods only.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from anyio.streams.tls import TLSStream
 
 from wspipe_core import (
     BackendInfo,
+    MigrationInfo,
     PipeInfo,
     Proxy,
     ProxyConfig,
@@ -30,8 +35,11 @@ from wspipe_core import (
 )
 from wspipe_core import actions as act
 from wspipe_core import events as ev
+from wspipe_core.buffer import MemoryBudget
+from wspipe_core.stats import Stats
 
 from .connection import Channel
+from .metrics import Metrics
 from .timers import TimerLoop
 
 log = logging.getLogger("wspipe.driver")
@@ -54,6 +62,9 @@ class ProxyServer:
             await server.serve()        # until server.shutdown() is called
 
     or start it in a task group with ``server = await tg.start(ProxyServer(cfg).run)``.
+
+    It implements :class:`wspipe_anyio.control.ProxyControl` (pool, pipes,
+    migrations, counters, :attr:`metrics`), which the admin API drives.
 
     :param config: Limits, timeouts and the start-up backends (``config.backends``).
     :param listen: Addresses to listen on for clients.
@@ -111,6 +122,8 @@ class ProxyServer:
         self._stopped: anyio.Event | None = None  # anyio objects need a running loop
         #: Exceptions the core raised into the driver (a bug); each closed one socket.
         self.internal_errors = 0
+        #: The Prometheus metrics of this proxy, from construction on (``/metrics``).
+        self.metrics = Metrics(self, self.proxy.pm)
 
     # Library face.
 
@@ -134,14 +147,51 @@ class ProxyServer:
         """The first bound listen port."""
         return self.ports[0]
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`shutdown` has begun (no client is accepted any more)."""
+        return self._stopping
+
+    @property
+    def stats(self) -> Stats:
+        """The core's counters since start."""
+        return self.proxy.stats
+
+    @property
+    def budget(self) -> MemoryBudget:
+        """The core's memory budget of the buffers."""
+        return self.proxy.budget
+
+    @property
+    def connections(self) -> int:
+        """Client connections, handshaking or open."""
+        return self.proxy.connections
+
+    def now(self) -> float:
+        """The core's clock: ``anyio.current_time()``."""
+        return anyio.current_time()
+
     def add_backend(self, url: str, *, weight: float = 1.0) -> BackendInfo:
-        """Register a backend in the pool (see ``Proxy.add_backend`` for errors)."""
+        """Register a backend in the pool; pipes waiting for one retry now.
+
+        :raises InvalidBackendURL: Not a ``ws://``/``wss://`` URL, or a bad weight.
+        :raises BackendAlreadyRegistered: The URL is in the pool already.
+        """
         info = self.proxy.add_backend(url, weight=weight, now=anyio.current_time())
         self.execute([])  # pipes waiting for a backend retry now: re-arm the timer loop
         return info
 
     def remove_backend(self, id_or_url: str, *, migrate: bool = False) -> None:
-        """Drain a backend; with ``migrate`` move its pipes to other backends now."""
+        """Drain a backend: it takes no new pipe and leaves the pool once empty.
+
+        With ``migrate`` its pipes move to other backends, paced by the core at
+        ``config.migrate_rate`` pipes a second over the whole proxy (the first at
+        once); a pipe moves only while another backend is up, and nothing is lost
+        (its link is closed with 1001, it fails over and replays). Follow it with
+        :meth:`migrations`.
+
+        :raises UnknownBackend: No backend with that id or URL.
+        """
         self.execute(self.proxy.remove_backend(id_or_url, migrate=migrate,
                                                 now=anyio.current_time()))
 
@@ -156,6 +206,16 @@ class ProxyServer:
     def pipes(self) -> list[PipeInfo]:
         """Snapshots of the live pipes."""
         return self.proxy.pipes()
+
+    def migrations(self) -> list[MigrationInfo]:
+        """The drains with migrate under way (moved, remaining, waiting), one per backend."""
+        return self.proxy.migrations_under_way()
+
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the outboxes of every client and link: asked for by the
+        core, not written to the socket yet (``wspipe_outbox_bytes``)."""
+        return (sum(channel.queued for channel in self._clients.values())
+                + sum(channel.queued for channel in self._links.values()))
 
     async def __aenter__(self) -> Self:
         self._stopped = anyio.Event()
@@ -254,7 +314,7 @@ class ProxyServer:
     def execute(self, actions: list[act.Action]) -> None:
         """Dispatch actions a core call returned and re-arm the timer loop.
 
-        For callers that use ``self.proxy`` directly (e.g. the admin API).
+        For callers that use ``self.proxy`` directly.
         """
         self.dispatch(actions)
         if self._timers is not None:

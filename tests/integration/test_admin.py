@@ -1,8 +1,9 @@
-"""The admin API over loopback with httpx, against a real core behind a fake target.
+"""The admin API over loopback with httpx, against a real core behind a harness control.
 
-The target implements :class:`wspipe_anyio.admin.AdminTarget` over the core's
-test harness (fake clients and backends, no sockets), so every endpoint and
-error status is exercised without a running proxy. Runs on asyncio and trio.
+:class:`HarnessControl` implements :class:`wspipe_anyio.control.ProxyControl` over
+the core's test harness (fake clients and backends, no sockets, explicit time),
+through public names only, so every endpoint and error status is exercised
+without a running proxy. Runs on asyncio and trio.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from wspipe_anyio.admin import AdminConfigError, AdminServer, load_token
-from wspipe_core import BackendInfo, PipeInfo, Proxy, ProxyConfig
+from wspipe_anyio.metrics import Metrics
+from wspipe_core import BackendInfo, MigrationInfo, PipeInfo, ProxyConfig
+from wspipe_core.buffer import MemoryBudget
+from wspipe_core.stats import Stats
 from wspipe_core.testing import FakeBackend, Harness
 
 pytestmark = pytest.mark.anyio
@@ -27,16 +31,33 @@ TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class HarnessTarget:
-    """An AdminTarget over the core's Harness: real Proxy, fake peers, explicit time."""
+class HarnessControl:
+    """A ProxyControl over the core's Harness: real Proxy, fake peers, explicit time."""
 
     def __init__(self, harness: Harness) -> None:
         self.h = harness
-        self.migrated_at: list[float] = []
+        self.stopping = False
+        #: Created with the control, as a ProxyServer creates its own.
+        self.metrics = Metrics(self, harness.proxy.pm)
 
     @property
-    def proxy(self) -> Proxy:
-        return self.h.proxy
+    def config(self) -> ProxyConfig:
+        return self.h.proxy.config
+
+    @property
+    def stats(self) -> Stats:
+        return self.h.proxy.stats
+
+    @property
+    def budget(self) -> MemoryBudget:
+        return self.h.proxy.budget
+
+    @property
+    def connections(self) -> int:
+        return self.h.proxy.connections
+
+    def now(self) -> float:
+        return self.h.now
 
     def backends(self) -> list[BackendInfo]:
         return self.h.proxy.backends()
@@ -44,44 +65,45 @@ class HarnessTarget:
     def pipes(self) -> list[PipeInfo]:
         return self.h.proxy.pipes()
 
-    def _run(self, actions: list[Any]) -> None:
-        self.h._run(actions)
-        self.h._drain()
+    def migrations(self) -> list[MigrationInfo]:
+        return self.h.proxy.migrations_under_way()
+
+    def queued_bytes(self) -> int:
+        return sum(self.h.unacked.values())
 
     def add_backend(self, url: str, *, weight: float = 1.0) -> BackendInfo:
         info = self.h.proxy.add_backend(url, weight=weight, now=self.h.now)
         self.h.backends[url] = FakeBackend(self.h, url)
-        self._run(self.h.proxy.handle_timer(self.h.now))
+        self.h.advance(0)  # pipes waiting for a backend retry now
         return info
 
     def remove_backend(self, id_or_url: str, *, migrate: bool = False) -> None:
-        self._run(self.h.proxy.remove_backend(id_or_url, migrate=migrate, now=self.h.now))
+        self.h.apply(self.h.proxy.remove_backend(id_or_url, migrate=migrate, now=self.h.now))
 
     def migrate_pipe(self, pipe_id: str) -> None:
-        self.migrated_at.append(anyio.current_time())
-        self._run(self.h.proxy.migrate_pipe(pipe_id, now=self.h.now))
+        self.h.apply(self.h.proxy.migrate_pipe(pipe_id, now=self.h.now))
 
 
-def make_harness(*urls: str, **config: Any) -> tuple[Harness, HarnessTarget]:
+def make_harness(*urls: str, **config: Any) -> tuple[Harness, HarnessControl]:
     h = Harness(ProxyConfig(ping_interval=0, **config))
-    target = HarnessTarget(h)
+    control = HarnessControl(h)
     for url in urls:
-        target.add_backend(url)
-    return h, target
+        control.add_backend(url)
+    return h, control
 
 
 @contextlib.asynccontextmanager
-async def admin_client(target: HarnessTarget, *, token: str | None = TOKEN,
+async def admin_client(control: HarnessControl, *, token: str | None = TOKEN,
                        **kwargs: Any) -> AsyncIterator[tuple[AdminServer, httpx.AsyncClient]]:
-    admin = AdminServer(target, token=token, clock=lambda: target.h.now, **kwargs)
+    admin = AdminServer(control, token=token, **kwargs)
     async with admin, httpx.AsyncClient(base_url=admin.url, timeout=5.0) as http:
         yield admin, http
 
 
 async def test_health_and_readiness_need_no_token() -> None:
-    _, target = make_harness("ws://b1:80/")
+    _, control = make_harness("ws://b1:80/")
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             r = await http.get("/healthz")
             assert (r.status_code, r.json()) == (200, {"status": "ok"})
             r = await http.get("/readyz")
@@ -100,10 +122,10 @@ async def test_health_and_readiness_need_no_token() -> None:
 ])
 async def test_token_missing_is_401_and_wrong_is_403(method: str, path: str,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    _, target = make_harness("ws://b1:80/")
+    _, control = make_harness("ws://b1:80/")
     caplog.set_level(logging.DEBUG, logger="wspipe")
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             r = await http.request(method, path)
             assert r.status_code == 401
             assert "token" in r.json()["detail"]
@@ -114,23 +136,23 @@ async def test_token_missing_is_401_and_wrong_is_403(method: str, path: str,
             assert (r.status_code, r.json()) == (403, {"detail": "invalid token"})
             r = await http.request(method, path, headers={"Authorization": f"Bearer {TOKEN}x"})
             assert r.status_code == 403
-            assert [b.id for b in target.backends()] == ["b1"]  # nothing happened
+            assert [b.id for b in control.backends()] == ["b1"]  # nothing happened
     assert "-> 401" in caplog.text and "-> 403: invalid token" in caplog.text
     assert TOKEN not in caplog.text  # the token is never logged
 
 
 async def test_get_backends() -> None:
-    _, target = make_harness("ws://b1:80/", "ws://b2:80/x")
+    _, control = make_harness("ws://b1:80/", "ws://b2:80/x")
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             r = await http.get("/backends", headers=AUTH)
             assert r.status_code == 200
             assert r.headers["content-type"] == "application/json"
             assert r.json() == [
                 {"id": "b1", "url": "ws://b1:80/", "state": "up", "pipes": 0, "errors": 0,
-                 "consecutive_failures": 0, "weight": 1.0},
+                 "consecutive_failures": 0, "weight": 1.0, "migration": None},
                 {"id": "b2", "url": "ws://b2:80/x", "state": "up", "pipes": 0, "errors": 0,
-                 "consecutive_failures": 0, "weight": 1.0},
+                 "consecutive_failures": 0, "weight": 1.0, "migration": None},
             ]
             r = await http.get("/backends/b2", headers=AUTH)
             assert (r.status_code, r.json()["url"]) == (200, "ws://b2:80/x")
@@ -138,14 +160,15 @@ async def test_get_backends() -> None:
 
 
 async def test_post_backends_201_400_409() -> None:
-    _, target = make_harness("ws://b1:80/")
+    _, control = make_harness("ws://b1:80/")
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             r = await http.post("/backends", json={"url": "ws://b2:80/", "weight": 2},
                                 headers=AUTH)
             assert r.status_code == 201
             assert r.json() == {"id": "b2", "url": "ws://b2:80/", "state": "up", "pipes": 0,
-                                "errors": 0, "consecutive_failures": 0, "weight": 2.0}
+                                "errors": 0, "consecutive_failures": 0, "weight": 2.0,
+                                "migration": None}
             assert r.headers["location"] == "/backends/b2"
             r = await http.post("/backends", json={"url": "ws://b2:80/"}, headers=AUTH)
             assert r.status_code == 409
@@ -165,13 +188,13 @@ async def test_post_backends_201_400_409() -> None:
             assert "not valid JSON" in r.json()["detail"]
             r = await http.post("/backends", content=b"\xff\xfe", headers=AUTH)
             assert r.status_code == 400
-            assert [b.url for b in target.backends()] == ["ws://b1:80/", "ws://b2:80/"]
+            assert [b.url for b in control.backends()] == ["ws://b1:80/", "ws://b2:80/"]
 
 
 async def test_body_too_large_is_413() -> None:
-    _, target = make_harness()
+    _, control = make_harness()
     with anyio.fail_after(10):
-        async with admin_client(target, max_body=1024) as (_, http):
+        async with admin_client(control, max_body=1024) as (_, http):
             big = {"url": "ws://b1:80/" + "x" * 2000}
             r = await http.post("/backends", json=big, headers=AUTH)
             assert r.status_code == 413
@@ -183,15 +206,15 @@ async def test_body_too_large_is_413() -> None:
 
             r = await http.post("/backends", content=chunked(), headers=AUTH)
             assert r.status_code == 413
-            assert target.backends() == []
+            assert control.backends() == []
             # The connection was closed after the 413; the client reconnects.
             assert (await http.get("/healthz")).status_code == 200
 
 
 async def test_unknown_path_404_and_bad_method_405() -> None:
-    _, target = make_harness("ws://b1:80/")
+    _, control = make_harness("ws://b1:80/")
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             for path in ("/", "/nope", "/backends/b1/extra", "/pipes/p1/x"):
                 r = await http.get(path, headers=AUTH)
                 assert r.status_code == 404, path
@@ -208,11 +231,11 @@ async def test_unknown_path_404_and_bad_method_405() -> None:
 
 
 async def test_delete_backend_202_404_400() -> None:
-    h, target = make_harness("ws://b1:80/", "ws://b2:80/")
+    h, control = make_harness("ws://b1:80/", "ws://b2:80/")
     client = h.client()
-    assert target.pipes()[0].backend_id == "b1"
+    assert control.pipes()[0].backend_id == "b1"
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             r = await http.delete("/backends/b9", headers=AUTH)
             assert (r.status_code, r.json()["detail"]) == (404, "no backend 'b9' in the pool")
             r = await http.delete("/backends/b1?migrate=maybe", headers=AUTH)
@@ -224,13 +247,14 @@ async def test_delete_backend_202_404_400() -> None:
             body = r.json()
             assert (body["id"], body["state"], body["pipes"]) == ("b1", "draining", 1)
             assert (body["migrate"], body["removed"]) == (False, False)
+            assert (body["migrate_rate"], body["migration"]) == (None, None)
             # Without migrate the pipe stays where it is; the backend takes no new pipes.
             h.client()
-            assert {p.backend_id for p in target.pipes()} == {"b1", "b2"}
+            assert {p.backend_id for p in control.pipes()} == {"b1", "b2"}
             listed = (await http.get("/backends", headers=AUTH)).json()
             assert [(b["id"], b["state"]) for b in listed] == [("b1", "draining"), ("b2", "up")]
             client.close_ws()  # b1's last pipe ends: it leaves the pool
-            assert [b.id for b in target.backends()] == ["b2"]
+            assert [b.id for b in control.backends()] == ["b2"]
             r = await http.delete("/backends/b1", headers=AUTH)
             assert r.status_code == 404
             r = await http.delete("/backends/b2", headers=AUTH)
@@ -238,11 +262,11 @@ async def test_delete_backend_202_404_400() -> None:
 
 
 async def test_pipes_list_and_one() -> None:
-    h, target = make_harness("ws://b1:80/")
+    h, control = make_harness("ws://b1:80/")
     client = h.client("/0b6a4f4e-6f3b-4b3a-9a58-0a0c8f4a1c11")
     h.advance(2.5)
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             r = await http.get("/pipes", headers=AUTH)
             assert r.status_code == 200
             (pipe,) = r.json()
@@ -262,10 +286,10 @@ async def test_pipes_list_and_one() -> None:
 
 
 async def test_post_backend_at_runtime_then_new_clients_are_routed_to_it() -> None:
-    h, target = make_harness("ws://old:80/")
+    h, control = make_harness("ws://old:80/")
     first = h.client()
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             r = await http.post("/backends", json={"url": "ws://new:80/"}, headers=AUTH)
             assert r.status_code == 201
             assert (await http.delete("/backends/b1", headers=AUTH)).status_code == 202
@@ -279,24 +303,32 @@ async def test_post_backend_at_runtime_then_new_clients_are_routed_to_it() -> No
             assert h.backends["ws://old:80/"].messages() == ["still here"]
 
 
-async def test_drain_with_migrate_moves_pipes_at_the_bounded_rate() -> None:
-    h, target = make_harness("ws://b1:80/", "ws://b2:80/")
+async def test_drain_with_migrate_is_paced_by_the_core_and_shown_on_the_backend() -> None:
+    h, control = make_harness("ws://b1:80/", "ws://b2:80/", migrate_rate=20)
     clients = [h.client() for _ in range(12)]  # least connections: 6 on each backend
-    assert sum(p.backend_id == "b1" for p in target.pipes()) == 6
+    assert sum(p.backend_id == "b1" for p in control.pipes()) == 6
     with anyio.fail_after(10):
-        async with admin_client(target, migrate_rate=20) as (admin, http):
+        async with admin_client(control) as (_, http):
             r = await http.delete("/backends/b1?migrate=true", headers=AUTH)
             assert r.status_code == 202
-            assert (r.json()["migrate"], r.json()["migrate_rate"]) == (True, 20.0)
-            while any(b.id == "b1" for b in target.backends()):
-                await anyio.sleep(0.01)
-            assert admin.migrations == [] or await _settled(admin)
-    assert len(target.migrated_at) == 6
-    gaps = [b - a for a, b in zip(target.migrated_at, target.migrated_at[1:], strict=False)]
-    assert min(gaps) >= 1 / 20 - 0.01  # at most migrate_rate pipes per second
-    assert {p.backend_id for p in target.pipes()} == {"b2"}
-    assert all(p.state.value == "linked" for p in target.pipes())
-    assert admin.pipes_migrated == 6
+            body = r.json()
+            assert (body["state"], body["migrate"], body["migrate_rate"]) == (
+                "draining", True, 20.0)
+            # The first pipe moves at once, the next ones one every 1/migrate_rate s.
+            assert body["migration"] == {"total": 6, "moved": 1, "remaining": 5,
+                                         "waiting": False}
+            h.advance(2 / 20 + 0.01)  # core time, not wall-clock time
+            b1 = (await http.get("/backends/b1", headers=AUTH)).json()
+            assert (b1["state"], b1["migration"]) == (
+                "draining", {"total": 6, "moved": 3, "remaining": 3, "waiting": False})
+            listed = {b["id"]: b["migration"]
+                      for b in (await http.get("/backends", headers=AUTH)).json()}
+            assert listed == {"b1": b1["migration"], "b2": None}
+            h.advance(3 / 20)
+            assert (await http.get("/backends/b1", headers=AUTH)).status_code == 404
+    assert control.stats.pipes_migrated == 6
+    assert {p.backend_id for p in control.pipes()} == {"b2"}
+    assert all(p.state.value == "linked" for p in control.pipes())
     for i, client in enumerate(clients):  # every client is still connected
         assert not client.tcp_closed
         client.send(f"after {i}")
@@ -304,29 +336,27 @@ async def test_drain_with_migrate_moves_pipes_at_the_bounded_rate() -> None:
 
 
 async def test_migrate_waits_for_another_backend_instead_of_moving_pipes_to_nowhere() -> None:
-    h, target = make_harness("ws://only:80/")
+    h, control = make_harness("ws://only:80/", migrate_rate=10)
     clients = [h.client() for _ in range(3)]
     with anyio.fail_after(10):
-        async with admin_client(target, migrate_rate=100) as (admin, http):
+        async with admin_client(control) as (_, http):
             r = await http.delete("/backends/b1?migrate=true", headers=AUTH)
             assert r.status_code == 202
-            await anyio.sleep(0.3)
-            assert target.migrated_at == []  # nowhere to go: the pipes stay where they are
+            assert r.json()["migration"] == {"total": 3, "moved": 0, "remaining": 3,
+                                             "waiting": True}
+            h.advance(5.0)
+            # Nowhere to go: the pipes stay (working) where they are.
             assert all(p.state.value == "linked" and p.backend_id == "b1"
-                       for p in target.pipes())
-            assert admin.migrations == ["b1"]
+                       for p in control.pipes())
+            b1 = (await http.get("/backends/b1", headers=AUTH)).json()
+            assert b1["migration"] == {"total": 3, "moved": 0, "remaining": 3, "waiting": True}
             r = await http.post("/backends", json={"url": "ws://new:80/"}, headers=AUTH)
             assert r.status_code == 201
-            await _settled(admin)
-    assert [p.backend_id for p in target.pipes()] == ["b2", "b2", "b2"]
+            h.advance(1.0)
+            assert [b["id"] for b in (await http.get("/backends", headers=AUTH)).json()] == [
+                "b2"]
+    assert [p.backend_id for p in control.pipes()] == ["b2", "b2", "b2"]
     assert all(not client.tcp_closed for client in clients)
-
-
-async def _settled(admin: AdminServer) -> bool:
-    with anyio.fail_after(2):
-        while admin.migrations:
-            await anyio.sleep(0.01)
-    return True
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -338,9 +368,9 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_metrics_parse_and_counters_move() -> None:
-    h, target = make_harness("ws://b1:80/", "ws://b2:80/")
+    h, control = make_harness("ws://b1:80/", "ws://b2:80/")
     with anyio.fail_after(10):
-        async with admin_client(target, migrate_rate=1000) as (admin, http):
+        async with admin_client(control) as (_, http):
             r = await http.get("/metrics", headers=AUTH)
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/plain")
@@ -355,7 +385,7 @@ async def test_metrics_parse_and_counters_move() -> None:
             h.backends["ws://b1:80/"].links[0].send("reply")
             assert (await http.delete("/backends/b1?migrate=true", headers=AUTH)
                     ).status_code == 202
-            await _settled(admin)
+            h.advance(1.0)  # the core moves both pipes of b1, one per 1/migrate_rate s
             clients[0].close_ws(1000)
             after = _samples((await http.get("/metrics", headers=AUTH)).text)
 
@@ -372,6 +402,7 @@ async def test_metrics_parse_and_counters_move() -> None:
     assert moved("wspipe_interruptions_total", ("reason", "migrate")) == 2
     assert moved("wspipe_failovers_total", ("reason", "migrate")) == 2
     assert moved("wspipe_failover_duration_seconds_count", ("reason", "migrate")) == 2
+    assert moved("wspipe_pipes_migrated_total") == 2
     assert moved("wspipe_clients_closed_total", ("code", "1000")) == 1
     assert after[("wspipe_pipes", (("state", "linked"),))] == 3
     assert after[("wspipe_backends", (("state", "up"),))] == 1
@@ -381,13 +412,67 @@ async def test_metrics_parse_and_counters_move() -> None:
     assert ("wspipe_backend_errors_total", (("backend", "b2"), ("url", "ws://b2:80/"))) in after
     assert ("wspipe_buffered_bytes", ()) in after
     assert ("wspipe_buffered_bytes_high_water", ()) in after
+    assert after[("wspipe_outbox_bytes", ())] == 0  # the harness writes at once
+
+
+async def test_metrics_migration_remaining_and_outbox_bytes() -> None:
+    h = Harness(ProxyConfig(ping_interval=0, migrate_rate=1), auto_ack=False)
+    control = HarnessControl(h)
+    for url in ("ws://b1:80/", "ws://b2:80/"):
+        control.add_backend(url)
+    h.ack()
+    for _ in range(4):
+        h.client()
+        h.ack()
+    with anyio.fail_after(10):
+        async with admin_client(control) as (_, http):
+            assert (await http.delete("/backends/b1?migrate=true", headers=AUTH)
+                    ).status_code == 202
+            during = _samples((await http.get("/metrics", headers=AUTH)).text)
+            unacked = sum(h.unacked.values())
+            h.ack()
+            h.advance(2.0)
+            h.ack()
+            after = _samples((await http.get("/metrics", headers=AUTH)).text)
+    # One of b1's two pipes moved at once; the other waits its turn (1 pipe/s).
+    assert during[("wspipe_migration_remaining", (("backend", "b1"),))] == 1
+    assert during[("wspipe_pipes_migrated_total", ())] == 1
+    # The moved link's Close frame and the new link's upgrade are not written yet.
+    assert during[("wspipe_outbox_bytes", ())] == unacked > 0
+    assert ("wspipe_migration_remaining", (("backend", "b1"),)) not in after
+    assert after[("wspipe_pipes_migrated_total", ())] == 2
+    assert after[("wspipe_outbox_bytes", ())] == 0
+
+
+async def test_failover_metrics_count_an_interruption_begun_before_the_admin_listener() -> None:
+    # The metrics are the proxy's, not the admin listener's: an interruption that began
+    # before the listener opened is counted with its cause when it ends.
+    h, control = make_harness("ws://b1:80/", "ws://b2:80/")
+    resumed, lost = h.client(), h.client()
+    h.backends["ws://b2:80/"].mode = "refuse"
+    h.backends["ws://b1:80/"].mode = "refuse"
+    for link in [*h.backends["ws://b1:80/"].live, *h.backends["ws://b2:80/"].live]:
+        link.eof()  # both pipes interrupted (cause eof), nowhere to go
+    h.backends["ws://b1:80/"].mode = "accept"
+    with anyio.fail_after(10):
+        async with admin_client(control) as (_, http):
+            lost.eof()  # the client of an interrupted pipe leaves: a failed failover
+            h.advance(3.0)  # the other pipe gets its new link
+            text = (await http.get("/metrics", headers=AUTH)).text
+    after = _samples(text)
+    assert not resumed.tcp_closed
+    assert after[("wspipe_interruptions_total", (("reason", "eof"),))] == 2
+    assert after[("wspipe_failovers_total", (("reason", "eof"),))] == 1
+    assert after[("wspipe_failover_duration_seconds_count", (("reason", "eof"),))] == 1
+    assert after[("wspipe_failovers_failed_total", (("reason", "eof"),))] == 1
+    assert "unknown" not in text  # every label is an InterruptionCause
 
 
 async def test_metrics_buffered_bytes_and_failover_by_reason() -> None:
-    h, target = make_harness("ws://b1:80/", "ws://b2:80/")
+    h, control = make_harness("ws://b1:80/", "ws://b2:80/")
     client = h.client()
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             h.backends["ws://b2:80/"].mode = "refuse"
             h.backends["ws://b1:80/"].kill()  # lost link, nowhere to go: the pipe buffers
             client.send("x" * 100)
@@ -408,9 +493,9 @@ async def test_metrics_buffered_bytes_and_failover_by_reason() -> None:
 
 
 async def test_malformed_request_is_400_and_idle_connection_is_closed() -> None:
-    _, target = make_harness()
+    _, control = make_harness()
     with anyio.fail_after(10):
-        async with admin_client(target, request_timeout=0.3) as (admin, _):
+        async with admin_client(control, request_timeout=0.3) as (admin, _):
             async with await anyio.connect_tcp("127.0.0.1", admin.port) as stream:
                 await stream.send(b"NOT HTTP AT ALL\r\n\r\n")
                 answer = await _read_all(stream)
@@ -431,17 +516,15 @@ async def _read_all(stream: Any) -> bytes:
 
 
 async def test_no_token_allowed_on_loopback_only(tmp_path: Any) -> None:
-    _, target = make_harness("ws://b1:80/")
+    _, control = make_harness("ws://b1:80/")
     for host in ("0.0.0.0", "::", "10.1.2.3", "example.com"):
         with pytest.raises(AdminConfigError, match="without a token"):
-            AdminServer(target, host=host)
-        AdminServer(target, host=host, token=TOKEN)  # allowed with a token (not started)
+            AdminServer(control, host=host)
+        AdminServer(control, host=host, token=TOKEN)  # allowed with a token (not started)
     with pytest.raises(AdminConfigError):
-        AdminServer(target, token="")
-    with pytest.raises(AdminConfigError):
-        AdminServer(target, migrate_rate=0)
+        AdminServer(control, token="")
     with anyio.fail_after(10):
-        async with admin_client(target, token=None) as (_, http):  # loopback: open
+        async with admin_client(control, token=None) as (_, http):  # loopback: open
             assert (await http.get("/backends")).status_code == 200
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")
@@ -454,12 +537,12 @@ async def test_no_token_allowed_on_loopback_only(tmp_path: Any) -> None:
 
 
 async def test_expect_100_continue_and_keep_alive() -> None:
-    _, target = make_harness()
+    _, control = make_harness()
     body = b'{"url": "ws://b1:80/"}'
     head = (b"POST /backends HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
             + b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
     with anyio.fail_after(10):
-        async with admin_client(target) as (admin, _), \
+        async with admin_client(control) as (admin, _), \
                 await anyio.connect_tcp("127.0.0.1", admin.port) as stream:
             await stream.send(head)
             assert (await stream.receive()).startswith(b"HTTP/1.1 100 ")
@@ -467,4 +550,4 @@ async def test_expect_100_continue_and_keep_alive() -> None:
             assert (await stream.receive()).startswith(b"HTTP/1.1 201 Created\r\n")
             await stream.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # same socket
             assert (await stream.receive()).startswith(b"HTTP/1.1 200 OK\r\n")
-    assert [b.url for b in target.backends()] == ["ws://b1:80/"]
+    assert [b.url for b in control.backends()] == ["ws://b1:80/"]

@@ -31,10 +31,10 @@ async def run(argv: list[str]) -> tuple[int, str, str]:
 
 
 async def test_backends_list_add_drain_and_pipes_list() -> None:
-    h, target = make_harness("ws://b1:80/")
+    h, control = make_harness("ws://b1:80/")
     h.client("/0b6a4f4e-6f3b-4b3a-9a58-0a0c8f4a1c11")
     with anyio.fail_after(20):
-        async with admin_client(target) as (admin, http):
+        async with admin_client(control) as (admin, http):
             common = ["--admin", f"127.0.0.1:{admin.port}", "--admin-token", TOKEN]
             code, out, err = await run(["backends", "list", *common])
             assert (code, err) == (0, "")
@@ -66,12 +66,13 @@ async def test_backends_list_add_drain_and_pipes_list() -> None:
             assert json.loads(out)[0]["client_id"] == "0b6a4f4e-6f3b-4b3a-9a58-0a0c8f4a1c11"
 
             code, out, _ = await run(["backends", "drain", "b1", "--migrate", *common])
-            assert code == 0
-            assert out.startswith("backend b1 draining: moving its 1 pipe(s)")
+            assert code == 0  # the first pipe moves at once: b1 is empty and leaves the pool
+            assert out == "backend b1 removed from the pool: its 1 pipe(s) moved to other " \
+                          "backends\n"
             with anyio.fail_after(5):
-                while any(b.id == "b1" for b in target.backends()):
+                while any(b.id == "b1" for b in control.backends()):
                     await anyio.sleep(0.01)
-            assert target.pipes()[0].backend_id == "b2"
+            assert control.pipes()[0].backend_id == "b2"
             code, out, _ = await run(["backends", "drain", "b1", *common])
             assert code == 1
             code, out, _ = await run(["backends", "drain", "b2", *common])
@@ -80,10 +81,25 @@ async def test_backends_list_add_drain_and_pipes_list() -> None:
             assert (await http.get("/backends", headers=AUTH)).json()[0]["state"] == "draining"
 
 
-async def test_token_and_address_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, target = make_harness("ws://b1:80/")
+async def test_drain_with_migrate_names_the_core_rate() -> None:
+    h, control = make_harness("ws://b1:80/", "ws://b2:80/", migrate_rate=10)
+    for _ in range(4):
+        h.client()  # two on each backend
     with anyio.fail_after(20):
-        async with admin_client(target) as (admin, _):
+        async with admin_client(control) as (admin, _):
+            common = ["--admin", f"127.0.0.1:{admin.port}", "--admin-token", TOKEN]
+            code, out, _ = await run(["backends", "drain", "b1", "--migrate", *common])
+            assert (code, out) == (0, "backend b1 draining: moving its 2 pipe(s) to other "
+                                      "backends at 10/s\n")
+            code, out, _ = await run(["backends", "list", "--json", *common])
+            assert json.loads(out)[0]["migration"] == {"total": 2, "moved": 1, "remaining": 1,
+                                                       "waiting": False}
+
+
+async def test_token_and_address_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, control = make_harness("ws://b1:80/")
+    with anyio.fail_after(20):
+        async with admin_client(control) as (admin, _):
             monkeypatch.setenv("WSPIPE_ADMIN", admin.url)
             code, _, err = await run(["backends", "list"])
             assert code == 1

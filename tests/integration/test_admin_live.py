@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx
 import pytest
+from peers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_rolling import EchoBackend, Recorder, stopping
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from wspipe_anyio import ProxyServer
@@ -26,11 +28,10 @@ TOKEN = "live-token"
 async def live(backends: list[str]) -> AsyncIterator[tuple[ProxyServer, AdminServer,
                                                            httpx.AsyncClient]]:
     config = ProxyConfig(backends=tuple(backends), ping_interval=0, backoff_base=0.05,
-                         backoff_max=5.0, max_interruption=20.0)
+                         backoff_max=5.0, max_interruption=20.0, migrate_rate=100)
     server = ProxyServer(config, listen=[("127.0.0.1", 0)], shutdown_grace=2.0,
                          close_linger=0.5)
-    options = admin_options({"admin": "127.0.0.1:0", "admin_token": TOKEN,
-                             "migrate_rate": 100})
+    options = admin_options({"admin": "127.0.0.1:0", "admin_token": TOKEN})
     async with server, open_admin(server, options) as admin:
         assert admin is not None
         async with httpx.AsyncClient(base_url=admin.url, timeout=5.0,
@@ -110,7 +111,7 @@ async def test_metrics_move_with_real_traffic_and_migration() -> None:
     recorder = Recorder()
     with anyio.fail_after(20), stopping([EchoBackend(recorder).start(),
                                          EchoBackend(recorder).start()]) as (b1, b2):
-        async with live([b1.url, b2.url]) as (server, admin, http):
+        async with live([b1.url, b2.url]) as (server, _, http):
             before = samples((await http.get("/metrics")).text)
             clients = [await connect_client(server) for _ in range(4)]
             for n, ws in enumerate(clients):
@@ -118,7 +119,7 @@ async def test_metrics_move_with_real_traffic_and_migration() -> None:
                     assert await echo(ws, f"{n}:{seq}") == f"{n}:{seq}"
             assert (await http.delete("/backends/b1?migrate=true")).status_code == 202
             with anyio.fail_after(5):
-                while admin.migrations or len((await http.get("/backends")).json()) != 1:
+                while server.migrations() or len((await http.get("/backends")).json()) != 1:
                     await anyio.sleep(0.02)
             for n, ws in enumerate(clients):  # still connected, now through b2
                 assert await echo(ws, f"{n}:5") == f"{n}:5"
@@ -142,6 +143,7 @@ async def test_metrics_move_with_real_traffic_and_migration() -> None:
     assert moved("wspipe_interruptions_total", reason="migrate") == 2
     assert moved("wspipe_failovers_total", reason="migrate") == 2
     assert moved("wspipe_failover_duration_seconds_count", reason="migrate") == 2
+    assert moved("wspipe_pipes_migrated_total") == 2
     assert 0 < after[("wspipe_failover_duration_seconds_sum", (("reason", "migrate"),))] < 2
     assert moved("wspipe_clients_closed_total", code="1000") == 1
     assert after[("wspipe_pipes", (("state", "linked"),))] == 3
@@ -149,23 +151,90 @@ async def test_metrics_move_with_real_traffic_and_migration() -> None:
     assert after[("wspipe_backend_pipes", (("backend", "b2"), ("url", b2.url)))] == 3
 
 
+async def test_readiness_recovers_with_no_traffic_when_the_cool_down_ends() -> None:
+    # The pool's cool-down ends on the core's clock, not when a pipe next asks: with one
+    # backend ejected and no client left, /readyz turns 200 once the cool-down is over.
+    eject_base, slack = 1.5, 1.0
+    port = free_port()  # nothing listens there yet: connection refused
+    recorder = Recorder()
+    config = ProxyConfig(backends=(f"ws://127.0.0.1:{port}/",), ping_interval=0,
+                         backoff_base=0.02, backoff_max=0.05, eject_after=3,
+                         eject_base=eject_base, max_interruption=0.5)
+    server = ProxyServer(config, listen=[("127.0.0.1", 0)], shutdown_grace=2.0,
+                         close_linger=0.5)
+    options = admin_options({"admin": "127.0.0.1:0"}, environ={})
+    with anyio.fail_after(20), stopping([]) as backends:
+        async with server, open_admin(server, options) as admin:
+            assert admin is not None
+            async with httpx.AsyncClient(base_url=admin.url, timeout=5.0) as http:
+                assert (await http.get("/readyz")).status_code == 200
+                ws = await connect_client(server)  # accepted before any backend answers
+                with anyio.fail_after(5):
+                    while (await http.get("/backends")).json()[0]["state"] != "ejected":
+                        await anyio.sleep(0.02)
+                ejected_by = anyio.current_time()  # the cool-down ends before +eject_base
+                with pytest.raises(ConnectionClosed):  # max_interruption: the client gives up
+                    await anyio.to_thread.run_sync(lambda: ws.recv(timeout=5))
+                assert ws.protocol.close_rcvd is not None
+                assert ws.protocol.close_rcvd.code == 1013
+                r = await http.get("/readyz")
+                assert (r.status_code, r.json()["detail"]) == (503, "no backend is up")
+                backends.append(EchoBackend(recorder, port).start())  # it is back
+                with anyio.move_on_after(eject_base + slack):  # no client traffic meanwhile
+                    while (await http.get("/readyz")).status_code != 200:
+                        await anyio.sleep(0.05)
+                assert anyio.current_time() - ejected_by <= eject_base + slack
+                r = await http.get("/readyz")
+                assert r.json() == {"ready": True, "backends_up": 1, "backends": 1}
+                assert (await http.get("/backends")).json()[0]["state"] == "up"
+                assert server.connections == 0 and recorder.total == 0
+    assert server.internal_errors == 0
+
+
+async def test_metrics_belong_to_the_server_and_outlive_the_admin_listener() -> None:
+    recorder = Recorder()
+    with anyio.fail_after(20), stopping([EchoBackend(recorder).start(),
+                                         EchoBackend(recorder).start()]) as (b1, b2):
+        config = ProxyConfig(backends=(b1.url,), ping_interval=0, backoff_base=0.05)
+        server = ProxyServer(config, listen=[("127.0.0.1", 0)], shutdown_grace=2.0,
+                             close_linger=0.5)
+        async with server:
+            ws = await connect_client(server)
+            assert await echo(ws, "1:0") == "1:0"
+            server.add_backend(b2.url)
+            server.remove_backend("b1", migrate=True)  # no admin listener at all
+            with anyio.fail_after(5):
+                while [b.url for b in server.backends()] != [b2.url]:
+                    await anyio.sleep(0.02)
+            assert await echo(ws, "1:1") == "1:1"
+            options = admin_options({"admin": "127.0.0.1:0"}, environ={})
+            for _ in range(2):  # opened after the failover, then once more
+                async with open_admin(server, options) as admin:
+                    assert admin is not None
+                    async with httpx.AsyncClient(base_url=admin.url, timeout=5.0) as http:
+                        after = samples((await http.get("/metrics")).text)
+                assert after[("wspipe_failovers_total", (("reason", "migrate"),))] == 1
+                assert after[("wspipe_pipes_migrated_total", ())] == 1
+                assert after[("wspipe_messages_total", (("direction", "client_to_backend"),))
+                             ] == 2
+            await close(ws)
+    assert server.internal_errors == 0
+
+
 def test_admin_options_from_settings() -> None:
     assert admin_options({}) is None
     assert admin_options({"admin": None}) is None
     options = admin_options({"admin": "127.0.0.1:9191"}, environ={})
     assert options is not None
-    assert (options.host, options.port, options.token, options.migrate_rate) == (
-        "127.0.0.1", 9191, None, 50.0)
-    options = admin_options({"admin": "[::1]:9191", "migrate_rate": 5}, environ={})
-    assert options is not None and (options.host, options.migrate_rate) == ("::1", 5.0)
+    assert (options.host, options.port, options.token) == ("127.0.0.1", 9191, None)
+    options = admin_options({"admin": "[::1]:9191"}, environ={})
+    assert options is not None and options.host == "::1"
     options = admin_options({"admin": "0.0.0.0:9191"},
                             environ={"WSPIPE_ADMIN_TOKEN": "from-env"})
     assert options is not None and options.token == "from-env"
     assert "from-env" not in repr(options)
     for bad in ({"admin": "0.0.0.0:9191"}, {"admin": "10.0.0.1:9191"},
                 {"admin": "127.0.0.1:99999"}, {"admin": "::1:9191"},
-                {"admin": "127.0.0.1:9191", "migrate_rate": 0},
-                {"admin": "127.0.0.1:9191", "migrate_rate": "fast"},
                 {"admin": "127.0.0.1:9191", "admin_token": " "}):
         with pytest.raises(AdminConfigError):
             admin_options(bad, environ={})

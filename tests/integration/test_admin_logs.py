@@ -55,13 +55,13 @@ def test_text_lines_carry_the_context_in_the_message(restore_logging: None) -> N
 async def test_secrets_never_reach_the_log(restore_logging: None) -> None:
     stream = io.StringIO()
     setup_logging("debug", "json", secrets=[TOKEN], stream=stream)
-    h, target = make_harness("ws://b1:80/")
+    h, control = make_harness("ws://b1:80/")
     h.client(headers=[("authorization", "Bearer client-secret"), ("cookie", "sid=cookie-secret")])
     logging.getLogger("wspipe.test").info("request headers %r",
                                           [("authorization", "Bearer client-secret")])
     logging.getLogger("wspipe.test").warning("token was %s", TOKEN)
     with anyio.fail_after(10):
-        async with admin_client(target) as (_, http):
+        async with admin_client(control) as (_, http):
             for token in (TOKEN, TOKEN + "x", "wrong"):
                 await http.get("/backends", headers={"Authorization": f"Bearer {token}"})
             await http.post("/backends", json={"url": "ws://b2:80/?token=url-secret"},

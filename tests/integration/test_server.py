@@ -50,6 +50,34 @@ async def test_remove_backend_with_migrate_moves_pipes_without_loss() -> None:
             await client.close()
 
 
+async def test_remove_backend_with_migrate_is_paced_by_the_core_and_loses_nothing() -> None:
+    async with running_backends(Backend(), Backend(), timeout=15) as (first, second):
+        async with running_proxy([first.url], migrate_rate=4) as server:  # 1 pipe / 0.25 s
+            clients = [await Client.connect(f"ws://127.0.0.1:{server.port}{client_path()}")
+                       for _ in range(3)]
+            for n, client in enumerate(clients):
+                await client.send(f"{n}:before")
+                assert await client.recv() == f"{n}:before"
+            added = server.add_backend(second.url)
+            server.remove_backend("b1", migrate=True)
+            # Paced by the core: the first pipe moved at once, the others wait their turn.
+            (migration,) = server.migrations()
+            assert (migration.backend_id, migration.total, migration.moved,
+                    migration.remaining) == ("b1", 3, 1, 2)
+            with anyio.fail_after(10):
+                while [b.id for b in server.backends()] != [added.id]:
+                    await anyio.sleep(0.02)
+            assert server.migrations() == []
+            assert server.stats.pipes_migrated == 3
+            for n, client in enumerate(clients):
+                await client.send(f"{n}:after")
+                assert await client.recv() == f"{n}:after"
+            assert sorted(first.messages()) == [f"{n}:before" for n in range(3)]
+            assert sorted(second.messages()) == [f"{n}:after" for n in range(3)]
+            for client in clients:
+                await client.close()
+
+
 async def test_shutdown_closes_clients_with_1001_and_leaves_proxy_idle() -> None:
     async with running_backends(Backend(), timeout=10) as (backend,):
         async with running_proxy([backend.url]) as server:

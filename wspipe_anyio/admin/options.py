@@ -1,0 +1,115 @@
+"""Wiring the admin listener into ``wspipe serve``: flags, config keys, validation, lifetime.
+
+The admin keys are driver keys (they configure a listener, not the proxy). How
+fast a drain with migrate moves pipes is the core's ``migrate_rate``, a
+:class:`wspipe_core.ProxyConfig` key that works with or without ``--admin``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..control import ProxyControl
+from ..units import parse_address
+from .http import is_loopback
+from .routes import AdminConfigError, AdminServer
+
+#: Config-file keys (and ``serve`` flags) of the admin listener; driver keys, not core ones.
+ADMIN_KEYS = frozenset({"admin", "admin_token", "admin_token_file"})
+#: Their defaults: no admin listener.
+ADMIN_DEFAULTS: dict[str, Any] = {"admin": None, "admin_token": None, "admin_token_file": None}
+#: Environment variable holding the admin token (keeps it out of ``ps`` and config files).
+TOKEN_ENV = "WSPIPE_ADMIN_TOKEN"
+#: Port of ``--admin HOST`` given without one.
+DEFAULT_PORT = 9090
+
+
+@dataclass(frozen=True)
+class AdminOptions:
+    """A validated admin listener configuration."""
+
+    host: str
+    port: int
+    token: str | None
+
+    def __repr__(self) -> str:  # never show the token
+        return (f"AdminOptions(host={self.host!r}, port={self.port}, "
+                f"token={'***' if self.token else None})")
+
+
+def load_token(token: str | None = None, token_file: str | None = None) -> str | None:
+    """The admin token from a value or a file (first line, stripped); ``None`` if neither.
+
+    :raises AdminConfigError: Both given, an unreadable file, or an empty token.
+    """
+    if token is not None and token_file is not None:
+        raise AdminConfigError("give the admin token or a token file, not both")
+    if token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as file:
+                token = file.readline().strip()
+        except OSError as exc:
+            raise AdminConfigError(
+                f"cannot read admin token file {token_file}: {exc.strerror or exc}") from None
+    if token is not None and not token.strip():
+        raise AdminConfigError("the admin token is empty")
+    return token.strip() if token is not None else None
+
+
+def add_admin_flags(parser: argparse.ArgumentParser) -> None:
+    """Add ``--admin``, ``--admin-token`` and ``--admin-token-file``."""
+    add = parser.add_argument
+    add("--admin", metavar="HOST:PORT",
+        help="serve the admin API (pool, pipes, drain, /metrics, /healthz, /readyz) here; "
+             "off unless given")
+    add("--admin-token", metavar="TOKEN",
+        help=f"bearer token of the admin API (default ${TOKEN_ENV}); required unless "
+             "--admin is a loopback address")
+    add("--admin-token-file", metavar="FILE", help="read the admin token from this file")
+
+
+def admin_options(settings: Mapping[str, Any],
+                  environ: Mapping[str, str] | None = None) -> AdminOptions | None:
+    """Validate the admin keys of merged settings; ``None`` when ``admin`` is not set.
+
+    The token comes from ``admin_token``, else ``admin_token_file``, else
+    ``$WSPIPE_ADMIN_TOKEN``.
+
+    :raises AdminConfigError: Bad address or token; no token off loopback.
+    """
+    environ = os.environ if environ is None else environ
+    address = settings.get("admin")
+    if address is None or address == "":
+        return None
+    try:
+        host, port = parse_address(str(address), default_port=DEFAULT_PORT)
+    except ValueError as exc:
+        raise AdminConfigError(f"admin: {exc}") from None
+    token = load_token(settings.get("admin_token"), settings.get("admin_token_file"))
+    if token is None and environ.get(TOKEN_ENV):
+        token = load_token(environ[TOKEN_ENV])
+    if token is None and not is_loopback(host):
+        raise AdminConfigError(
+            f"refusing to serve the admin API on non-loopback address {host} without a token "
+            f"(set --admin-token-file, ${TOKEN_ENV} or --admin-token)")
+    return AdminOptions(host, port, token)
+
+
+@contextlib.asynccontextmanager
+async def open_admin(control: ProxyControl, options: AdminOptions | None
+                     ) -> AsyncIterator[AdminServer | None]:
+    """Serve the admin API of a started proxy for the duration of the block.
+
+    Yields ``None`` (and does nothing) when ``options`` is ``None``.
+    """
+    if options is None:
+        yield None
+        return
+    async with AdminServer(control, host=options.host, port=options.port,
+                           token=options.token) as admin:
+        yield admin
