@@ -9,14 +9,19 @@ changes the proxy executes the actions the core returned before it returns.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from wspipe_core import BackendInfo, MigrationInfo, PipeInfo, ProxyConfig
 from wspipe_core.buffer import MemoryBudget
 from wspipe_core.stats import Stats
 
-if TYPE_CHECKING:
-    from .metrics import Metrics
+
+class Exposition(Protocol):
+    """Metrics that can be rendered for a scrape (:class:`wspipe_anyio.metrics.Metrics`)."""
+
+    def exposition(self, accept: bytes | None = None) -> tuple[bytes, str]:
+        """The metrics in the format the ``Accept`` header asks for: (body, content type)."""
+        ...
 
 
 class ProxyControl(Protocol):
@@ -48,7 +53,7 @@ class ProxyControl(Protocol):
         ...
 
     @property
-    def metrics(self) -> Metrics:
+    def metrics(self) -> Exposition:
         """The proxy's Prometheus metrics, living as long as the proxy."""
         ...
 
