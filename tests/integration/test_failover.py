@@ -107,7 +107,8 @@ async def test_black_holed_backend_is_timed_out_and_skipped() -> None:
     events = EventLog()
     try:
         async with running_backends(Backend(), timeout=15) as (good,):
-            async with running_proxy([hole_url], events=events, handshake_timeout=0.5) as server:
+            async with running_proxy([hole_url], events=events, link_timeout=0.5,
+                                     race_after=0) as server:
                 started = anyio.current_time()
                 client = await Client.connect(url(server, client_path()))
                 server.add_backend(good.url)

@@ -103,11 +103,20 @@ async def test_unfinished_handshake_is_closed_after_handshake_timeout() -> None:
         assert answer.startswith(b"HTTP/1.1 408 ")
 
 
-async def test_sockets_beyond_the_handshaking_cap_get_503_at_accept() -> None:
-    # The core refuses a socket at accept time once open plus handshaking connections
-    # reach twice max_connections: the 503 must still be written before the close.
-    async with proxy_with_bystander(max_connections=1) as (server, _):
-        async with await anyio.connect_tcp("127.0.0.1", server.port) as idle:
-            answer = await raw_request(server.port, b"")
-            assert answer.startswith(b"HTTP/1.1 503 ")
-            await idle.send(b"\r\n")
+async def test_the_oldest_idle_handshake_of_a_peer_is_closed_with_408_to_make_room() -> None:
+    # The 408 must still be written before the close.
+    async with proxy_with_bystander(max_pending_per_peer=2) as (server, _):
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as oldest, \
+                await anyio.connect_tcp("127.0.0.1", server.port):
+            await anyio.sleep(0.05)  # both are pending before the third arrives
+            client = await Client.connect(url(server, client_path()))
+            await client.send("in")
+            assert await client.recv() == "in"
+            with anyio.fail_after(5):
+                answer = b""
+                with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                    while True:
+                        answer += await oldest.receive()
+            assert answer.startswith(b"HTTP/1.1 408 ")
+            assert b"more than 2 pending from 127.0.0.1" in answer
+            await client.close()

@@ -268,8 +268,11 @@ def test_the_buffer_scenario_tells_every_policy_apart():
     for a, b in itertools.combinations(sorted(traces), 2):
         assert traces[a] != traces[b], f"{a} and {b} look the same in the scenario"
     drop = traces["drop_oldest"]
-    # drop_oldest drops from a full buffer, and closes the client with nothing to drop.
-    assert drop["dropped"] and drop["during"][2] == (1013, False)
+    # drop_oldest drops from a full buffer; on the memory budget the pipe holding the
+    # most drops for the others, so nobody is closed and the first buffer shrinks.
+    assert drop["dropped"] and drop["during"] == [(None, False)] * 3
+    buffered = drop["buffered"]
+    assert isinstance(buffered, list) and buffered[0] < 1000 and buffered[2] == 300
 
 
 def test_drop_oldest_counts_drops_the_same_both_ways():

@@ -111,9 +111,9 @@ def test_drop_oldest_counts_per_pipe():
     assert plugin.dropped == 7
 
 
-def test_drop_oldest_closes_when_nothing_of_its_own_can_go():
-    # Two pipes share a memory budget of 1000: the second, with nothing buffered,
-    # cannot make room by dropping its own messages.
+def test_drop_oldest_on_the_budget_drops_from_the_pipe_that_holds_the_most():
+    # Two pipes share a memory budget of 1000: the second asks for room; the first,
+    # holding the most, drops its oldest message for it (the fairness rule).
     plugin = DropOldest()
     h = Harness(ProxyConfig(**{**SMALL, "memory_budget": LIMIT}), plugins=[plugin])
     h.backend("ws://b1:80/", mode="refuse")
@@ -121,6 +121,22 @@ def test_drop_oldest_closes_when_nothing_of_its_own_can_go():
     for i in range(10):
         a.send(message(i))
     b.send(message(0))
+    assert a.close is None and b.close is None
+    assert plugin.dropped_by_pipe == {h.pipe(a).id: 1}
+    assert [p.buffered_messages for p in h.proxy.pipes()] == [9, 1]
+
+
+def test_drop_oldest_closes_when_nothing_of_its_own_can_go():
+    # The pipe that must pay holds only a message in progress: nothing to drop.
+    from wsproto.events import TextMessage
+
+    h = Harness(ProxyConfig(**{**SMALL, "memory_budget": LIMIT, "max_message_size": 1000}),
+                plugins=[DropOldest()])
+    h.backend("ws://b1:80/", mode="refuse")
+    a, b = h.client(), h.client()
+    a.send(message(0))
+    b.send_raw(b.ws.send(TextMessage(data="x" * 800, message_finished=False)))
+    b.send_raw(b.ws.send(TextMessage(data="x" * 150, message_finished=False)))
     assert b.close is not None and b.close.code == 1013
     assert a.close is None
 
