@@ -214,3 +214,15 @@ def test_trio_requested_but_not_installed_is_a_one_line_error(
     assert main(["demo", "--async-lib", "trio"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'wspipe[trio]'" in err
+
+
+def test_link_racing_subprotocol_and_pending_flags_reach_the_core() -> None:
+    opts = options(["--link-timeout", "1500ms", "--race-after", "0", "--subprotocol", "chat.v2",
+                    "--subprotocol", "chat.v1", "--max-pending-per-peer", "5",
+                    "--max-pending-handshakes", "50", "--buffer-limit", "1MiB"])
+    cfg = opts.config
+    assert (cfg.link_timeout, cfg.race_after) == (1.5, 0.0)
+    assert cfg.subprotocols == ("chat.v2", "chat.v1")
+    assert (cfg.max_pending_per_peer, cfg.max_pending_handshakes) == (5, 50)
+    assert cfg.max_message_size == 1024 * 1024  # follows the smaller buffer limit
+    assert options([]).config.subprotocols is None  # default: the backend chooses

@@ -51,7 +51,8 @@ log = logging.getLogger("wspipe")
 #: ProxyConfig fields that are byte sizes and durations (accept units).
 SIZE_KEYS = frozenset({"buffer_limit", "memory_budget", "max_message_size", "max_header_size",
                        "write_high_water", "write_low_water"})
-DURATION_KEYS = frozenset({"handshake_timeout", "ping_interval", "ping_timeout",
+DURATION_KEYS = frozenset({"handshake_timeout", "link_timeout", "race_after",
+                           "ping_interval", "ping_timeout",
                            "max_interruption", "close_timeout", "eject_base", "eject_max",
                            "backoff_base", "backoff_max",
                            "shutdown_grace", "connect_timeout", "close_linger"})
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--async-lib", choices=("asyncio", "trio"),
         help="event loop (default asyncio, with uvloop when installed)")
     add("--strategy", help="backend selection: least_connections, round_robin, "
-        "consistent_hash, exclusive")
+        "consistent_hash, exclusive, weighted")
     add("--plugin", dest="plugin_modules", action="append", metavar="MODULE",
         help="import and register a plugin module, repeatable")
     add("--no-entrypoints", dest="load_entrypoints", action="store_const", const=False,
@@ -120,13 +121,24 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ping-interval", type=_duration, metavar="SECONDS", help="keepalive ping interval")
     add("--ping-timeout", type=_duration, metavar="SECONDS", help="pong wait before a link is dead")
     add("--handshake-timeout", type=_duration, metavar="SECONDS",
-        help="time for a client upgrade or a backend connect+handshake")
+        help="time a client has to complete its upgrade request (10)")
+    add("--link-timeout", type=_duration, metavar="SECONDS",
+        help="time a link has to connect to its backend and finish its handshake (3)")
+    add("--race-after", type=_duration, metavar="SECONDS",
+        help="dial a second backend when a link is not open after this long (0.5; 0: never)")
+    add("--subprotocol", dest="subprotocols", action="append", metavar="NAME",
+        help="a subprotocol clients may ask for, repeatable (default: any, the backend "
+             "chooses)")
+    add("--max-pending-per-peer", type=int, metavar="N",
+        help="upgrade requests in progress from one address before its oldest gets 408 (64)")
+    add("--max-pending-handshakes", type=int, metavar="N",
+        help="upgrade requests in progress in all before the oldest gets 408 (1024)")
     add("--migrate-rate", type=float, metavar="PIPES_PER_S",
         help="pipes moved per second, over the whole proxy, by a drain with migrate (50)")
     add("--shutdown-grace", type=_duration, metavar="SECONDS",
         help="longest wait for clients to close on SIGTERM (10)")
     add("--connect-timeout", type=_duration, metavar="SECONDS",
-        help="TCP/TLS connect timeout to backends (default: handshake timeout)")
+        help="TCP/TLS connect timeout to backends (default: link timeout)")
     add("--log-level", choices=("debug", "info", "warning", "error"), help="default info")
     add("--log-format", choices=("text", "json"), help="default text")
     add("--certfile", metavar="PEM", help="serve clients over TLS with this certificate chain")

@@ -76,7 +76,7 @@ class ProxyServer:
     :param backend_ssl_context: Context for ``wss://`` backends (default: system CAs,
         verification on).
     :param connect_timeout: Longest TCP (and TLS) connect to a backend; default
-        ``config.handshake_timeout``.
+        ``config.link_timeout``.
     :param close_linger: After closing a socket, the longest time spent flushing it
         and waiting for the peer's EOF.
     :param shutdown_grace: Longest time :meth:`shutdown` waits for clients and links
@@ -109,7 +109,7 @@ class ProxyServer:
         self._listen = tuple(listen)
         self._ssl_context = ssl_context
         self._backend_ssl_context = backend_ssl_context
-        self._connect_timeout = connect_timeout or config.handshake_timeout
+        self._connect_timeout = connect_timeout or config.link_timeout
         self._close_linger = close_linger
         self._shutdown_grace = shutdown_grace
         self._clients: dict[int, Channel] = {}
