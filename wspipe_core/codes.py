@@ -83,6 +83,9 @@ class LinkFailure(enum.StrEnum):
     #: The backend chose another subprotocol than the one the client got: it cannot
     #: carry this pipe (not an error of the backend's).
     SUBPROTOCOL = "subprotocol"
+    #: The backend answered the upgrade with a 4xx status: it is alive and refuses this
+    #: session (a subprotocol it lacks, a credential, a path), so only this pipe avoids it.
+    REFUSED = "refused"
 
 
 class LimitKind(enum.StrEnum):

@@ -239,6 +239,17 @@ class Failover(abc.ABC):
             pipe.racer = None
         self._forget_link(link)
         self._stats.link_failures[failure.cause] += 1
+        if failure.cause is LinkFailure.REFUSED:
+            # Alive, and refusing this session only: not a failure of the backend's.
+            pipe.incompatible = pipe.incompatible | {backend}
+            if live:
+                pipe_log(logging.WARNING, pipe, "backend %s %s refused this session (%s); "
+                         "trying another backend", backend.id, backend.url, failure.why)
+                if pipe.racer is not None:
+                    pipe.link, pipe.racer = pipe.racer, None
+                else:
+                    self._dial(pipe, now)
+            return
         # A backend that did not answer at all is ejected at once: every pipe that
         # picks it would wait the whole link_timeout too.
         self._pool.record_failure(backend, now, failure.why,

@@ -76,6 +76,8 @@ class Failed:
 
     cause: LinkFailure
     why: str
+    #: The HTTP status the backend answered the upgrade with, if it did.
+    status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +192,9 @@ class Link(Endpoint):
                 elif isinstance(event, AcceptConnection):
                     yield self._opened(event, keepalive, now)
                 elif isinstance(event, RejectConnection):
-                    yield Failed(LinkFailure.HANDSHAKE,
-                                 f"handshake rejected with HTTP {event.status_code}")
+                    status = event.status_code
+                    cause = LinkFailure.REFUSED if 400 <= status < 500 else LinkFailure.HANDSHAKE
+                    yield Failed(cause, f"handshake rejected with HTTP {status}", status)
                     return
                 elif isinstance(event, CloseConnection):
                     yield self._close_received(event, flow, keepalive)
