@@ -1,8 +1,4 @@
-"""``wspipe serve --admin`` and the admin commands, end to end, as separate processes.
-
-Skipped until ``wspipe serve`` has the ``--admin`` flag (the CLI wiring of the
-admin listener, see .notes/admin.md).
-"""
+"""``wspipe serve --admin`` and the admin commands, end to end, as separate processes."""
 
 from __future__ import annotations
 
