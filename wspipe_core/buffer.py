@@ -71,20 +71,23 @@ class MemoryBudget:
         return None
 
 
-class ReplayBuffer:
-    """Client messages held in arrival order while a pipe has no live link.
+#: One held message: its sequence number in the pipe, the message, its payload bytes.
+Item = tuple[int, Message, int]
 
-    ``bytes`` counts payload bytes; ``cost`` adds ``overhead`` bytes per message and is
-    what the limits are checked against. The buffer does not enforce limits: the
-    pipe asks ``wspipe_buffer_full`` before adding what does not fit. Messages leave
-    it only by ``drain`` (flushed to a new link) or ``drop_oldest``, so a future
-    at-least-once mode can keep written-but-unacknowledged messages here too.
+
+class ReplayBuffer:
+    """Client messages held in order: waiting for a link, or written and not yet confirmed.
+
+    Each message keeps its sequence number in the pipe (1, 2, ...). ``bytes`` counts
+    payload bytes; ``cost`` adds ``overhead`` bytes per message and is what the limits
+    are checked against. The buffer does not enforce limits: the relay asks
+    ``wspipe_buffer_full`` before adding what does not fit.
     """
 
     __slots__ = ("_items", "bytes", "overhead")
 
     def __init__(self, overhead: int = 0) -> None:
-        self._items: deque[tuple[Message, int]] = deque()
+        self._items: deque[Item] = deque()
         self.bytes = 0
         #: Bytes charged per message on top of its payload.
         self.overhead = overhead
@@ -97,20 +100,44 @@ class ReplayBuffer:
         """Bytes charged against the limits: payload plus a fixed overhead per message."""
         return self.bytes + self.overhead * len(self._items)
 
-    def append(self, message: Message, size: int | None = None) -> None:
+    @property
+    def first_seq(self) -> int | None:
+        """The sequence number of the oldest message, or ``None`` when empty."""
+        return self._items[0][0] if self._items else None
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest message, or 0 when empty."""
+        return self._items[-1][0] if self._items else 0
+
+    def append(self, message: Message, size: int | None = None, seq: int = 0) -> None:
         size = payload_size(message) if size is None else size
-        self._items.append((message, size))
+        self._items.append((seq, message, size))
         self.bytes += size
 
-    def drain(self) -> list[Message]:
+    def drain(self) -> list[Item]:
         """Remove and return every message, oldest first."""
-        items = [message for message, _ in self._items]
+        items = list(self._items)
         self._items.clear()
         self.bytes = 0
         return items
 
+    def prepend(self, items: list[Item]) -> None:
+        """Put ``items`` (oldest first) before everything held."""
+        self._items.extendleft(reversed(items))
+        self.bytes += sum(size for _, _, size in items)
+
+    def confirm(self, upto: int) -> int:
+        """Drop the messages numbered ``upto`` or less (they were delivered); how many."""
+        items = self._items
+        count = 0
+        while items and items[0][0] <= upto:
+            self.bytes -= items.popleft()[2]
+            count += 1
+        return count
+
     def drop_oldest(self) -> int:
         """Drop the oldest message; return its size."""
-        _, size = self._items.popleft()
+        _, _, size = self._items.popleft()
         self.bytes -= size
         return size

@@ -88,6 +88,19 @@ class LinkFailure(enum.StrEnum):
     REFUSED = "refused"
 
 
+class Delivery(enum.StrEnum):
+    """What a pipe promises for client messages across an interruption."""
+
+    #: A message written to a link that dies may be lost, never duplicated.
+    AT_MOST_ONCE = "at-most-once"
+    #: Messages written to a link are kept until a pong confirms the backend read them,
+    #: and replayed first after any interruption: nothing lost, duplicates possible.
+    AT_LEAST_ONCE = "at-least-once"
+    #: Messages are kept until the backend acknowledges it processed them; with the
+    #: backend's deduplication by sequence number, each is processed exactly once.
+    ACKED = "acked"
+
+
 class LimitKind(enum.StrEnum):
     """Which limit a client message hit (``wspipe_buffer_full``'s ``reason``)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .codes import Delivery
 from .errors import ConfigError
 
 KiB = 1024
@@ -96,6 +97,16 @@ class ProxyConfig:
     client_id_header: str = "x-wspipe-client-id"
     #: Pipes moved per second, over the whole proxy, by a drain with migrate.
     migrate_rate: float = 50.0
+    #: What a pipe promises for client messages across an interruption: ``at-most-once``
+    #: (the default), ``at-least-once`` or ``acked`` (see docs/behaviour.md, Delivery);
+    #: the ``wspipe_delivery`` hook may choose per pipe.
+    delivery: str = "at-most-once"
+    #: With ``acked`` delivery: a text message from the backend that starts with this,
+    #: followed by a sequence number, acknowledges every client message up to it.
+    ack_prefix: str = "\x00wspipe:ack:"
+    #: Prefix of the headers that tell a backend which session a link continues
+    #: (``session``, ``link``, ``delivery``, ``replayed``, ``seq``).
+    session_header_prefix: str = "x-wspipe-"
     #: Unsent bytes towards one peer above which the other side is no longer read.
     write_high_water: int = 256 * KiB
     #: Unsent bytes below which reading resumes.
@@ -169,6 +180,16 @@ class ProxyConfig:
                 f"buffer_policy must be close, pause or drop_oldest, got {self.buffer_policy!r}")
         if self.backoff not in ("exponential", "fixed"):
             raise ConfigError(f"backoff must be exponential or fixed, got {self.backoff!r}")
+        if self.delivery not in {d.value for d in Delivery}:
+            raise ConfigError("delivery must be at-most-once, at-least-once or acked, got "
+                              f"{self.delivery!r}")
+        if not isinstance(self.ack_prefix, str) or not self.ack_prefix:
+            raise ConfigError("ack_prefix must be a non-empty string")
+        prefix = self.session_header_prefix
+        if not isinstance(prefix, str) or not prefix or not all(
+                c.isalnum() or c in "-_" for c in prefix) or not prefix.isascii():
+            raise ConfigError(
+                f"session_header_prefix must be a header-name prefix, got {prefix!r}")
         if not self.client_id_header or not self.client_id_header.isascii():
             raise ConfigError("client_id_header must be a non-empty ASCII header name")
 

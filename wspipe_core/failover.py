@@ -23,16 +23,29 @@ from typing import cast
 from wsproto.events import BytesMessage, TextMessage
 
 from .actions import CloseLink
-from .codes import CloseCode, InterruptionCause, LinkFailure
+from .codes import CloseCode, Delivery, InterruptionCause, LinkFailure
 from .config import ProxyConfig
 from .deadlines import Timers
+from .delivery import Deliveries
 from .events import ConnId
 from .flow import Flow, Hold
 from .forwarding import backend_request
 from .hooks import Hooks
 from .info import PipeEvent, PipeEventKind, PipeState
 from .keepalive import Keepalive
-from .link import Closed, Done, Failed, Link, Links, LinkState, Lost, Opened, Outcome, Proven
+from .link import (
+    Closed,
+    Confirmed,
+    Done,
+    Failed,
+    Link,
+    Links,
+    LinkState,
+    Lost,
+    Opened,
+    Outcome,
+    Proven,
+)
 from .logs import pipe_log
 from .pipe import Pipe
 from .pool import Backend, Pool
@@ -59,6 +72,7 @@ class Failover(abc.ABC):
         self._timers = timers
         self._links = links
         self._stats = stats
+        self._deliveries = Deliveries(config, relay, keepalive, timers, stats)
         self.by_conn: dict[ConnId, Pipe] = {}
         self.by_id: dict[str, Pipe] = {}
         self.by_client_id: dict[str, Pipe] = {}
@@ -89,7 +103,7 @@ class Failover(abc.ABC):
         else:
             subprotocols = pipe.offered
         default = backend_request(self._config, pipe.request, pipe.client_id, subprotocols,
-                                  link.backend)
+                                  link.backend, self._deliveries.headers(pipe))
         request = self._hooks.backend_request(pipe.info(), link.backend.info(), default)
         try:
             link.handshake(request, self._flow)
@@ -109,6 +123,10 @@ class Failover(abc.ABC):
             if type(item) is TextMessage or type(item) is BytesMessage:
                 if pipe.state in _ENDED:
                     continue  # written before the backend saw our Close: nobody to give it to
+                if (pipe.delivery is Delivery.ACKED and type(item) is TextMessage
+                        and item.message_finished and link.assembler.idle
+                        and self._deliveries.ack(pipe, link, item.data)):
+                    continue  # an ack: for the proxy, never for the client
                 verdict = relay.forward(pipe, link, None, item, now)
                 if verdict is not Verdict.GO:
                     self._too_big(pipe, link, now)  # the only verdict without a lane
@@ -141,7 +159,7 @@ class Failover(abc.ABC):
         self._close_link(link, CloseCode.MESSAGE_TOO_BIG, "message too big", now)
         self._pool.record_failure(link.backend, now, "message over max_message_size")
         if live:
-            self._interrupt(pipe, link.backend, InterruptionCause.MESSAGE_TOO_BIG,
+            self._interrupt(pipe, link, InterruptionCause.MESSAGE_TOO_BIG,
                             f"backend {link.backend.id} sent a message too big", now)
 
     def link_timer(self, link: Link, now: float) -> None:
@@ -186,6 +204,8 @@ class Failover(abc.ABC):
                          link.backend.id, outcome.code, outcome.reason)
                 self.end(pipe, outcome.code, outcome.reason, now)
             return False
+        elif isinstance(outcome, Confirmed):
+            self._deliveries.confirmed(pipe, link, outcome.seq, now)
         elif isinstance(outcome, Done):
             self._forget_link(link)
             return False
@@ -214,6 +234,9 @@ class Failover(abc.ABC):
         self._timers.touch(pipe)
         self._flow.join(pipe.client, link)
         replayed = self._relay.replay(pipe.lane, pipe.client, link)
+        pipe.carried += 1
+        pipe.replaying = 0
+        self._deliveries.after_burst(pipe, now)
         backend = link.backend
         if resumed:
             self._stats.failovers += 1
@@ -275,13 +298,18 @@ class Failover(abc.ABC):
         self._forget_link(link)
         self._pool.record_failure(backend, now, why)
         if live and pipe.state is not PipeState.CLOSING:
-            self._interrupt(pipe, backend, cause, f"link to {backend.id} lost: {why}", now)
+            self._interrupt(pipe, link, cause, f"link to {backend.id} lost: {why}", now)
 
     # ------------------------------------------------------------------ failover
 
-    def _interrupt(self, pipe: Pipe, backend: Backend, cause: InterruptionCause, why: str,
+    def _interrupt(self, pipe: Pipe, link: Link, cause: InterruptionCause, why: str,
                    now: float) -> None:
         """The pipe lost its live link: buffer from now on and fail over at once."""
+        backend = link.backend
+        count = self._deliveries.interrupted(pipe, link, cause)
+        if count:
+            why += (f"; {count} unconfirmed message(s) go first to the next link"
+                    if pipe.lane.retain else f"; {count} message(s) possibly lost")
         pipe.state = PipeState.INTERRUPTED
         pipe.cause = cause
         pipe.interruptions += 1
@@ -363,7 +391,7 @@ class Failover(abc.ABC):
         self._detach(pipe)
         self._close_link(link, CloseCode.GOING_AWAY, "backend draining, session moves", now)
         if pipe.state is PipeState.LINKED:
-            self._interrupt(pipe, backend, InterruptionCause.MIGRATE,
+            self._interrupt(pipe, link, InterruptionCause.MIGRATE,
                             f"migrating off draining backend {backend.id}", now)
         else:  # still dialing that backend: choose another one instead
             pipe.exclude = backend

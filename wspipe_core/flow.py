@@ -57,8 +57,8 @@ class Endpoint:
     #: Messages read from it go to a backend (it is a client connection).
     INBOUND: ClassVar[bool]
 
-    __slots__ = ("assembler", "congested", "holds", "ident", "owner", "peer", "pending",
-                 "ping_at", "pong_deadline", "ws")
+    __slots__ = ("assembler", "confirmed", "congested", "holds", "ident", "owner", "peer",
+                 "pending", "ping_at", "ping_mark", "pong_deadline", "written", "ws")
 
     def __init__(self, ident: int, ws: Connection | WSConnection, owner: Any) -> None:
         #: The id the driver knows it by (``conn`` or ``link``).
@@ -80,6 +80,11 @@ class Endpoint:
         #: Keepalive: when the next ping is due, and when an unanswered one times out.
         self.ping_at: float | None = None
         self.pong_deadline: float | None = None
+        #: Messages written to it; and, of those, how many a pong has confirmed it read
+        #: (``ping_mark`` is ``written`` when the last ping was sent).
+        self.written = 0
+        self.ping_mark = 0
+        self.confirmed = 0
 
 
 class Flow:

@@ -11,14 +11,21 @@ hook may change it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .config import ProxyConfig
 from .info import BackendRequest, RequestInfo
 from .pool import Backend
 
 
 def backend_request(config: ProxyConfig, request: RequestInfo, client_id: str,
-                    subprotocols: tuple[str, ...], backend: Backend) -> BackendRequest:
-    """The default handshake of a link to ``backend`` for a client's ``request``."""
+                    subprotocols: tuple[str, ...], backend: Backend,
+                    session: Sequence[tuple[str, str]] = ()) -> BackendRequest:
+    """The default handshake of a link to ``backend`` for a client's ``request``.
+
+    ``session`` are the headers that say which session the link continues
+    (see :mod:`wspipe_core.delivery`).
+    """
     target = backend.address.target
     if config.forward_target:
         base_path, _, base_query = target.partition("?")
@@ -31,4 +38,5 @@ def backend_request(config: ProxyConfig, request: RequestInfo, client_id: str,
     headers.append(("x-forwarded-for", f"{xff}, {request.peer}" if xff else request.peer))
     headers.append(("x-forwarded-proto", "https" if request.tls else "http"))
     headers.append((config.client_id_header.lower(), client_id))
+    headers.extend(session)
     return BackendRequest(target=target, headers=tuple(headers), subprotocols=subprotocols)

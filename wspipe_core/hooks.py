@@ -16,6 +16,7 @@ import pluggy
 
 from . import hookspecs
 from .builtin import BACKOFF, BUFFER_POLICY, CLIENT_ID, STRATEGY, make_builtins, take_slot
+from .codes import Delivery
 from .config import ProxyConfig
 from .errors import ConfigError
 from .info import (
@@ -353,6 +354,22 @@ class Hooks:
             log.exception("wspipe_backend_request raised; sending the request unchanged")
             return request
         return result if isinstance(result, BackendRequest) else request
+
+    def delivery(self, request: RequestInfo, client_id: str) -> Delivery:
+        default = Delivery(self._config.delivery)
+        try:
+            result = self._hook.wspipe_delivery(request=request, client_id=client_id)
+        except Exception:
+            log.exception("wspipe_delivery raised; using delivery %s", default)
+            return default
+        if result is None:
+            return default
+        try:
+            return Delivery(result)
+        except ValueError:
+            log.error("wspipe_delivery returned %r, not a delivery mode; using %s", result,
+                      default)
+            return default
 
     def pipe_event(self, event: PipeEvent) -> None:
         """Call every ``wspipe_pipe_event`` implementation, each isolated from the others.

@@ -173,6 +173,22 @@ def wspipe_backend_request(
     """
 
 
+@hookspec(firstresult=True)
+def wspipe_delivery(request: RequestInfo, client_id: str) -> str | None:
+    """Choose the delivery mode of a new pipe (e.g. by path).
+
+    Stops at the first non-None result.
+
+    :param request: The client's upgrade request.
+    :param client_id: The client id.
+    :returns: ``"at-most-once"``, ``"at-least-once"`` or ``"acked"`` (a
+        :class:`~wspipe_core.Delivery`), or ``None`` for the configured ``delivery``.
+
+    Called: once per pipe, when its upgrade request has passed every check. On
+    exception, or an unknown mode: the configured one (logged). Must not block.
+    """
+
+
 @hookspec
 def wspipe_pipe_event(event: PipeEvent) -> None:
     """Observe a pipe: opened, linked, interrupted, resumed or closed.

@@ -107,6 +107,12 @@ class PipeInfo:
     attempts: int = 0
     #: When the next link attempt is due, while the pipe waits out a backoff.
     retry_at: float | None = None
+    #: Its delivery mode (``at-most-once``, ``at-least-once``, ``acked``).
+    delivery: str = "at-most-once"
+    #: Client messages written to the link and not confirmed yet (retained).
+    unconfirmed_messages: int = 0
+    #: The session id every backend that carries the pipe is told.
+    session_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

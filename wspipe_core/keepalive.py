@@ -43,8 +43,9 @@ class Keepalive:
             self._flow.write(ep, ep.ws.send(ping.response()))
 
     def pong(self, ep: Endpoint) -> None:
-        """``ep`` answered: it is alive."""
+        """``ep`` answered: it is alive, and it read what was written before our ping."""
         ep.pong_deadline = None
+        ep.confirmed = ep.ping_mark
 
     def tick(self, ep: Endpoint, now: float) -> bool:
         """Send ``ep``'s ping if due; ``True`` if its pong is overdue (it is dead)."""
@@ -60,9 +61,15 @@ class Keepalive:
         if ep.ping_at is not None and now >= ep.ping_at:
             ep.ping_at = now + self.interval
             if ep.pong_deadline is None and ep.ws.state is ConnectionState.OPEN:
-                self._flow.write(ep, ep.ws.send(Ping(payload=PING_PAYLOAD)))
-                ep.pong_deadline = now + self.timeout
+                self.ping(ep, PING_PAYLOAD, now)
         return False
+
+    def ping(self, ep: Endpoint, payload: bytes, now: float) -> None:
+        """Send ``ep`` a ping; its pong is due within ``ping_timeout``."""
+        self._flow.write(ep, ep.ws.send(Ping(payload=payload)))
+        ep.ping_mark = ep.written
+        if ep.pong_deadline is None and self.timeout:
+            ep.pong_deadline = now + self.timeout
 
     @staticmethod
     def next_deadline(ep: Endpoint) -> float | None:

@@ -97,11 +97,22 @@ class Closed:
 
 
 @dataclass(frozen=True, slots=True)
+class Confirmed:
+    """A pong answered the confirmation ping sent after client message ``seq``: the
+    backend's WebSocket layer read every message up to it (at-least-once)."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
 class Done:
     """The link is finished (close handshake over, or its socket gone while closing)."""
 
 
-Outcome = Opened | Proven | Failed | Lost | Closed | Done
+Outcome = Opened | Proven | Failed | Lost | Closed | Confirmed | Done
+
+#: Payload prefix of the pings that ask a backend to confirm what it read.
+CONFIRM_PREFIX = b"wspipe:c"
 Message = TextMessage | BytesMessage
 _DONE = Done()
 _PROVEN = Proven()
@@ -115,7 +126,7 @@ class Link(Endpoint):
     RESUME = ResumeLink
     INBOUND = False
 
-    __slots__ = ("backend", "deadline", "proven", "state")
+    __slots__ = ("backend", "confirm_asked", "confirming", "deadline", "proven", "state")
 
     def __init__(self, ident: LinkId, backend: Backend, owner: Any, deadline: float) -> None:
         super().__init__(ident, WSConnection(ConnectionType.CLIENT), owner)
@@ -127,6 +138,10 @@ class Link(Endpoint):
         #: then does the link count as a success for the pool: a backend that accepts
         #: the upgrade and fails at once must still be ejected.
         self.proven = False
+        #: The last client message a confirmation ping asked about, and whether its
+        #: pong is still to come (at-least-once).
+        self.confirm_asked = 0
+        self.confirming = False
 
     @property
     def id(self) -> LinkId:
@@ -189,6 +204,9 @@ class Link(Endpoint):
                     if not self.proven:
                         self.proven = True
                         yield _PROVEN
+                    payload = bytes(event.payload)
+                    if payload.startswith(CONFIRM_PREFIX) and payload[8:].isdigit():
+                        yield Confirmed(int(payload[8:]))
                 elif isinstance(event, AcceptConnection):
                     yield self._opened(event, keepalive, now)
                 elif isinstance(event, RejectConnection):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from wsproto import WSConnection
 
 from .actions import PauseClient, ResumeClient, SendToClient
-from .codes import InterruptionCause
+from .codes import Delivery, InterruptionCause
 from .events import ConnId
 from .flow import Endpoint
 from .info import PipeInfo, PipeState, RequestInfo
@@ -47,6 +47,15 @@ class Pipe:
     lane: Lane
     #: ``max_interruption``: how long the pipe may go without a link or stay paused.
     patience: float
+    #: What it promises for client messages across an interruption.
+    delivery: Delivery = Delivery.AT_MOST_ONCE
+    #: A stable id of the session, told to every backend that carries it.
+    session_id: str = ""
+    #: Links that have carried the pipe so far (the next one is number ``carried + 1``).
+    carried: int = 0
+    #: Unconfirmed messages put back at the last interruption: the next backend may see
+    #: them a second time.
+    replaying: int = 0
     state: PipeState = PipeState.CONNECTING
     #: The subprotocols the client offered that the configuration allows.
     offered: tuple[str, ...] = ()
@@ -106,6 +115,7 @@ class Pipe:
         return PipeInfo(self.id, self.client_id, self.state, self.request,
                         backend.id if backend is not None else None, self.subprotocol,
                         buffer.bytes, self.interruptions, self.since, len(buffer),
-                        self.attempts, self.retry_at)
+                        self.attempts, self.retry_at, self.delivery.value,
+                        len(self.lane.retained), self.session_id)
 
 

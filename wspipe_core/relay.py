@@ -48,16 +48,24 @@ class Verdict(enum.Enum):
 class Lane:
     """One direction of a pipe: the messages waiting for a destination, and what they cost.
 
-    ``held`` is what the limits count: the sender's message in progress plus the
-    buffer (payload bytes plus ``buffer_message_overhead`` per buffered message).
+    ``buffer`` holds messages waiting for a link; with ``retain`` (at-least-once and
+    acked delivery), ``retained`` holds the messages written to the link and not yet
+    confirmed. ``held`` is what the limits count: the sender's message in progress plus
+    both (payload bytes plus ``buffer_message_overhead`` per message).
     """
 
-    __slots__ = ("buffer", "dropped", "held", "overflow", "owner", "paused", "paused_since")
+    __slots__ = ("buffer", "dropped", "held", "next_seq", "overflow", "owner", "paused",
+                 "paused_since", "retain", "retained")
 
-    def __init__(self, overhead: int, owner: Any = None) -> None:
+    def __init__(self, overhead: int, owner: Any = None, *, retain: bool = False) -> None:
         #: The pipe it belongs to.
         self.owner: Any = owner
         self.buffer = ReplayBuffer(overhead)
+        #: Whether messages written to a link are kept until confirmed.
+        self.retain = retain
+        self.retained = ReplayBuffer(overhead)
+        #: The sequence number of the next complete message (1, 2, ...).
+        self.next_seq = 1
         #: Bytes counted against ``buffer_limit`` and the memory budget.
         self.held = 0
         #: Whether the ``pause`` policy stopped reading the sender.
@@ -101,7 +109,8 @@ class Relay:
         n = len(data) if type(data) is not str else payload_size(data)
         dst = src.peer
         asm = src.assembler
-        if event.message_finished and dst is not None and asm.idle and n <= self._max:
+        if (event.message_finished and dst is not None and asm.idle and n <= self._max
+                and (lane is None or not lane.retain)):
             # Fast path: a whole one-frame message on a live relay; nothing is held.
             stats = self._stats
             if src.INBOUND:
@@ -111,14 +120,17 @@ class Relay:
                 stats.messages_out += 1
                 stats.bytes_out += n
             self._flow.write(dst, dst.ws.send(event))
+            dst.written += 1
             return Verdict.GO
         if asm.size + n > self._max:
             return Verdict.TOO_BIG
         if lane is not None:
             if not event.message_finished:
                 growth = n  # held in the assembler until the message is complete
+            elif dst is None or lane.retain:
+                growth = n + lane.buffer.overhead  # buffered, or written and retained
             else:
-                growth = 0 if dst is not None else n + lane.buffer.overhead
+                growth = 0
             if growth:
                 verdict = self._make_room(pipe, src, lane, event, n, growth, now)
                 if verdict is not Verdict.GO:
@@ -128,9 +140,16 @@ class Relay:
         if message is not None:
             self._count(src, prior + n)
             if dst is not None:
-                self._flow.write(dst, dst.ws.send(frame(message)))
+                # The event as it came when it is the whole message: no second copy.
+                whole = event if message is data else frame(message)
+                self._flow.write(dst, dst.ws.send(whole))
+                dst.written += 1
+                if lane is not None and lane.retain:
+                    lane.retained.append(message, prior + n, lane.next_seq)
+                    lane.next_seq += 1
             elif lane is not None:
-                lane.buffer.append(message, prior + n)
+                lane.buffer.append(message, prior + n, lane.next_seq)
+                lane.next_seq += 1
         if lane is not None:
             self.account(lane, src)
         return Verdict.GO
@@ -206,17 +225,37 @@ class Relay:
         return True
 
     def replay(self, lane: Lane, src: Endpoint, dst: Endpoint) -> int:
-        """Send everything ``lane`` holds to ``dst``, oldest first; the number of messages."""
-        messages = lane.buffer.drain()
-        for message in messages:
+        """Send everything ``lane`` holds to ``dst``, oldest first; the number of messages.
+
+        With ``retain``, what is sent is retained again until this link confirms it.
+        """
+        items = lane.buffer.drain()
+        for seq, message, size in items:
             self._flow.write(dst, dst.ws.send(frame(message)))
-        self._stats.messages_replayed += len(messages)
+            dst.written += 1
+            if lane.retain:
+                lane.retained.append(message, size, seq)
+        self._stats.messages_replayed += len(items)
         self.account(lane, src)
-        return len(messages)
+        return len(items)
+
+    def confirm(self, lane: Lane, src: Endpoint, upto: int) -> int:
+        """The link confirmed every message numbered ``upto`` or less; how many it freed."""
+        count = lane.retained.confirm(upto)
+        if count:
+            self.account(lane, src)
+        return count
+
+    def requeue(self, lane: Lane) -> int:
+        """The link is lost: what it did not confirm goes first in line for the next one."""
+        items = lane.retained.drain()
+        lane.buffer.prepend(items)
+        return len(items)
 
     def clear(self, lane: Lane, src: Endpoint) -> None:
         """Drop everything ``lane`` holds (its pipe ended) and give the bytes back."""
         lane.buffer.drain()
+        lane.retained.drain()
         src.assembler.reset()
         lane.overflow = None
         lane.paused = False
@@ -225,7 +264,7 @@ class Relay:
 
     def account(self, lane: Lane, src: Endpoint) -> None:
         """Bring ``lane.held`` and the memory budget up to date."""
-        held = src.assembler.size + lane.buffer.cost
+        held = src.assembler.size + lane.buffer.cost + lane.retained.cost
         if held != lane.held:
             if held < lane.held:
                 self._flow.budget_freed = True

@@ -17,12 +17,13 @@ client gets 1013. Client messages cross through :mod:`wspipe_core.relay`.
 from __future__ import annotations
 
 import logging
+import uuid
 
 from wsproto.connection import ConnectionState
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from .actions import CloseClient
-from .codes import CloseCode, sendable
+from .codes import CloseCode, Delivery, sendable
 from .failover import Failover
 from .flow import Hold
 from .handshake import Upgrade, allowed_subprotocols, http_error
@@ -49,9 +50,14 @@ class Sessions(Failover):
         ``handshake_timeout``, the first one it offered.
         """
         cfg = self._config
+        delivery = self._hooks.delivery(up.request, up.client_id)
+        lane = Lane(cfg.buffer_message_overhead, None,
+                    retain=delivery is not Delivery.AT_MOST_ONCE)
         pipe = Pipe(f"p{self._next}", up.client_id, up.request, None, now,
-                    ClientConn(up.conn, up.ws, None), Lane(cfg.buffer_message_overhead, None),
-                    cfg.max_interruption, interrupted_at=now,
+                    ClientConn(up.conn, up.ws, None), lane, cfg.max_interruption,
+                    delivery=delivery,
+                    session_id=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
+                    interrupted_at=now,
                     offered=allowed_subprotocols(up.request.subprotocols, cfg.subprotocols),
                     upgrade=up.ws, early=up.early)
         pipe.client.owner = pipe.lane.owner = pipe
@@ -136,6 +142,7 @@ class Sessions(Failover):
             elif isinstance(event, CloseConnection):
                 self._client_closed(pipe, event, now)
                 return
+        self._deliveries.after_burst(pipe, now)
 
     def _stopped(self, pipe: Pipe, verdict: Verdict, now: float) -> None:
         """A message from the client could not go on: what that means for the pipe."""

@@ -25,6 +25,14 @@ class Stats:
     #: Interruptions by cause (``eof``, ``close_code``, ``ping_timeout``, ``protocol``,
     #: ``message_too_big``, ``migrate``).
     interruptions: Counter[str] = field(default_factory=Counter)
+    #: Client messages written to a link that was lost before it confirmed them, by
+    #: cause (at-least-once and acked: each is replayed, so it may arrive twice).
+    unconfirmed_at_interruption: Counter[str] = field(default_factory=Counter)
+    #: At-most-once: client messages written to a link lost since its last pong (an
+    #: upper bound of what the backend never read), by cause.
+    possibly_lost: Counter[str] = field(default_factory=Counter)
+    #: Confirmations of written messages: pongs (at-least-once) and acks (acked).
+    confirmations: int = 0
     #: Interruptions that ended with a new link.
     failovers: int = 0
     #: Pipes moved off draining backends by a drain with migrate.

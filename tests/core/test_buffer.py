@@ -14,12 +14,13 @@ from .helpers import harness
 
 def test_replay_buffer_drains_in_arrival_order_and_counts_payload_bytes():
     buf = ReplayBuffer()
-    buf.append("héllo")
-    buf.append(b"\x00\x01")
-    buf.append("x", size=10)
+    buf.append("héllo", seq=1)
+    buf.append(b"\x00\x01", seq=2)
+    buf.append("x", size=10, seq=3)
     assert len(buf) == 3 and buf.bytes == 6 + 2 + 10
-    assert buf.drain() == ["héllo", b"\x00\x01", "x"]
-    assert len(buf) == 0 and buf.bytes == 0
+    assert (buf.first_seq, buf.last_seq) == (1, 3)
+    assert buf.drain() == [(1, "héllo", 6), (2, b"\x00\x01", 2), (3, "x", 10)]
+    assert len(buf) == 0 and buf.bytes == 0 and buf.first_seq is None and buf.last_seq == 0
 
 
 def test_replay_buffer_drop_oldest_returns_its_size():
@@ -27,7 +28,17 @@ def test_replay_buffer_drop_oldest_returns_its_size():
     buf.append(b"aaaa")
     buf.append(b"bb")
     assert buf.drop_oldest() == 4
-    assert buf.bytes == 2 and buf.drain() == [b"bb"]
+    assert buf.bytes == 2 and [m for _, m, _ in buf.drain()] == [b"bb"]
+
+
+def test_replay_buffer_confirms_up_to_a_sequence_number_and_takes_items_back_in_front():
+    retained, waiting = ReplayBuffer(), ReplayBuffer()
+    for seq in (1, 2, 3):
+        retained.append(b"r", seq=seq)
+    waiting.append(b"w", seq=4)
+    assert retained.confirm(2) == 1 + 1 and retained.first_seq == 3 and retained.bytes == 1
+    waiting.prepend(retained.drain())
+    assert [seq for seq, _, _ in waiting.drain()] == [3, 4]
 
 
 class _Holder:

@@ -20,7 +20,8 @@ def check_invariants(proxy: Proxy) -> None:
     for pipe in pipes:
         lane = pipe.lane
         assert 0 <= lane.held <= cfg.buffer_limit, (pipe.id, lane.held)
-        assert lane.held == lane.buffer.cost + pipe.client.assembler.size, pipe.id
+        assert lane.held == (lane.buffer.cost + lane.retained.cost
+                             + pipe.client.assembler.size), pipe.id
         link = pipe.link
         if link is not None:
             assert proxy._links.get(link.id) is link, pipe.id

@@ -57,7 +57,8 @@ class _Peer:
         self.received: list[Message] = []
         #: The Close the peer received, if any.
         self.close: CloseConnection | None = None
-        #: Payloads of the pongs received, in order.
+        #: Payloads of the pings and of the pongs received, in order.
+        self.pings: list[bytes] = []
         self.pongs: list[bytes] = []
         self._parts: list[Message] = []
 
@@ -72,6 +73,7 @@ class _Peer:
                                        else b"".join(parts))  # type: ignore[arg-type]
                     self.received.append(joined)
             elif isinstance(event, Ping):
+                self.pings.append(bytes(event.payload))
                 if self.ws.state is ConnectionState.OPEN:
                     reply += self.ws.send(event.response())
             elif isinstance(event, CloseConnection):
@@ -206,6 +208,11 @@ class BackendLink(_Holding):
     @property
     def close(self) -> CloseConnection | None:
         return self.peer.close if self.peer is not None else None
+
+    @property
+    def pings(self) -> list[bytes]:
+        """Payloads of the pings the proxy sent on this link."""
+        return self.peer.pings if self.peer is not None else []
 
     def header(self, name: str) -> str | None:
         """A header of the upgrade request (case-insensitive)."""
