@@ -249,11 +249,12 @@ def url(server: ProxyServer, path: str, scheme: str = "ws") -> str:
 
 
 class ProcessBackend:
-    """``backend_process.py`` in a subprocess: killable with SIGKILL (its sockets reset)."""
+    """A backend in a subprocess, killable with SIGKILL: by default ``backend_process.py``
+    (websockets; its sockets reset when killed), or ``starlette_backend.py`` (uvicorn)."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: str = "backend_process.py") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("backend_process.py"))],
+            [sys.executable, str(Path(__file__).with_name(script))],
             stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline().split()
