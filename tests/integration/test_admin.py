@@ -9,7 +9,10 @@ without a running proxy. Runs on asyncio and trio.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -548,6 +551,28 @@ async def test_without_a_token_one_is_generated_and_required(tmp_path: Any) -> N
         load_token(token_file=str(tmp_path / "missing"))
     with pytest.raises(AdminConfigError):
         load_token(TOKEN, str(token_file))
+
+
+class NaNWeights(HarnessControl):
+    """A control reporting a weight no JSON can carry (as a bug or an old pool might)."""
+
+    def backends(self) -> list[BackendInfo]:
+        return [dataclasses.replace(b, weight=math.nan) for b in super().backends()]
+
+
+async def test_an_answer_is_always_strict_json() -> None:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} in an answer")
+
+    h = Harness(ProxyConfig(ping_interval=0))
+    control = NaNWeights(h)
+    control.add_backend("ws://b1:80/")
+    with anyio.fail_after(10):
+        async with admin_client(control) as (_, http):
+            r = await http.get("/backends", headers=AUTH)
+            assert r.status_code == 500
+            assert "not valid JSON" in json.loads(r.text, parse_constant=refuse)["detail"]
+            assert (await http.get("/healthz")).status_code == 200  # the listener is fine
 
 
 async def test_expect_100_continue_and_keep_alive() -> None:
