@@ -8,10 +8,13 @@
     wspipe pipes list
 
 Each takes ``--admin URL`` (``http://HOST:PORT`` or ``HOST:PORT``; default
-``$WSPIPE_ADMIN``, else ``127.0.0.1:9090``), ``--admin-token TOKEN`` (default
-``$WSPIPE_ADMIN_TOKEN``; prefer the variable: a flag shows in ``ps``) and
-``--json`` (print the API's JSON instead of a table). Exit status: 0 done, 1 the
-API refused or could not be reached (one line on stderr saying why), 2 usage.
+``$WSPIPE_ADMIN``, else ``127.0.0.1:9090``), ``--admin-token TOKEN`` or
+``--admin-token-file FILE`` (default ``$WSPIPE_ADMIN_TOKEN``; prefer the variable
+or the file: a flag shows in ``ps``) and ``--json`` (print the API's JSON instead
+of a table). With none of them and a loopback admin address, the token the proxy
+generated for that port is read from its private file
+(:mod:`wspipe_anyio.admin.tokens`). Exit status: 0 done, 1 the API refused or
+could not be reached (one line on stderr saying why), 2 usage.
 
 The ``wspipe`` CLI wires these in with :func:`add_admin_subcommands` and
 :func:`run_admin_command`; ``python -m wspipe_anyio.admin_cli`` runs them alone.
@@ -29,7 +32,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
+
+from .admin.http import is_loopback
+from .admin.tokens import find_token, read_token_file
 
 #: Default admin address when neither ``--admin`` nor ``$WSPIPE_ADMIN`` is given.
 DEFAULT_ADMIN = "127.0.0.1:9090"
@@ -48,7 +55,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="admin API: http://HOST:PORT or HOST:PORT "
                              f"(default $WSPIPE_ADMIN or {DEFAULT_ADMIN})")
     parser.add_argument("--admin-token", metavar="TOKEN",
-                        help="admin bearer token (default $WSPIPE_ADMIN_TOKEN)")
+                        help="admin bearer token (default $WSPIPE_ADMIN_TOKEN, else the "
+                             "token the proxy generated, for a loopback address)")
+    parser.add_argument("--admin-token-file", metavar="FILE",
+                        help="read the admin token from the first line of FILE")
     parser.add_argument("--json", action="store_true", help="print JSON, not a table")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help=f"request timeout ({DEFAULT_TIMEOUT:g})")
@@ -91,6 +101,37 @@ def admin_base_url(value: str | None) -> str:
         raise AdminError(f"invalid admin address {value!r}: expected http://HOST:PORT or "
                          "HOST:PORT")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def resolve_token(args: argparse.Namespace, base: str) -> tuple[str | None, str]:
+    """The token to send, and where it came from (for error messages).
+
+    ``--admin-token``, else ``--admin-token-file``, else ``$WSPIPE_ADMIN_TOKEN``, else
+    (only for a loopback ``http://`` admin address, never sent elsewhere) the token
+    file the proxy generated for that port.
+    """
+    if args.admin_token is not None:
+        return args.admin_token, "--admin-token"
+    token_file = getattr(args, "admin_token_file", None)
+    if token_file is not None:
+        try:
+            token = read_token_file(Path(token_file))
+        except OSError as exc:
+            raise AdminError(f"cannot read admin token file {token_file}: "
+                             f"{exc.strerror or exc}") from None
+        if token is None:
+            raise AdminError(f"admin token file {token_file} does not exist or is empty")
+        return token, token_file
+    if os.environ.get("WSPIPE_ADMIN_TOKEN"):
+        return os.environ["WSPIPE_ADMIN_TOKEN"], "$WSPIPE_ADMIN_TOKEN"
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme != "http" or not parts.hostname or not is_loopback(parts.hostname):
+        return None, "no token given"
+    token, searched = find_token(parts.port or 80)
+    if token is not None:
+        return token, "the generated token file"
+    places = ", ".join(str(p) for p in searched) or "no token directory"
+    return None, f"no token given and no generated token file ({places})"
 
 
 def request(base: str, method: str, path: str, *, token: str | None,
@@ -149,13 +190,19 @@ def run_admin_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
     """Run ``backends ...`` or ``pipes ...`` parsed by :func:`add_admin_subcommands`."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    token = args.admin_token if args.admin_token is not None else os.environ.get(
-        "WSPIPE_ADMIN_TOKEN")
     try:
         base = admin_base_url(args.admin)
+        token, source = resolve_token(args, base)
 
         def call(method: str, path: str, body: Any = None) -> Any:
-            return request(base, method, path, token=token, body=body, timeout=args.timeout)
+            try:
+                return request(base, method, path, token=token, body=body,
+                               timeout=args.timeout)
+            except AdminError as exc:
+                if token is None and ": HTTP 401" in str(exc):
+                    raise AdminError(f"{exc} ({source}; give --admin-token-file or "
+                                     "$WSPIPE_ADMIN_TOKEN)") from None
+                raise
 
         action = (args.command, args.admin_action)
         if action == ("backends", "list"):

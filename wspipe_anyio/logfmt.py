@@ -6,6 +6,11 @@ fields and the text format shows them in the message. :class:`RedactingFilter`
 masks secrets before any handler sees a record: the values it is given (the admin
 token), bearer/basic credentials, ``Authorization``/``Cookie`` header values, and
 the values of secret-looking query parameters in URLs (``?token=...``).
+
+URLs that leave the process in structured answers are masked harder, by one
+implementation: :func:`mask_url` (admin API answers: credentials, every query value
+and the fragment masked), :func:`mask_urls` (every URL inside a free text, such as an
+error detail) and :func:`url_label` (metric labels: no credentials, query or fragment).
 """
 
 from __future__ import annotations
@@ -29,6 +34,61 @@ _HEADERS = re.compile(
 _QUERY = re.compile(
     r"(?i)([?&](?:token|access_token|api_key|apikey|key|secret|password|passwd|auth|sig|"
     r"signature)=)[^&\s'\"]+")
+
+
+_URL = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _split_url(url: str) -> tuple[str, str, str, str, str]:
+    """``(scheme://, host[:port], path, query, fragment)`` without userinfo; never raises."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    else:
+        scheme += sep
+    end = len(rest)
+    for stop in "/?#":
+        index = rest.find(stop)
+        if index != -1:
+            end = min(end, index)
+    authority, rest = (rest[:end], rest[end:]) if sep else ("", rest)
+    rest, _, fragment = rest.partition("#")
+    path, _, query = rest.partition("?")
+    return scheme, authority, path, query, fragment
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its credentials, every query value and its fragment masked.
+
+    ``ws://u:p@10.0.0.7:9000/path?token=abc&room=1`` becomes
+    ``ws://***@10.0.0.7:9000/path?token=***&room=***``: the shape stays readable, no
+    value does. A query item without ``=`` is masked whole.
+    """
+    scheme, authority, path, query, fragment = _split_url(url)
+    if "@" in authority:
+        authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
+    out = scheme + authority + path
+    if query:
+        items = [f"{item.partition('=')[0]}={REDACTED}" if "=" in item else REDACTED
+                 for item in query.split("&") if item]
+        out += "?" + "&".join(items)
+    if fragment:
+        out += "#" + REDACTED
+    return out
+
+
+def mask_urls(text: str) -> str:
+    """``text`` with every ``scheme://...`` URL in it passed through :func:`mask_url`."""
+    return _URL.sub(lambda m: mask_url(m.group(0)), text) if "://" in text else text
+
+
+def url_label(url: str) -> str:
+    """``url`` as a metric label: scheme, host, port and path only.
+
+    ``ws://u:p@10.0.0.7:9000/path?token=abc`` becomes ``ws://10.0.0.7:9000/path``.
+    """
+    scheme, authority, path, _, _ = _split_url(url)
+    return scheme + authority.rpartition("@")[2] + path
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:

@@ -10,6 +10,10 @@ each took (a histogram). :class:`Metrics` bundles both in a registry of its own
 :class:`~wspipe_anyio.ProxyServer` creates one as ``server.metrics`` and the admin
 API's ``/metrics`` renders it. Every name is prefixed ``wspipe_``; see
 docs/operations.md for the list and the alerts to set on them.
+
+A backend's series carry its id (``backend``) and its URL as
+:func:`wspipe_anyio.logfmt.url_label` gives it (``url``: scheme, host, port and
+path; never credentials or a query, which may hold secrets).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from wspipe_core import (
     PipeState,
     hookimpl,
 )
+
+from .logfmt import url_label
 
 if TYPE_CHECKING:
     from .control import ProxyControl
@@ -161,11 +167,12 @@ class ProxyCollector(Collector):
                                      "Errors recorded against each backend (failed or lost "
                                      "links).", labels=["backend", "url"])
         for backend in backends:
+            url = url_label(backend.url)
             for backend_state in BackendState:
-                state.add_metric([backend.id, backend.url, backend_state.value],
+                state.add_metric([backend.id, url, backend_state.value],
                                  1 if backend.state is backend_state else 0)
-            assigned.add_metric([backend.id, backend.url], backend.pipes)
-            errors.add_metric([backend.id, backend.url], backend.errors)
+            assigned.add_metric([backend.id, url], backend.pipes)
+            errors.add_metric([backend.id, url], backend.errors)
         yield state
         yield assigned
         yield errors

@@ -9,7 +9,10 @@ without a running proxy. Runs on asyncio and trio.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +32,8 @@ pytestmark = pytest.mark.anyio
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: What a POST with a raw body needs besides the token.
+JSON = {**AUTH, "Content-Type": "application/json"}
 
 
 class HarnessControl:
@@ -177,16 +182,19 @@ async def test_post_backends_201_400_409() -> None:
                 {"url": "http://b3/"}, {"url": "ws://"}, {"url": "ws://u:p@b3/"},
                 {"url": "ws://b3/", "weight": 0}, {"url": "ws://b3/", "weight": "heavy"},
                 {"url": "ws://b3/", "weight": True}, {"weight": 1}, {"url": 7},
-                {"url": "ws://b3/", "colour": "red"}, ["ws://b3/"], "ws://b3/", None,
+                {"url": "ws://b3/", "colour": "red"}, ["ws://b3/"], "ws://b3/",
             ]
             for body in bad:
                 r = await http.post("/backends", json=body, headers=AUTH)
                 assert r.status_code == 400, body
                 assert r.json()["detail"], body
-            r = await http.post("/backends", content=b"{not json", headers=AUTH)
+            for raw in (b"null", b""):
+                r = await http.post("/backends", content=raw, headers=JSON)
+                assert r.status_code == 400, raw
+            r = await http.post("/backends", content=b"{not json", headers=JSON)
             assert r.status_code == 400
             assert "not valid JSON" in r.json()["detail"]
-            r = await http.post("/backends", content=b"\xff\xfe", headers=AUTH)
+            r = await http.post("/backends", content=b"\xff\xfe", headers=JSON)
             assert r.status_code == 400
             assert [b.url for b in control.backends()] == ["ws://b1:80/", "ws://b2:80/"]
 
@@ -204,7 +212,7 @@ async def test_body_too_large_is_413() -> None:
                 for _ in range(4):
                     yield b" " * 512
 
-            r = await http.post("/backends", content=chunked(), headers=AUTH)
+            r = await http.post("/backends", content=chunked(), headers=JSON)
             assert r.status_code == 413
             assert control.backends() == []
             # The connection was closed after the 413; the client reconnects.
@@ -495,7 +503,7 @@ async def test_metrics_buffered_bytes_and_failover_by_reason() -> None:
 async def test_malformed_request_is_400_and_idle_connection_is_closed() -> None:
     _, control = make_harness()
     with anyio.fail_after(10):
-        async with admin_client(control, request_timeout=0.3) as (admin, _):
+        async with admin_client(control, head_timeout=0.3) as (admin, _):
             async with await anyio.connect_tcp("127.0.0.1", admin.port) as stream:
                 await stream.send(b"NOT HTTP AT ALL\r\n\r\n")
                 answer = await _read_all(stream)
@@ -515,7 +523,7 @@ async def _read_all(stream: Any) -> bytes:
     return b"".join(chunks)
 
 
-async def test_no_token_allowed_on_loopback_only(tmp_path: Any) -> None:
+async def test_without_a_token_one_is_generated_and_required(tmp_path: Any) -> None:
     _, control = make_harness("ws://b1:80/")
     for host in ("0.0.0.0", "::", "10.1.2.3", "example.com"):
         with pytest.raises(AdminConfigError, match="without a token"):
@@ -523,9 +531,18 @@ async def test_no_token_allowed_on_loopback_only(tmp_path: Any) -> None:
         AdminServer(control, host=host, token=TOKEN)  # allowed with a token (not started)
     with pytest.raises(AdminConfigError):
         AdminServer(control, token="")
+    tmp_path.chmod(0o700)
+    admin = AdminServer(control, token_file_dir=tmp_path)  # loopback, no token: generated
     with anyio.fail_after(10):
-        async with admin_client(control, token=None) as (_, http):  # loopback: open
-            assert (await http.get("/backends")).status_code == 200
+        async with admin, httpx.AsyncClient(base_url=admin.url, timeout=5.0) as http:
+            assert (await http.get("/healthz")).status_code == 200  # probes need nothing
+            assert (await http.get("/backends")).status_code == 401
+            assert admin.token_file == tmp_path / f"admin-{admin.port}.token"
+            assert admin.token_file.read_text() == admin.token + "\n"
+            r = await http.get("/backends", headers={"Authorization": f"Bearer {admin.token}"})
+            assert r.status_code == 200
+            assert admin.token not in repr(admin)
+        assert not admin.token_file.exists()  # removed when the listener stops
     token_file = tmp_path / "token"
     token_file.write_text(f"{TOKEN}\n")
     assert load_token(token_file=str(token_file)) == TOKEN
@@ -536,11 +553,34 @@ async def test_no_token_allowed_on_loopback_only(tmp_path: Any) -> None:
         load_token(TOKEN, str(token_file))
 
 
+class NaNWeights(HarnessControl):
+    """A control reporting a weight no JSON can carry (as a bug or an old pool might)."""
+
+    def backends(self) -> list[BackendInfo]:
+        return [dataclasses.replace(b, weight=math.nan) for b in super().backends()]
+
+
+async def test_an_answer_is_always_strict_json() -> None:
+    def refuse(name: str) -> Any:
+        raise ValueError(f"{name} in an answer")
+
+    h = Harness(ProxyConfig(ping_interval=0))
+    control = NaNWeights(h)
+    control.add_backend("ws://b1:80/")
+    with anyio.fail_after(10):
+        async with admin_client(control) as (_, http):
+            r = await http.get("/backends", headers=AUTH)
+            assert r.status_code == 500
+            assert "not valid JSON" in json.loads(r.text, parse_constant=refuse)["detail"]
+            assert (await http.get("/healthz")).status_code == 200  # the listener is fine
+
+
 async def test_expect_100_continue_and_keep_alive() -> None:
     _, control = make_harness()
     body = b'{"url": "ws://b1:80/"}'
-    head = (b"POST /backends HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-            + b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+    head = (b"POST /backends HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+            + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
     with anyio.fail_after(10):
         async with admin_client(control) as (admin, _), \
                 await anyio.connect_tcp("127.0.0.1", admin.port) as stream:

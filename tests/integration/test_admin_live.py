@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import httpx
@@ -151,7 +152,19 @@ async def test_metrics_move_with_real_traffic_and_migration() -> None:
     assert after[("wspipe_backend_pipes", (("backend", "b2"), ("url", b2.url)))] == 3
 
 
-async def test_readiness_recovers_with_no_traffic_when_the_cool_down_ends() -> None:
+@pytest.fixture
+def runtime_env(tmp_path: Path) -> dict[str, str]:
+    """An environment whose private runtime directory is a fresh temporary one."""
+    tmp_path.chmod(0o700)
+    return {"XDG_RUNTIME_DIR": str(tmp_path)}
+
+
+def bearer(admin: AdminServer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin.token}"}
+
+
+async def test_readiness_recovers_with_no_traffic_when_the_cool_down_ends(
+        runtime_env: dict[str, str]) -> None:
     # The pool's cool-down ends on the core's clock, not when a pipe next asks: with one
     # backend ejected and no client left, /readyz turns 200 once the cool-down is over.
     eject_base, slack = 1.5, 1.0
@@ -162,11 +175,12 @@ async def test_readiness_recovers_with_no_traffic_when_the_cool_down_ends() -> N
                          eject_base=eject_base, max_interruption=0.5)
     server = ProxyServer(config, listen=[("127.0.0.1", 0)], shutdown_grace=2.0,
                          close_linger=0.5)
-    options = admin_options({"admin": "127.0.0.1:0"}, environ={})
+    options = admin_options({"admin": "127.0.0.1:0"}, environ=runtime_env)
     with anyio.fail_after(20), stopping([]) as backends:
         async with server, open_admin(server, options) as admin:
             assert admin is not None
-            async with httpx.AsyncClient(base_url=admin.url, timeout=5.0) as http:
+            async with httpx.AsyncClient(base_url=admin.url, timeout=5.0,
+                                         headers=bearer(admin)) as http:
                 assert (await http.get("/readyz")).status_code == 200
                 ws = await connect_client(server)  # accepted before any backend answers
                 with anyio.fail_after(5):
@@ -191,7 +205,8 @@ async def test_readiness_recovers_with_no_traffic_when_the_cool_down_ends() -> N
     assert server.internal_errors == 0
 
 
-async def test_metrics_belong_to_the_server_and_outlive_the_admin_listener() -> None:
+async def test_metrics_belong_to_the_server_and_outlive_the_admin_listener(
+        runtime_env: dict[str, str]) -> None:
     recorder = Recorder()
     with anyio.fail_after(20), stopping([EchoBackend(recorder).start(),
                                          EchoBackend(recorder).start()]) as (b1, b2):
@@ -207,11 +222,12 @@ async def test_metrics_belong_to_the_server_and_outlive_the_admin_listener() -> 
                 while [b.url for b in server.backends()] != [b2.url]:
                     await anyio.sleep(0.02)
             assert await echo(ws, "1:1") == "1:1"
-            options = admin_options({"admin": "127.0.0.1:0"}, environ={})
+            options = admin_options({"admin": "127.0.0.1:0"}, environ=runtime_env)
             for _ in range(2):  # opened after the failover, then once more
                 async with open_admin(server, options) as admin:
                     assert admin is not None
-                    async with httpx.AsyncClient(base_url=admin.url, timeout=5.0) as http:
+                    async with httpx.AsyncClient(base_url=admin.url, timeout=5.0,
+                                                 headers=bearer(admin)) as http:
                         after = samples((await http.get("/metrics")).text)
                 assert after[("wspipe_failovers_total", (("reason", "migrate"),))] == 1
                 assert after[("wspipe_pipes_migrated_total", ())] == 1
@@ -221,20 +237,33 @@ async def test_metrics_belong_to_the_server_and_outlive_the_admin_listener() -> 
     assert server.internal_errors == 0
 
 
-def test_admin_options_from_settings() -> None:
+def test_admin_options_from_settings(runtime_env: dict[str, str]) -> None:
     assert admin_options({}) is None
     assert admin_options({"admin": None}) is None
-    options = admin_options({"admin": "127.0.0.1:9191"}, environ={})
+    options = admin_options({"admin": "127.0.0.1:9191"}, environ=runtime_env)
     assert options is not None
-    assert (options.host, options.port, options.token) == ("127.0.0.1", 9191, None)
-    options = admin_options({"admin": "[::1]:9191"}, environ={})
+    assert (options.host, options.port, options.generated) == ("127.0.0.1", 9191, True)
+    assert options.token and options.token not in repr(options)  # generated, never shown
+    assert options.token_dir == Path(runtime_env["XDG_RUNTIME_DIR"]) / "wspipe"
+    assert options.token_dir.stat().st_mode & 0o777 == 0o700
+    options = admin_options({"admin": "[::1]:9191", "admin_token": "given"}, environ={})
     assert options is not None and options.host == "::1"
-    options = admin_options({"admin": "0.0.0.0:9191"},
+    assert (options.token, options.generated) == ("given", False)
+    options = admin_options({"admin": "0.0.0.0:9191", "admin_allow_host": "admin.example",
+                             "admin_allow_origin": ["https://ops.example"]},
                             environ={"WSPIPE_ADMIN_TOKEN": "from-env"})
     assert options is not None and options.token == "from-env"
+    assert (options.allowed_hosts, options.allowed_origins) == (
+        ("admin.example",), ("https://ops.example",))
     assert "from-env" not in repr(options)
     for bad in ({"admin": "0.0.0.0:9191"}, {"admin": "10.0.0.1:9191"},
                 {"admin": "127.0.0.1:99999"}, {"admin": "::1:9191"},
-                {"admin": "127.0.0.1:9191", "admin_token": " "}):
+                {"admin": "127.0.0.1:9191", "admin_token": " "},
+                {"admin": "127.0.0.1:9191", "admin_allow_host": "*"},
+                {"admin": "127.0.0.1:9191", "admin_allow_host": "a/b"},
+                {"admin": "127.0.0.1:9191", "admin_allow_origin": "*"},
+                {"admin": "127.0.0.1:9191", "admin_allow_origin": "null"},
+                {"admin": "127.0.0.1:9191", "admin_allow_origin": 7},
+                {"admin": "127.0.0.1:9191"}):  # no token, and nowhere private to keep one
         with pytest.raises(AdminConfigError):
             admin_options(bad, environ={})

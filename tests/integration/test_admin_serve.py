@@ -6,11 +6,13 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -122,3 +124,50 @@ def test_serve_refuses_a_public_admin_address_without_a_token() -> None:
                     env=env)
     assert result.returncode == 2
     assert "without a token" in result.stderr
+
+
+def test_serve_without_a_token_generates_one_that_the_admin_commands_find(
+        tmp_path: Path, backend_pair: tuple[EchoBackend, EchoBackend]) -> None:
+    b1, _ = backend_pair
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    admin_port = free_port()
+    admin = f"127.0.0.1:{admin_port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("WSPIPE_ADMIN_TOKEN",
+                                                            "WSPIPE_ADMIN")}
+    env["XDG_RUNTIME_DIR"] = str(runtime)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wspipe_anyio", "serve", "--listen", f"127.0.0.1:{free_port()}",
+         "--backend", b1.url, "--admin", admin, "--admin-allow-host", "admin.internal",
+         "--ping-interval", "0"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    token_file = runtime / "wspipe" / f"admin-{admin_port}.token"
+    try:
+        wait_healthy(f"http://{admin}", proc)
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        assert httpx.get(f"http://{admin}/backends", timeout=5).status_code == 401
+        headers = {"Authorization": f"Bearer {token}"}
+        r = httpx.get(f"http://{admin}/backends", timeout=5,
+                      headers={**headers, "Host": "admin.internal"})
+        assert r.status_code == 200  # --admin-allow-host
+        r = httpx.get(f"http://{admin}/backends", timeout=5,
+                      headers={**headers, "Host": "evil.example"})
+        assert r.status_code == 421
+        listed = subprocess.run(
+            [sys.executable, "-m", "wspipe_anyio", "backends", "list", "--admin", admin],
+            capture_output=True, text=True, timeout=15, env=env, check=False)
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.splitlines()[1].split()[:3] == ["b1", b1.url, "up"]
+        elsewhere = subprocess.run(  # another user's (or a missing) token directory
+            [sys.executable, "-m", "wspipe_anyio", "backends", "list", "--admin", admin],
+            capture_output=True, text=True, timeout=15, check=False,
+            env={**env, "XDG_RUNTIME_DIR": "", "HOME": str(tmp_path / "nobody")})
+        assert elsewhere.returncode == 1
+        assert "HTTP 401" in elsewhere.stderr and "no generated token file" in elsewhere.stderr
+    finally:
+        code, err = stop(proc)
+    assert code == 0, err[-2000:]
+    assert str(token_file) in err  # the log says where the token is...
+    assert token not in err  # ...never what it is
+    assert not token_file.exists()

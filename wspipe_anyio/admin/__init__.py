@@ -7,14 +7,21 @@ backends (optionally migrating their pipes, paced by the core at
 health checks. It drives any :class:`~wspipe_anyio.control.ProxyControl`, which
 :class:`~wspipe_anyio.ProxyServer` implements, and touches nothing else.
 
-- :mod:`.http`: the HTTP/1.1 plumbing (h11, limits, timeouts, JSON errors);
+- :mod:`.http`: the HTTP/1.1 plumbing (h11, limits, deadlines, the connection cap,
+  JSON errors);
+- :mod:`.guard`: who may drive it (``Host``, ``Origin``, token, ``Content-Type``);
+- :mod:`.tokens`: the generated token and its private file;
 - :mod:`.routes`: the endpoints (listed there) and :class:`AdminServer`;
 - :mod:`.options`: ``serve`` flags, config keys, :class:`AdminOptions`, :func:`open_admin`.
 """
 
 from __future__ import annotations
 
+from .errors import AdminConfigError
+from .guard import Guard
 from .http import (
+    HEAD_TIMEOUT,
+    IDLE_TIMEOUT,
     MAX_BODY,
     MAX_CONNECTIONS,
     MAX_HEAD,
@@ -23,6 +30,7 @@ from .http import (
     HttpServer,
     Reply,
     Request,
+    Route,
     is_loopback,
 )
 from .options import (
@@ -36,21 +44,26 @@ from .options import (
     open_admin,
 )
 from .routes import (
+    MAX_JSON_DEPTH,
     PUBLIC_PATHS,
-    AdminConfigError,
     AdminRoutes,
     AdminServer,
     backend_json,
     migration_json,
+    parse_json,
     pipe_json,
 )
+from .tokens import find_token, generate_token, token_directories, token_file_name
 
 __all__ = [
     "ADMIN_DEFAULTS",
     "ADMIN_KEYS",
+    "HEAD_TIMEOUT",
+    "IDLE_TIMEOUT",
     "MAX_BODY",
     "MAX_CONNECTIONS",
     "MAX_HEAD",
+    "MAX_JSON_DEPTH",
     "MAX_REQUESTS_PER_CONNECTION",
     "PUBLIC_PATHS",
     "REQUEST_TIMEOUT",
@@ -59,15 +72,22 @@ __all__ = [
     "AdminOptions",
     "AdminRoutes",
     "AdminServer",
+    "Guard",
     "HttpServer",
     "Reply",
     "Request",
+    "Route",
     "add_admin_flags",
     "admin_options",
     "backend_json",
+    "find_token",
+    "generate_token",
     "is_loopback",
     "load_token",
     "migration_json",
     "open_admin",
+    "parse_json",
     "pipe_json",
+    "token_directories",
+    "token_file_name",
 ]
