@@ -29,9 +29,11 @@ median of the ratios of each core run to the wsproto run right after it.
 from __future__ import annotations
 
 import argparse
+import bisect
 import cProfile
 import gc
 import io
+import itertools
 import os
 import platform
 import pstats
@@ -69,6 +71,13 @@ def make_message(size: int, kind: str, seq: int) -> bytes | str:
 def encode_stream(sender: WSConnection, size: int, kind: str, target_bytes: int,
                   min_messages: int = 64) -> tuple[list[bytes], int]:
     """Frames of ``n`` messages from ``sender``, cut into ``CHUNK``-byte reads."""
+    chunks, count, _ = encode_stream_counted(sender, size, kind, target_bytes, min_messages)
+    return chunks, count
+
+
+def encode_stream_counted(sender: WSConnection, size: int, kind: str, target_bytes: int,
+                          min_messages: int = 64) -> tuple[list[bytes], int, list[int]]:
+    """As :func:`encode_stream`, plus how many messages are complete after each chunk."""
     count = max(min_messages, target_bytes // max(size, 1))
     parts = []
     for i in range(count):
@@ -78,7 +87,10 @@ def encode_stream(sender: WSConnection, size: int, kind: str, target_bytes: int,
         parts.append(sender.send(frame))
     stream = b"".join(parts)
     chunks = [stream[i:i + CHUNK] for i in range(0, len(stream), CHUNK)]
-    return chunks, count
+    message_ends = list(itertools.accumulate(len(p) for p in parts))
+    ends = [bisect.bisect_right(message_ends, min(len(stream), (i + 1) * CHUNK))
+            for i in range(len(chunks))]
+    return chunks, count, ends
 
 
 def open_pair(_unused: ConnectionType = ConnectionType.CLIENT) -> tuple[WSConnection, WSConnection]:
@@ -112,9 +124,9 @@ class CoreRig:
     backend_ws: WSConnection  # the backend's end of the link
 
 
-def make_core(config: ProxyConfig | None = None) -> CoreRig:
+def make_core(config: ProxyConfig | None = None, delivery: str = "at-most-once") -> CoreRig:
     """A proxy with one pipe whose link to the backend is open."""
-    config = config or ProxyConfig(backends=(BACKEND_URL,))
+    config = config or ProxyConfig(backends=(BACKEND_URL,), delivery=delivery)
     proxy = Proxy(config)
     conn = 1
     client_ws = WSConnection(ConnectionType.CLIENT)
@@ -139,13 +151,41 @@ def make_core(config: ProxyConfig | None = None) -> CoreRig:
     return CoreRig(proxy, conn, link, client_ws, backend_ws)
 
 
-def core_runner(direction: str) -> tuple[Callable[[list[bytes]], int], CoreRig]:
-    """A function feeding chunks through a fresh core rig; returns output bytes."""
-    rig = make_core()
+def core_runner(direction: str, delivery: str = "at-most-once",
+                ends: list[int] | None = None, count: int = 0,
+                ) -> tuple[Callable[[list[bytes]], int], CoreRig]:
+    """A function feeding chunks through a fresh core rig; returns output bytes.
+
+    At least once, the backend answers each confirmation ping: after each read the core
+    asks (one ping in flight) for the last message it wrote, and its pong comes back
+    right after the write report, as a backend on the same host would answer it.
+    """
+    rig = make_core(delivery=delivery)
     handle = rig.proxy.handle
     conn, link = rig.conn, rig.link
     send_to_link, send_to_client = act.SendToLink, act.SendToClient
-    if direction == "c2b":
+    if direction == "c2b" and delivery == "at-least-once":
+        assert ends is not None
+        state = {"base": 0}
+
+        def feed(chunks: list[bytes]) -> int:
+            total = 0
+            base = state["base"]
+            for chunk, end in zip(chunks, ends, strict=False):
+                n = 0
+                for action in handle(ev.ClientDataReceived(conn, chunk), NOW):
+                    if type(action) is send_to_link:
+                        n += len(action.data)
+                if n:
+                    handle(ev.LinkDataSent(link, n), NOW)
+                    total += n
+                    payload = b"wspipe:c%d" % (base + end)
+                    handle(ev.LinkDataReceived(link, bytes([0x8A, len(payload)]) + payload),
+                           NOW)
+            if len(chunks) == len(ends):
+                state["base"] = base + count
+            return total
+    elif direction == "c2b":
         def feed(chunks: list[bytes]) -> int:
             total = 0
             for chunk in chunks:
@@ -266,21 +306,29 @@ def fmt_rate(rate: float) -> str:
 
 
 def run(sizes: list[int], kind: str, duration: float, repeat: int,
-        directions: list[str]) -> list[dict[str, object]]:
+        directions: list[str], delivery: str = "at-most-once",
+        against: str = "wsproto") -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for size in sizes:
         for direction in directions:
             verify(direction, size, kind)
             client_sender, server_sender = peer_senders()
             sender = client_sender if direction == "c2b" else server_sender
-            chunks, count = encode_stream(sender, size, kind,
-                                          target_bytes=max(8 * CHUNK, 64 * size))
+            chunks, count, ends = encode_stream_counted(sender, size, kind,
+                                                        target_bytes=max(8 * CHUNK, 64 * size))
             core_rates: list[float] = []
             bare_rates: list[float] = []
             for _ in range(repeat):
-                feed, _rig = core_runner(direction)
+                feed, rig = core_runner(direction, delivery, ends, count)
                 core_rates.append(timed(feed, chunks, count, duration))
-                bare_rates.append(timed(wsproto_runner(direction), chunks, count, duration))
+                pipe = rig.proxy.pipes()[0]
+                if pipe.state.value != "linked" or pipe.unconfirmed_messages > count:
+                    raise SystemExit(f"retention did not keep up: {pipe}")
+                if against == "wsproto":
+                    reference = wsproto_runner(direction)
+                else:
+                    reference, _ = core_runner(direction, against, ends, count)
+                bare_rates.append(timed(reference, chunks, count, duration))
             core = statistics.median(core_rates)
             bare = statistics.median(bare_rates)
             # Each core run is paired with the wsproto run right after it (same machine load).
@@ -344,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead of the table, cProfile the core at this size")
     parser.add_argument("--top", type=int, default=25, help="profile rows (default 25)")
     parser.add_argument("--sort", default="tottime", help="profile sort key (default tottime)")
+    parser.add_argument("--delivery", choices=("at-most-once", "at-least-once"),
+                        default="at-most-once", help="the core's delivery mode")
+    parser.add_argument("--against", choices=("wsproto", "at-most-once"), default="wsproto",
+                        help="the reference each core run is paired with: bare wsproto, or "
+                             "the core at most once (to price a delivery mode)")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.repeat = 0.2, 5
@@ -354,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
-    rows = run(sizes, args.kind, args.duration, args.repeat, directions)
+    rows = run(sizes, args.kind, args.duration, args.repeat, directions, args.delivery,
+               args.against)
+    if args.against != "wsproto" or args.delivery != "at-most-once":
+        print(f"\ncore: delivery {args.delivery}; reference column: "
+              f"{'core at most once' if args.against != 'wsproto' else 'bare wsproto'}")
     print_table(rows, args.kind, args.duration, args.repeat)
     return 0
 

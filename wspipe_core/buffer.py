@@ -28,7 +28,7 @@ class Holder(Protocol):
 class MemoryBudget:
     """Bytes held (buffered and in progress) over all pipes, against one limit."""
 
-    __slots__ = ("_heap", "_seq", "high_water", "holders", "limit", "used")
+    __slots__ = ("_dirty", "_heap", "_seq", "high_water", "holders", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -39,6 +39,8 @@ class MemoryBudget:
         self.holders = 0
         self._heap: list[tuple[int, int, Holder]] = []
         self._seq = itertools.count()
+        #: Holders that grew since the heap last saw them (indexed lazily, on demand).
+        self._dirty: dict[Holder, None] = {}
 
     def fits(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more would stay within the budget."""
@@ -52,22 +54,50 @@ class MemoryBudget:
             self.high_water = self.used
         holder.held = held
         self.holders += (held > 0) - (before > 0)
-        if held:
-            heapq.heappush(self._heap, (-held, next(self._seq), holder))
-            if len(self._heap) > 2 * self.holders + 64:
-                # Stale entries are dropped lazily; rebuild so the heap stays O(holders).
-                live = {id(h): h for _, _, h in self._heap if h.held}
-                self._heap = [(-h.held, next(self._seq), h) for h in live.values()]
-                heapq.heapify(self._heap)
+        if held > before:
+            self._mark(holder)
+
+    def grow(self, holder: Holder, nbytes: int) -> None:
+        """``holder`` holds ``nbytes`` more (the per-message path: no heap work here)."""
+        before = holder.held
+        holder.held = before + nbytes
+        self.used += nbytes
+        if self.used > self.high_water:
+            self.high_water = self.used
+        if not before:
+            self.holders += 1
+        self._mark(holder)
+
+    def _mark(self, holder: Holder) -> None:
+        dirty = self._dirty
+        dirty[holder] = None
+        if len(dirty) > 2 * self.holders + 64:
+            self._index()  # bounded: holders that went away do not pile up here
+
+    def _index(self) -> None:
+        heap = self._heap
+        for holder in self._dirty:
+            if holder.held:
+                heapq.heappush(heap, (-holder.held, next(self._seq), holder))
+        self._dirty.clear()
+        if len(heap) > 2 * self.holders + 64:
+            # Stale entries are dropped lazily; rebuild so the heap stays O(holders).
+            live = {id(h): h for _, _, h in heap if h.held}
+            self._heap = [(-h.held, next(self._seq), h) for h in live.values()]
+            heapq.heapify(self._heap)
 
     def largest(self) -> Holder | None:
         """The holder of the most bytes (the oldest of equals), or ``None``."""
+        if self._dirty:
+            self._index()
         heap = self._heap
         while heap:
             held, _, holder = heap[0]
             if -held == holder.held:
                 return holder
             heapq.heappop(heap)
+            if holder.held:  # it shrank since: index it again at what it holds now
+                heapq.heappush(heap, (-holder.held, next(self._seq), holder))
         return None
 
 

@@ -122,6 +122,19 @@ class Relay:
             self._flow.write(dst, dst.ws.send(event))
             dst.written += 1
             return Verdict.GO
+        if (lane is not None and lane.retain and event.message_finished and dst is not None
+                and asm.idle and n <= self._max):
+            # Fast path with retention: written now, kept until confirmed.
+            cost = n + lane.buffer.overhead
+            budget = self._budget
+            if lane.held + cost <= self._limit and budget.used + cost <= budget.limit:
+                self._count(src, n)
+                self._flow.write(dst, dst.ws.send(event))
+                dst.written += 1
+                lane.retained.append(data, n, lane.next_seq)
+                lane.next_seq += 1
+                budget.grow(lane, cost)
+                return Verdict.GO
         if asm.size + n > self._max:
             return Verdict.TOO_BIG
         if lane is not None:
