@@ -14,6 +14,8 @@ Every party is its own process, all on 127.0.0.1:
   ``floor-asyncio``   ``benchmarks/floor_relay.py`` on asyncio (uvloop): wsproto + anyio,
                       no wspipe logic — the floor of our own stack
   ``floor-trio``      the same on trio
+  ``wspipe-asyncio-alo``, ``wspipe-trio-alo``  wspipe with ``--delivery at-least-once``,
+                      compared with the same wspipe target at most once (opt-in targets)
 
 Sections (``--sections``, default all):
 
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -68,7 +71,8 @@ from wspipe_anyio.units import parse_size
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HOST = "127.0.0.1"
-ALL_TARGETS = ("direct", "wspipe-asyncio", "wspipe-trio", "floor-asyncio", "floor-trio")
+ALL_TARGETS = ("direct", "wspipe-asyncio", "wspipe-trio", "floor-asyncio", "floor-trio",
+               "wspipe-asyncio-alo", "wspipe-trio-alo")
 PROXIES = ALL_TARGETS[1:]
 
 # ----------------------------------------------------------------------------- helpers
@@ -155,7 +159,8 @@ async def _backend_main(port: int, tag: bool) -> None:
         await asyncio.Future()
 
 
-async def _load_main(url: str, conns: int, size: int, duration: float, warmup: float) -> None:
+async def _load_main(url: str, conns: int, size: int, duration: float, warmup: float,
+                     inflight: int = 1) -> None:
     from websockets.asyncio.client import connect
 
     payload = bytes(size)
@@ -171,10 +176,15 @@ async def _load_main(url: str, conns: int, size: int, duration: float, warmup: f
     async def loop(ws: Any) -> None:
         nonlocal count
         send, recv = ws.send, ws.recv
+        sent: collections.deque[float] = collections.deque()
+        for _ in range(inflight - 1):  # keep ``inflight`` messages outstanding
+            sent.append(clock())
+            await send(payload)
         while not stop:
-            t0 = clock()
+            sent.append(clock())
             await send(payload)
             reply = await recv()
+            t0 = sent.popleft()
             if counting:
                 latencies.append(clock() - t0)
                 count += 1
@@ -266,13 +276,15 @@ def child_main(argv: list[str]) -> int:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--interval", type=float, default=0.002)
+    parser.add_argument("--inflight", type=int, default=1)
     args = parser.parse_args(argv[1:])
     raise_nofile()
     use_uvloop()
     if role == "_backend":
         asyncio.run(_backend_main(args.port, args.tag))
     elif role == "_load":
-        asyncio.run(_load_main(args.url, args.conns, args.size, args.duration, args.warmup))
+        asyncio.run(_load_main(args.url, args.conns, args.size, args.duration, args.warmup,
+                               args.inflight))
     elif role == "_idle":
         asyncio.run(_idle_main(args.url, args.conns, args.concurrency))
     elif role == "_failover_client":
@@ -347,8 +359,10 @@ def start_target(procs: Procs, target: str, backends: list[str],
     python = [sys.executable, *(["-m", "cProfile", "-o", profile_to] if profile_to else [])]
     if target.startswith("wspipe-"):
         cmd = [*python, "-m", "wspipe_anyio", "serve", "--listen", f"{HOST}:{port}",
-               "--async-lib", target.split("-", 1)[1], "--log-level", "warning",
+               "--async-lib", target.split("-")[1], "--log-level", "warning",
                "--no-entrypoints", "--max-connections", "20000"]
+        if target.endswith("-alo"):
+            cmd += ["--delivery", "at-least-once"]
         for url in backends:
             cmd += ["--backend", url]
     elif target.startswith("floor-"):
@@ -452,7 +466,7 @@ def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str,
                 pid = proxies[target].pid if target in proxies else backend.pid
                 cmd = ["_load", "--url", url, "--conns", str(args.connections), "--size",
                        str(size), "--duration", str(args.duration), "--warmup",
-                       str(args.warmup)]
+                       str(args.warmup), "--inflight", str(args.inflight)]
                 result, cpu = run_load(cmd, pid, timeout=args.duration + args.warmup + 60)
                 rate = result["messages"] / result["elapsed"]
                 runs[target].append({"rate": rate, "p50": result["p50"], "p99": result["p99"],
@@ -467,7 +481,10 @@ def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str,
             row = {"size": size, "target": target, **med,
                    "rates": [r["rate"] for r in runs[target]],
                    "cpus": [r["cpu_us"] for r in runs[target]]}
-            floor = runs.get("floor-" + target.split("-", 1)[-1])
+            lib = target.split("-")[1] if "-" in target else ""
+            # An -alo target is priced against the same proxy at most once; others
+            # against the floor relay of their library.
+            floor = runs.get(f"wspipe-{lib}" if target.endswith("-alo") else f"floor-{lib}")
             if target.startswith("wspipe-") and floor:
                 # Paired by repetition (the same minute of machine load), then the median.
                 row["vs_floor"] = statistics.median(
@@ -648,7 +665,8 @@ def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any
                   f"{cpu_vs} |")
         print("\nvs floor: wspipe msgs/s over the floor relay's on the same library; CPU vs floor: "
               "the floor's CPU per round trip over wspipe's. Both are paired by repetition "
-              "(measured back to back), then the median.")
+              "(measured back to back), then the median. For an -alo target (at-least-once "
+              "delivery) both compare with the same wspipe target at most once instead.")
     if "idle" in results:
         print(f"\n### RSS per idle pipe ({args.idle} idle clients, each linked)\n")
         print("| target | RSS before KiB | RSS after KiB | KiB per idle pipe |")
@@ -715,7 +733,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="throughput,idle,failover")
-    parser.add_argument("--targets", default=",".join(ALL_TARGETS))
+    parser.add_argument("--inflight", type=int, default=1,
+                        help="messages each connection keeps outstanding (default 1)")
+    parser.add_argument("--targets", default=",".join(ALL_TARGETS[:5]),
+                        help="comma-separated (default the first five; the -alo targets run "
+                             "wspipe with --delivery at-least-once)")
     parser.add_argument("--sizes", default="64,1KiB,64KiB")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per cell")

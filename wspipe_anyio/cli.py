@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--ping-timeout", type=_duration, metavar="SECONDS", help="pong wait before a link is dead")
     add("--handshake-timeout", type=_duration, metavar="SECONDS",
         help="time a client has to complete its upgrade request (10)")
+    add("--delivery", choices=("at-most-once", "at-least-once", "acked"),
+        help="what a pipe promises for client messages across an interruption "
+             "(at-most-once)")
     add("--link-timeout", type=_duration, metavar="SECONDS",
         help="time a link has to connect to its backend and finish its handshake (3)")
     add("--race-after", type=_duration, metavar="SECONDS",

@@ -109,8 +109,10 @@ class PipeInfo:
     retry_at: float | None = None
     #: Its delivery mode (``at-most-once``, ``at-least-once``, ``acked``).
     delivery: str = "at-most-once"
-    #: Client messages written to the link and not confirmed yet (retained).
+    #: Client messages written to the link and not confirmed yet (retained), and their
+    #: payload bytes.
     unconfirmed_messages: int = 0
+    unconfirmed_bytes: int = 0
     #: The session id every backend that carries the pipe is told.
     session_id: str = ""
 

@@ -116,6 +116,6 @@ class Pipe:
                         backend.id if backend is not None else None, self.subprotocol,
                         buffer.bytes, self.interruptions, self.since, len(buffer),
                         self.attempts, self.retry_at, self.delivery.value,
-                        len(self.lane.retained), self.session_id)
+                        len(self.lane.retained), self.lane.retained.bytes, self.session_id)
 
 
