@@ -22,6 +22,7 @@ from .errors import (
 from .hooks import ENTRYPOINT_GROUP, Hooks, make_plugin_manager
 from .hookspecs import hookimpl
 from .info import (
+    Accept,
     BackendInfo,
     BackendRequest,
     BackendState,
@@ -38,6 +39,7 @@ from .proxy import Proxy
 
 __all__ = [
     "ENTRYPOINT_GROUP",
+    "Accept",
     "BackendAlreadyRegistered",
     "BackendError",
     "BackendInfo",

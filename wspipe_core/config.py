@@ -97,6 +97,10 @@ class ProxyConfig:
     client_id_header: str = "x-wspipe-client-id"
     #: Pipes moved per second, over the whole proxy, by a drain with migrate.
     migrate_rate: float = 50.0
+    #: A client that vanishes without a Close (EOF, reset, no pong) leaves its session
+    #: parked this long: the link stays and what the backend sends is held until a new
+    #: connection with the same client id takes it over. 0 ends the session at once.
+    resume_window: float = 30.0
     #: What a pipe promises for client messages across an interruption: ``at-most-once``
     #: (the default), ``at-least-once`` or ``acked`` (see docs/behaviour.md, Delivery);
     #: the ``wspipe_delivery`` hook may choose per pipe.
@@ -143,7 +147,8 @@ class ProxyConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-        for name in ("ping_interval", "ping_timeout", "backoff_base", "race_after"):
+        for name in ("ping_interval", "ping_timeout", "backoff_base", "race_after",
+                     "resume_window"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")

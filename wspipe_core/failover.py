@@ -79,11 +79,13 @@ class Failover(abc.ABC):
         self._next = 1
 
     @abc.abstractmethod
-    def end(self, pipe: Pipe, code: int, reason: str, now: float) -> None:
+    def end(self, pipe: Pipe, code: int, reason: str, now: float, *,
+            link_reason: str = "client session ended") -> None:
         """End the session (see :class:`~wspipe_core.session.Sessions`)."""
 
     @abc.abstractmethod
-    def answer(self, pipe: Pipe, subprotocol: str | None, now: float) -> None:
+    def answer(self, pipe: Pipe, subprotocol: str | None, now: float, *,
+               resumed: float | None = None) -> None:
         """Answer the client's upgrade (see :class:`~wspipe_core.session.Sessions`)."""
 
     @abc.abstractmethod
@@ -127,10 +129,18 @@ class Failover(abc.ABC):
                         and item.message_finished and link.assembler.idle
                         and self._deliveries.ack(pipe, link, item.data)):
                     continue  # an ack: for the proxy, never for the client
-                verdict = relay.forward(pipe, link, None, item, now)
+                # While the client is away, what the backend sends is held for it.
+                lane = pipe.outbound if pipe.parked_until is not None else None
+                verdict = relay.forward(pipe, link, lane, item, now)
                 if verdict is not Verdict.GO:
-                    self._too_big(pipe, link, now)  # the only verdict without a lane
-                    return
+                    if verdict is Verdict.TOO_BIG:
+                        self._too_big(pipe, link, now)
+                    elif verdict is Verdict.FULL:
+                        pipe_log(logging.WARNING, pipe, "what the backend sent while the "
+                                 "client is away is over the limits: the session ends")
+                        self.end(pipe, CloseCode.TRY_AGAIN_LATER, "buffer limit reached", now,
+                                 link_reason="client went away")
+                    return  # (PAUSED: the link is not read until there is room)
             elif not self.outcome(link, cast(Outcome, item), now):
                 return
 
@@ -232,7 +242,8 @@ class Failover(abc.ABC):
         pipe.interrupted_at = pipe.retry_at = None
         pipe.last_backend = link.backend
         self._timers.touch(pipe)
-        self._flow.join(pipe.client, link)
+        if pipe.parked_until is None:  # (while the client is away its messages are held)
+            self._flow.join(pipe.client, link)
         replayed = self._relay.replay(pipe.lane, pipe.client, link)
         pipe.carried += 1
         pipe.replaying = 0
@@ -400,7 +411,7 @@ class Failover(abc.ABC):
 
     def retry_now(self, now: float) -> None:
         """A backend was registered: pipes waiting out a backoff try again now."""
-        for pipe in self.by_conn.values():
+        for pipe in self.by_id.values():
             if pipe.retry_at is not None and pipe.retry_at > now:
                 pipe.retry_at = now
                 self._timers.touch(pipe)
@@ -439,9 +450,11 @@ class Failover(abc.ABC):
 
     def _event(self, kind: PipeEventKind, pipe: Pipe, backend: Backend | None, now: float,
                reason: str = "", *, code: int | None = None,
-               duration: float | None = None) -> None:
+               duration: float | None = None, extra: dict[str, float] | None = None) -> None:
         dropped = pipe.lane.dropped
-        extra = {"dropped_messages": float(dropped)} if dropped else {}
+        extra = dict(extra or {})
+        if dropped:
+            extra["dropped_messages"] = float(dropped)
         self._hooks.pipe_event(PipeEvent(kind, pipe.info(), backend.info() if backend else None,
                                          now, reason, code, duration, extra, pipe.cause))
 

@@ -10,6 +10,7 @@ the session an :class:`Upgrade` to accept.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .deadlines import Timers
 from .events import ClientConnected, ConnId
 from .flow import Flow
 from .hooks import Hooks
-from .info import RequestInfo
+from .info import Reject, RequestInfo
 from .stats import Stats
 
 log = logging.getLogger("wspipe")
@@ -63,6 +64,22 @@ class Upgrade:
     client_id: str
     #: Bytes that came right after the request (frames sent before our answer).
     early: bytes = b""
+    #: Who the auth hook says the client is (``Accept.principal``), if it said.
+    principal: str | None = None
+    #: Whether it takes over the session its client id already has (parked, or whose
+    #: connection is suspected dead) instead of starting one.
+    resumes: bool = False
+
+
+class Claim(enum.Enum):
+    """What a client id's current session means for a new connection with that id."""
+
+    #: No session has it: a new one starts.
+    FREE = "free"
+    #: A session whose client is connected and answering has it: 409.
+    BUSY = "busy"
+    #: A parked session has it, or one whose connection is suspected dead: take it over.
+    RESUMABLE = "resumable"
 
 
 def http_error(status: int, reason: str) -> bytes:
@@ -218,29 +235,43 @@ class Handshakes:
         return None
 
     def admit(self, client: PendingClient, request: Request, early: bytes, *, pipes: int,
-              shutting_down: bool, is_live: Callable[[str], bool]) -> Upgrade | None:
-        """Run every check on a complete request: the :class:`Upgrade`, or ``None`` (refused)."""
+              shutting_down: bool,
+              claim: Callable[[str], tuple[Claim, str | None]]) -> Upgrade | None:
+        """Run every check on a complete request: the :class:`Upgrade`, or ``None`` (refused).
+
+        ``claim(client_id)`` says what the id's current session is, and its principal.
+        A connection resuming a session passes the same auth hook and, when the session
+        has a principal, must be that principal (403 otherwise); the session is left as
+        it was by every refusal.
+        """
         cfg = self._config
         info = request_info(request, client.peer, client.tls)
         if shutting_down:
             self.refuse(client, 503, "proxy is shutting down")
             return None
-        if pipes >= cfg.max_connections:
-            self.refuse(client, 503, f"over max_connections ({cfg.max_connections})")
-            return None
         client_id = self._hooks.client_id(info)
         if client_id is None:
             self.refuse(client, 400, f"bad client id: path {info.path!r} must be /<uuid>")
             return None
-        if is_live(client_id):
+        status, owner = claim(client_id)
+        if status is Claim.BUSY:
             self.refuse(client, 409, f"client id {client_id} is already connected")
             return None
-        refusal = self._hooks.authenticate(info, client_id)
-        if refusal is not None:
-            self.refuse(client, refusal.status, refusal.reason)
+        if status is Claim.FREE and pipes >= cfg.max_connections:
+            self.refuse(client, 503, f"over max_connections ({cfg.max_connections})")
+            return None
+        verdict = self._hooks.authenticate(info, client_id)
+        if isinstance(verdict, Reject):
+            self.refuse(client, verdict.status, verdict.reason)
+            return None
+        principal = verdict.principal if verdict is not None else None
+        if status is Claim.RESUMABLE and owner is not None and principal != owner:
+            self.refuse(client, 403, f"client id {client_id} belongs to another principal: "
+                        "its session cannot be resumed by this one")
             return None
         self._drop(client)
-        return Upgrade(client.conn, client.peer, client.tls, client.ws, info, client_id, early)
+        return Upgrade(client.conn, client.peer, client.tls, client.ws, info, client_id, early,
+                       principal, status is Claim.RESUMABLE)
 
     def refuse(self, client: PendingClient, status: int, reason: str) -> None:
         """Answer ``status`` with ``reason`` as the body, and close."""

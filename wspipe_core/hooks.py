@@ -20,6 +20,7 @@ from .codes import Delivery
 from .config import ProxyConfig
 from .errors import ConfigError
 from .info import (
+    Accept,
     BackendInfo,
     BackendRequest,
     BufferFullAction,
@@ -300,13 +301,13 @@ class Hooks:
             return None
         return result
 
-    def authenticate(self, request: RequestInfo, client_id: str) -> Reject | None:
+    def authenticate(self, request: RequestInfo, client_id: str) -> Reject | Accept | None:
         try:
             result = self._hook.wspipe_authenticate(request=request, client_id=client_id)
         except Exception:
             log.exception("wspipe_authenticate raised; refusing the client with 500")
             return Reject(500, "authentication failed with an internal error")
-        return result if isinstance(result, Reject) else None
+        return result if isinstance(result, Reject | Accept) else None
 
     def select_backend(
         self, pipe: PipeInfo, candidates: Sequence[BackendInfo], rng: random.Random

@@ -20,6 +20,7 @@ import pluggy
 
 from .config import ProxyConfig
 from .info import (
+    Accept,
     BackendInfo,
     BackendRequest,
     BufferFullAction,
@@ -75,15 +76,17 @@ def wspipe_client_id(request: RequestInfo) -> str | None:
 
 
 @hookspec(firstresult=True)
-def wspipe_authenticate(request: RequestInfo, client_id: str) -> Reject | None:
+def wspipe_authenticate(request: RequestInfo, client_id: str) -> Reject | Accept | None:
     """Decide whether the client may connect.
 
     Stops at the first non-None result.
 
     :param request: The upgrade request.
     :param client_id: The id ``wspipe_client_id`` gave.
-    :returns: A :class:`Reject` (usually status 401 or 403) to refuse the client, or
-        ``None`` to raise no objection (later implementations still run).
+    :returns: A :class:`Reject` (usually status 401 or 403) to refuse the client; an
+        :class:`Accept` naming the client's principal (e.g. a JWT subject: a parked
+        session is then resumed only by the same principal); or ``None`` to raise no
+        objection (later implementations still run).
 
     Called: once per client, after the client id is known and before the upgrade
     is accepted. On exception: the client is refused with 500. Must not block: a

@@ -115,6 +115,10 @@ class PipeInfo:
     unconfirmed_bytes: int = 0
     #: The session id every backend that carries the pipe is told.
     session_id: str = ""
+    #: While its client is away (parked): when the session ends unless it comes back.
+    parked_until: float | None = None
+    #: Backend messages held for the client while it is away.
+    held_for_client: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,16 @@ class Reject:
 
     status: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """An authenticated client: ``principal`` names who it is (e.g. a JWT subject).
+
+    A parked session is resumed only by a connection of the same principal.
+    """
+
+    principal: str
 
 
 class BufferFullAction(enum.Enum):
@@ -155,6 +169,13 @@ class PipeEventKind(enum.Enum):
     LINKED = "linked"
     INTERRUPTED = "interrupted"
     RESUMED = "resumed"
+    #: The client vanished without a Close; the session waits ``resume_window`` for it.
+    PARKED = "parked"
+    #: A new connection with the same client id took the session over (``duration``:
+    #: the time the client was away).
+    CLIENT_RESUMED = "client_resumed"
+    #: The client did not come back within ``resume_window`` (a ``closed`` follows).
+    EXPIRED = "expired"
     CLOSED = "closed"
 
 

@@ -45,8 +45,15 @@ class Pipe:
     client: ClientConn
     #: Client messages waiting for a link (the buffer), and their cost.
     lane: Lane
+    #: Backend messages held for the client while it is away (parked).
+    outbound: Lane
     #: ``max_interruption``: how long the pipe may go without a link or stay paused.
     patience: float
+    #: Who the auth hook said the client is, if it said (a resume must be the same).
+    principal: str | None = None
+    #: While the client is away (parked): since when, and until when it may come back.
+    away_since: float | None = None
+    parked_until: float | None = None
     #: What it promises for client messages across an interruption.
     delivery: Delivery = Delivery.AT_MOST_ONCE
     #: A stable id of the session, told to every backend that carries it.
@@ -100,7 +107,7 @@ class Pipe:
         if self.state is PipeState.CLOSING:
             return self.close_deadline
         when = Keepalive.next_deadline(self.client)
-        for t in (self.retry_at, self.race_at, self.answer_by):
+        for t in (self.retry_at, self.race_at, self.answer_by, self.parked_until):
             if t is not None and (when is None or t < when):
                 when = t
         for start in (self.interrupted_at, self.lane.paused_since):
@@ -116,6 +123,7 @@ class Pipe:
                         backend.id if backend is not None else None, self.subprotocol,
                         buffer.bytes, self.interruptions, self.since, len(buffer),
                         self.attempts, self.retry_at, self.delivery.value,
-                        len(self.lane.retained), self.lane.retained.bytes, self.session_id)
+                        len(self.lane.retained), self.lane.retained.bytes, self.session_id,
+                        self.parked_until, len(self.outbound.buffer))
 
 

@@ -107,7 +107,7 @@ class Proxy:
         sessions = self._sessions
         for obj in self._timers.pop_due(now):
             if isinstance(obj, Pipe):
-                if sessions.by_conn.get(obj.conn) is obj:
+                if sessions.by_id.get(obj.id) is obj:
                     sessions.pipe_timer(obj, now)
             elif isinstance(obj, Link):
                 if self._links.get(obj.id) is obj:
@@ -164,11 +164,11 @@ class Proxy:
         """
         backend = self.pool.get(id_or_url)
         self.pool.drain(backend)
-        for pipe in self._sessions.by_conn.values():
+        for pipe in self._sessions.by_id.values():
             if pipe.racer is not None and pipe.racer.backend is backend:
                 self._sessions.drop_racer(pipe)  # no new pipes there, even racing ones
         if migrate and backend.registered:
-            ids = [p.id for p in self._sessions.by_conn.values()
+            ids = [p.id for p in self._sessions.by_id.values()
                    if p.link is not None and p.link.backend is backend]
             self.migrations.start(backend.id, ids, now)
             self._migrate_due(now)
@@ -213,7 +213,7 @@ class Proxy:
     @property
     def idle(self) -> bool:
         """No client connection and no link is left (shutdown is complete)."""
-        return not (len(self._handshakes) or self._sessions.by_conn or len(self._links))
+        return not (len(self._handshakes) or self._sessions.by_id or len(self._links))
 
     @property
     def connections(self) -> int:
@@ -226,7 +226,7 @@ class Proxy:
 
     def pipes(self) -> list[PipeInfo]:
         """Snapshots of every pipe."""
-        return [p.info() for p in self._sessions.by_conn.values()]
+        return [p.info() for p in self._sessions.by_id.values()]
 
     def pipe_of(self, conn: ev.ConnId) -> PipeInfo | None:
         """The snapshot of the pipe of client connection ``conn``, if it has one."""
@@ -257,8 +257,8 @@ class Proxy:
         if received is None:
             return
         upgrade = self._handshakes.admit(
-            client, *received, pipes=len(sessions.by_conn), shutting_down=self._shutting_down,
-            is_live=sessions.by_client_id.__contains__)
+            client, *received, pipes=len(sessions.by_id), shutting_down=self._shutting_down,
+            claim=lambda client_id: sessions.claim(client_id, now))
         if upgrade is not None:
             sessions.open(upgrade, now)
 

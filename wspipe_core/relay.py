@@ -54,12 +54,16 @@ class Lane:
     both (payload bytes plus ``buffer_message_overhead`` per message).
     """
 
-    __slots__ = ("buffer", "dropped", "held", "next_seq", "overflow", "owner", "paused",
-                 "paused_since", "retain", "retained")
+    __slots__ = ("buffer", "counts_assembly", "dropped", "held", "next_seq", "overflow",
+                 "owner", "paused", "paused_since", "retain", "retained")
 
-    def __init__(self, overhead: int, owner: Any = None, *, retain: bool = False) -> None:
+    def __init__(self, overhead: int, owner: Any = None, *, retain: bool = False,
+                 counts_assembly: bool = True) -> None:
         #: The pipe it belongs to.
         self.owner: Any = owner
+        #: Whether its sender's message in progress counts against the limits (the
+        #: client's does; a backend's is bounded by ``max_message_size`` alone).
+        self.counts_assembly = counts_assembly
         self.buffer = ReplayBuffer(overhead)
         #: Whether messages written to a link are kept until confirmed.
         self.retain = retain
@@ -139,7 +143,8 @@ class Relay:
             return Verdict.TOO_BIG
         if lane is not None:
             if not event.message_finished:
-                growth = n  # held in the assembler until the message is complete
+                # Held in the assembler until the message is complete.
+                growth = n if lane.counts_assembly else 0
             elif dst is None or lane.retain:
                 growth = n + lane.buffer.overhead  # buffered, or written and retained
             else:
@@ -227,7 +232,7 @@ class Relay:
             victim.buffer.drop_oldest()
             victim.dropped += 1
             self._stats.messages_dropped += 1
-            self.account(victim, other.client)
+            self.account(victim, other.client)  # (a lane that counts no assembly ignores it)
             return True
         if action is BufferFullAction.PAUSE or self.evict is None:
             return False
@@ -269,7 +274,8 @@ class Relay:
         """Drop everything ``lane`` holds (its pipe ended) and give the bytes back."""
         lane.buffer.drain()
         lane.retained.drain()
-        src.assembler.reset()
+        if lane.counts_assembly:
+            src.assembler.reset()
         lane.overflow = None
         lane.paused = False
         lane.paused_since = None
@@ -277,7 +283,9 @@ class Relay:
 
     def account(self, lane: Lane, src: Endpoint) -> None:
         """Bring ``lane.held`` and the memory budget up to date."""
-        held = src.assembler.size + lane.buffer.cost + lane.retained.cost
+        held = lane.buffer.cost + lane.retained.cost
+        if lane.counts_assembly:
+            held += src.assembler.size
         if held != lane.held:
             if held < lane.held:
                 self._flow.budget_freed = True

@@ -24,18 +24,18 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping
 
 from .actions import CloseClient
 from .codes import CloseCode, Delivery, sendable
-from .failover import Failover
 from .flow import Hold
 from .handshake import Upgrade, allowed_subprotocols, http_error
 from .info import BackendState, PipeEventKind, PipeState
 from .logs import pipe_log
 from .pipe import ClientConn, Pipe
 from .relay import Lane, Verdict
+from .resume import Resumption
 
 _OPENISH = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
 
-class Sessions(Failover):
+class Sessions(Resumption):
     """Every pipe, by client connection, pipe id and client id; the decisions about them."""
 
     # ------------------------------------------------------------------ opening
@@ -49,18 +49,22 @@ class Sessions(Failover):
         the client gets that choice (both hops agree), or, if no link opens within
         ``handshake_timeout``, the first one it offered.
         """
+        if up.resumes:
+            self.resume(self.by_client_id[up.client_id], up, now)
+            return
         cfg = self._config
         delivery = self._hooks.delivery(up.request, up.client_id)
         lane = Lane(cfg.buffer_message_overhead, None,
                     retain=delivery is not Delivery.AT_MOST_ONCE)
         pipe = Pipe(f"p{self._next}", up.client_id, up.request, None, now,
-                    ClientConn(up.conn, up.ws, None), lane, cfg.max_interruption,
-                    delivery=delivery,
+                    ClientConn(up.conn, up.ws, None), lane,
+                    Lane(cfg.buffer_message_overhead, None, counts_assembly=False),
+                    cfg.max_interruption, delivery=delivery, principal=up.principal,
                     session_id=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
                     interrupted_at=now,
                     offered=allowed_subprotocols(up.request.subprotocols, cfg.subprotocols),
                     upgrade=up.ws, early=up.early)
-        pipe.client.owner = pipe.lane.owner = pipe
+        pipe.client.owner = pipe.lane.owner = pipe.outbound.owner = pipe
         self._next += 1
         self.by_conn[up.conn] = pipe
         self.by_id[pipe.id] = pipe
@@ -81,8 +85,12 @@ class Sessions(Failover):
         """``pipe`` held the most when the memory budget was short: it pays (1013)."""
         self.end(pipe, CloseCode.TRY_AGAIN_LATER, "buffer limit reached", now)
 
-    def answer(self, pipe: Pipe, subprotocol: str | None, now: float) -> None:
-        """Answer the client's upgrade (101) with ``subprotocol``; the session is open."""
+    def answer(self, pipe: Pipe, subprotocol: str | None, now: float, *,
+               resumed: float | None = None) -> None:
+        """Answer the client's upgrade (101) with ``subprotocol``; the session is open.
+
+        ``resumed``: the connection takes over a session whose client was away that long.
+        """
         assert pipe.upgrade is not None
         accept = pipe.upgrade.send(AcceptConnection(subprotocol=subprotocol))
         connection = pipe.upgrade.connection
@@ -101,6 +109,10 @@ class Sessions(Failover):
         if pipe.early:
             connection.receive_data(pipe.early)  # frames sent with the request
             pipe.early = b""
+        if resumed is not None:
+            self._event(PipeEventKind.CLIENT_RESUMED, pipe, None, now,
+                        "a new connection took the session over", duration=resumed)
+            return
         pipe_log(logging.INFO, pipe, "client accepted from %s (subprotocol %s)",
                  pipe.request.peer, subprotocol)
         self._event(PipeEventKind.OPENED, pipe, None, now)
@@ -173,8 +185,10 @@ class Sessions(Failover):
         self._forget(pipe)
 
     def client_eof(self, pipe: Pipe, now: float) -> None:
-        """The client's socket ended or failed."""
+        """The client's socket ended or failed: park the session, or end it."""
         if pipe.state is not PipeState.CLOSING:
+            if self.park(pipe, "connection lost without a close frame", now):
+                return
             pipe_log(logging.INFO, pipe, "client went away without a close frame")
             self._release(pipe, CloseCode.ABNORMAL, "client went away", now,
                           link_code=CloseCode.GOING_AWAY, link_reason="client went away")
@@ -204,14 +218,21 @@ class Sessions(Failover):
         does not fit pauses (and waits) again.
         """
         for pipe in self._flow.take_budget_waiters():
-            if pipe.lane.paused and pipe.state is not PipeState.CLOSING:
+            if pipe.state is PipeState.CLOSING:
+                continue
+            if pipe.lane.paused and pipe.parked_until is None:
                 self._unpause(pipe, now)
+            if pipe.outbound.paused:
+                self.unpause_outbound(pipe, now)
 
     # ------------------------------------------------------------------ timers
 
     def pipe_timer(self, pipe: Pipe, now: float) -> None:
         """A deadline of ``pipe`` passed."""
         self._timers.touch(pipe)
+        if pipe.parked_until is not None and now >= pipe.parked_until:
+            self.expire(pipe, now)
+            return
         if pipe.state is PipeState.CLOSING:
             if pipe.close_deadline is not None and now >= pipe.close_deadline:
                 pipe_log(logging.INFO, pipe, "client did not answer our Close in time")
@@ -234,6 +255,13 @@ class Sessions(Failover):
             return
         if self._keepalive.tick(pipe.client, now):
             pipe_log(logging.WARNING, pipe, "client did not answer a ping within ping_timeout")
+            ws = pipe.client.ws
+            if self._config.resume_window and ws.state in _OPENISH:
+                # Tell it (it may be alive, only slow), then wait for it to come back.
+                self._flow.write(pipe.client, ws.send(CloseConnection(
+                    code=CloseCode.INTERNAL_ERROR, reason="keepalive ping timeout")))
+            if self.park(pipe, "no pong within ping_timeout", now):
+                return
             self.end(pipe, CloseCode.INTERNAL_ERROR, "keepalive ping timeout", now)
             if pipe.conn in self.by_conn:
                 self._forget(pipe)  # a client that does not pong will not answer Close
@@ -245,9 +273,16 @@ class Sessions(Failover):
 
     # ------------------------------------------------------------------ ending
 
-    def end(self, pipe: Pipe, code: int, reason: str, now: float) -> None:
+    def end(self, pipe: Pipe, code: int, reason: str, now: float, *,
+            link_reason: str = "client session ended") -> None:
         """End the session: send the client a Close and release the pipe's resources."""
         if pipe.state is PipeState.CLOSING:
+            return
+        code = sendable(code) if code != CloseCode.ABNORMAL else code
+        if pipe.parked_until is not None:  # nobody to tell
+            pipe_log(logging.INFO, pipe, "ending the parked session: %s", reason)
+            self._release(pipe, code, reason, now, link_reason=link_reason)
+            self._forget(pipe)
             return
         code = sendable(code)
         if not pipe.answered:  # no WebSocket yet: an HTTP answer
@@ -279,6 +314,7 @@ class Sessions(Failover):
             self._detach(pipe)
             self._close_link(link, link_code, link_reason, now)
         self._relay.clear(pipe.lane, pipe.client)
+        self._relay.clear(pipe.outbound, pipe.client)
         self._flow.forget_waiter(pipe)
         self._keepalive.stop(pipe.client)
         pipe.retry_at = pipe.interrupted_at = pipe.race_at = None
@@ -291,14 +327,16 @@ class Sessions(Failover):
 
     def _forget(self, pipe: Pipe) -> None:
         pipe.state = PipeState.CLOSED
-        self.by_conn.pop(pipe.conn, None)
         self.by_id.pop(pipe.id, None)
         if self.by_client_id.get(pipe.client_id) is pipe:
             del self.by_client_id[pipe.client_id]
         self._timers.cancel(pipe)
-        self._flow.out.append(CloseClient(pipe.conn))
+        if self.by_conn.get(pipe.conn) is pipe:  # (a parked pipe has no connection)
+            del self.by_conn[pipe.conn]
+            self._flow.out.append(CloseClient(pipe.conn))
+        pipe.parked_until = pipe.away_since = None
 
     def shutdown(self, now: float) -> None:
         """Close every client with 1001."""
-        for pipe in list(self.by_conn.values()):
+        for pipe in list(self.by_id.values()):
             self.end(pipe, CloseCode.GOING_AWAY, "proxy shutting down", now)

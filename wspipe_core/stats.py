@@ -31,6 +31,14 @@ class Stats:
     #: At-most-once: client messages written to a link lost since its last pong (an
     #: upper bound of what the backend never read), by cause.
     possibly_lost: Counter[str] = field(default_factory=Counter)
+    #: Sessions parked because their client vanished, taken over by a new connection,
+    #: and ended because nobody came back within ``resume_window``.
+    parked: int = 0
+    client_resumes: int = 0
+    resume_expired: int = 0
+    #: Backend messages written to a client connection that vanished since its last pong
+    #: (they may never have reached the client; nothing can confirm them).
+    possibly_lost_to_client: int = 0
     #: Confirmations of written messages: pongs (at-least-once) and acks (acked).
     confirmations: int = 0
     #: Interruptions that ended with a new link.

@@ -15,11 +15,14 @@ ID2 = "22222222-2222-4222-8222-222222222222"
 
 
 def config(**overrides: object) -> ProxyConfig:
-    """A config with keepalive pings off (tests that need pings turn them on) and
-    buffers counted in payload bytes only, so tests can do byte arithmetic (the
+    """A config with keepalive pings and client resume off (tests that need them turn
+    them on) and buffers counted in payload bytes only, so tests can do byte arithmetic (the
     per-message overhead has tests of its own in test_buffer.py)."""
     overrides.setdefault("ping_interval", 0)
     overrides.setdefault("buffer_message_overhead", 0)
+    # A vanished client ends its session at once unless a test turns resume on (the
+    # default, 30 s, is pinned by tests/core/test_resume.py).
+    overrides.setdefault("resume_window", 0)
     return ProxyConfig(**overrides)  # type: ignore[arg-type]
 
 

@@ -73,16 +73,18 @@ backend_send = st.tuples(
 )
 operation = st.one_of(send, send, send, failure, failure, tick, backend_send,
                       st.tuples(st.just("ack")),
-                      st.tuples(st.just("reconnect"), st.integers(0, len(CLIENT_IDS) - 1)))
+                      st.tuples(st.just("reconnect"), st.integers(0, len(CLIENT_IDS) - 1)),
+                      st.tuples(st.just("vanish"), st.integers(0, len(CLIENT_IDS) - 1)))
 initial_modes = st.lists(st.sampled_from(["accept", "refuse", "blackhole"]), min_size=1,
                          max_size=3)
 
 
 class World:
     def __init__(self, modes: list[str], policy: str = "close", flow: bool = False,
-                 delivery: str = "at-most-once") -> None:
+                 delivery: str = "at-most-once", resume_window: float = 0) -> None:
         self.config = config = dataclasses.replace(CONFIG, buffer_policy=policy,
-                                                   delivery=delivery)
+                                                   delivery=delivery,
+                                                   resume_window=resume_window)
         #: With ``flow``, writes are acknowledged only on "ack" and pauses are honoured.
         self.clock = 0
         #: (pipe id, clock) of every link that opened for a pipe.
@@ -238,6 +240,17 @@ class World:
             client.close_ws(1000)
         if not client.tcp_closed:
             client.eof()
+        self.connect(slot)
+
+    def vanish(self, slot: int) -> None:
+        """The client's connection drops without a Close (parked if resume is on)."""
+        client = self.clients[slot]
+        if not client.tcp_closed:
+            client.eof()
+        if self.config.resume_window and self.h.now % 2 < 1:
+            self.connect(slot)  # back at once; otherwise a later op brings it back
+
+    def connect(self, slot: int) -> None:
         new = self.h.client(f"/{CLIENT_IDS[slot]}")
         assert new.accepted, new.body
         self.clients[slot] = new
@@ -246,6 +259,8 @@ class World:
     def run(self, op) -> None:
         if op[0] == "send":
             self.send(op)
+        elif op[0] == "vanish":
+            self.vanish(op[1])
         elif op[0] == "reconnect":
             self.reconnect(op[1])
         elif op[0] == "backend_send":
@@ -360,6 +375,17 @@ def test_random_interleavings_hold_when_written_messages_are_retained(delivery, 
     """Retention and replay keep the limits, the order on each link and the bookkeeping
     (the fake backends never ack, so acked pipes keep everything until the limits)."""
     world = World(modes, delivery=delivery)
+    for op in ops:
+        world.run(op)
+    world.finish()
+
+
+@pytest.mark.parametrize("delivery", ["at-most-once", "at-least-once"])
+@settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(modes=initial_modes, ops=st.lists(operation, min_size=20, max_size=80))
+def test_random_interleavings_hold_when_clients_vanish_and_resume(delivery, modes, ops):
+    """Clients vanish without a Close and come back (or not) within resume_window."""
+    world = World(modes, delivery=delivery, resume_window=3.0)
     for op in ops:
         world.run(op)
     world.finish()

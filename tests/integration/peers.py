@@ -92,6 +92,12 @@ class Backend:
         with self._lock:
             return [m for _, m in self.received]
 
+    async def wait_received(self, message: Message, timeout: float = TIMEOUT) -> None:
+        """Wait until ``message`` is the last one this backend received."""
+        with anyio.fail_after(timeout):
+            while not self.messages() or self.messages()[-1] != message:
+                await anyio.sleep(0.01)
+
     def stop(self, code: int = 1001, reason: str = "") -> None:
         """Stop listening; close the remaining connections with ``code`` and wait for them."""
         if self._server is not None:

@@ -455,7 +455,8 @@ async def test_metrics_migration_remaining_and_outbox_bytes() -> None:
 async def test_failover_metrics_count_an_interruption_begun_before_the_admin_listener() -> None:
     # The metrics are the proxy's, not the admin listener's: an interruption that began
     # before the listener opened is counted with its cause when it ends.
-    h, control = make_harness("ws://b1:80/", "ws://b2:80/")
+    # (resume off: the client that leaves ends its session at once)
+    h, control = make_harness("ws://b1:80/", "ws://b2:80/", resume_window=0)
     resumed, lost = h.client(), h.client()
     h.backends["ws://b2:80/"].mode = "refuse"
     h.backends["ws://b1:80/"].mode = "refuse"

@@ -16,7 +16,7 @@ def check_invariants(proxy: Proxy) -> None:
     """
     cfg = proxy.config
     sessions = proxy._sessions
-    pipes = list(sessions.by_conn.values())
+    pipes = list(sessions.by_id.values())
     for pipe in pipes:
         lane = pipe.lane
         assert 0 <= lane.held <= cfg.buffer_limit, (pipe.id, lane.held)
@@ -31,7 +31,14 @@ def check_invariants(proxy: Proxy) -> None:
             assert peer is pipe.link and peer.peer is pipe.client, pipe.id  # type: ignore[union-attr]
             assert pipe.state is PipeState.LINKED, (pipe.id, pipe.state)
     assert 0 <= proxy.budget.used <= cfg.memory_budget
-    assert proxy.budget.used == sum(p.lane.held for p in pipes)
+    for pipe in pipes:
+        out = pipe.outbound
+        assert 0 <= out.held <= cfg.buffer_limit and out.held == out.buffer.cost, pipe.id
+        if pipe.parked_until is None:
+            assert not len(out.buffer), pipe.id  # held for the client only while it is away
+        else:
+            assert proxy._sessions.by_conn.get(pipe.conn) is not pipe, pipe.id
+    assert proxy.budget.used == sum(p.lane.held + p.outbound.held for p in pipes)
     for backend in proxy.pool:
         assert backend.pipes == sum(1 for p in pipes for link in (p.link, p.racer)
                                     if link is not None and link.backend is backend), backend.id

@@ -112,6 +112,10 @@ class _Holding:
         finally:
             self._held = None
 
+    def mute(self) -> None:
+        """From now on the peer keeps the connection but reads and answers nothing."""
+        self.muted = True
+
     def _answer(self, reply: bytes) -> bytes:
         if reply and self._held is not None:
             self._held.append(reply)
@@ -168,6 +172,8 @@ class FakeClient(_Holding, _Peer):
         self.harness.feed(ev.ClientEOF(self.conn))
 
     def _receive(self, data: bytes) -> bytes:
+        if self.muted:
+            return b""
         return self._answer(self._read(data))
 
     def _read(self, data: bytes) -> bytes:
@@ -237,10 +243,6 @@ class BackendLink(_Holding):
         """The link's TCP connection drops."""
         self.tcp_closed = True
         self.backend.harness.feed(ev.LinkEOF(self.link, error))
-
-    def mute(self) -> None:
-        """From now on the backend keeps the connection but reads and answers nothing."""
-        self.muted = True
 
     def answer(self) -> None:
         """Accept the upgrade now: a black-holed (``"blackhole"``) backend turns slow."""
