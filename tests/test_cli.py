@@ -226,3 +226,11 @@ def test_link_racing_subprotocol_and_pending_flags_reach_the_core() -> None:
     assert (cfg.max_pending_per_peer, cfg.max_pending_handshakes) == (5, 50)
     assert cfg.max_message_size == 1024 * 1024  # follows the smaller buffer limit
     assert options([]).config.subprotocols is None  # default: the backend chooses
+
+
+def test_resume_window_comes_from_the_flag_or_the_file(tmp_path: Path) -> None:
+    assert options([]).config.resume_window == 30.0
+    assert options(["--resume-window", "2m"]).config.resume_window == 120.0
+    path = tmp_path / "wspipe.toml"
+    path.write_text('resume_window = "0"\n')
+    assert options(["--config", str(path)]).config.resume_window == 0.0

@@ -51,7 +51,7 @@ log = logging.getLogger("wspipe")
 #: ProxyConfig fields that are byte sizes and durations (accept units).
 SIZE_KEYS = frozenset({"buffer_limit", "memory_budget", "max_message_size", "max_header_size",
                        "write_high_water", "write_low_water"})
-DURATION_KEYS = frozenset({"handshake_timeout", "link_timeout", "race_after",
+DURATION_KEYS = frozenset({"handshake_timeout", "link_timeout", "race_after", "resume_window",
                            "ping_interval", "ping_timeout",
                            "max_interruption", "close_timeout", "eject_base", "eject_max",
                            "backoff_base", "backoff_max",
@@ -129,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="time a link has to connect to its backend and finish its handshake (3)")
     add("--race-after", type=_duration, metavar="SECONDS",
         help="dial a second backend when a link is not open after this long (0.5; 0: never)")
+    add("--resume-window", type=_duration, metavar="SECONDS",
+        help="how long a client that vanished without a Close may come back to its session "
+             "(30; 0: never)")
     add("--subprotocol", dest="subprotocols", action="append", metavar="NAME",
         help="a subprotocol clients may ask for, repeatable (default: any, the backend "
              "chooses)")

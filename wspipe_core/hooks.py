@@ -303,11 +303,13 @@ class Hooks:
 
     def authenticate(self, request: RequestInfo, client_id: str) -> Reject | Accept | None:
         try:
-            result = self._hook.wspipe_authenticate(request=request, client_id=client_id)
+            results = self._hook.wspipe_authenticate(request=request, client_id=client_id)
         except Exception:
             log.exception("wspipe_authenticate raised; refusing the client with 500")
             return Reject(500, "authentication failed with an internal error")
-        return result if isinstance(result, Reject | Accept) else None
+        rejects = [r for r in results if isinstance(r, Reject)]
+        accepts = [r for r in results if isinstance(r, Accept)]
+        return rejects[0] if rejects else accepts[0] if accepts else None
 
     def select_backend(
         self, pipe: PipeInfo, candidates: Sequence[BackendInfo], rng: random.Random

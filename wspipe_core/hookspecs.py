@@ -3,11 +3,11 @@
 Every hook runs inside the core, synchronously: it must not block and must not do
 I/O (a plugin that needs I/O runs it in its own background task and keeps the
 result in memory). Hooks get read-only snapshots, never core objects. Decision
-hooks are ``firstresult``: the first implementation that returns something other
-than ``None`` decides, and the built-in behaviour is itself a plugin registered
-``trylast`` and asked last of all, so any user plugin overrides it. An exception
-raised by a hook is logged and the safe default described on each hook is used
-instead; an observer (``wspipe_pipe_event``) that raises does not keep the other
+hooks are ``firstresult`` (but ``wspipe_authenticate``, where every check applies):
+the first implementation that returns something other than ``None`` decides, and
+the built-in behaviour is itself a plugin registered ``trylast`` and asked last of
+all, so any user plugin overrides it. An exception raised by a hook is logged and the
+safe default described on each hook is used instead; an observer (``wspipe_pipe_event``) that raises does not keep the other
 observers from the event.
 """
 
@@ -75,18 +75,20 @@ def wspipe_client_id(request: RequestInfo) -> str | None:
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def wspipe_authenticate(request: RequestInfo, client_id: str) -> Reject | Accept | None:
     """Decide whether the client may connect.
 
-    Stops at the first non-None result.
+    Every implementation is called (an ``Accept`` does not skip the checks of the
+    others): the first :class:`Reject` refuses the client; otherwise the first
+    :class:`Accept` names its principal.
 
     :param request: The upgrade request.
     :param client_id: The id ``wspipe_client_id`` gave.
     :returns: A :class:`Reject` (usually status 401 or 403) to refuse the client; an
         :class:`Accept` naming the client's principal (e.g. a JWT subject: a parked
-        session is then resumed only by the same principal); or ``None`` to raise no
-        objection (later implementations still run).
+        session is then resumed only by the same principal); or ``None`` for no
+        objection.
 
     Called: once per client, after the client id is known and before the upgrade
     is accepted. On exception: the client is refused with 500. Must not block: a

@@ -296,6 +296,26 @@ def test_jwt_a_token_that_becomes_valid_between_the_two_hooks_is_still_refused()
     assert auth.wspipe_authenticate(info, "s") is None
 
 
+def test_jwt_names_the_subject_as_principal_so_only_it_resumes_a_parked_session():
+    h, backend = harness("jwt", {"secret": SECRET}, resume_window=10)
+    client_id = str(uuid.uuid4())
+    alice = h.client(f"/{client_id}", headers=bearer(hs256(claims(sub="alice"))))
+    alice.eof()  # a network blip: the session is parked
+    backend.links[0].send("for alice")
+    mallory = h.client(f"/{client_id}", headers=bearer(hs256(claims(sub="mallory"))))
+    assert mallory.status == 403 and b"belongs to another principal" in mallory.body
+    again = h.client(f"/{client_id}", headers=bearer(hs256(claims(sub="alice"))))
+    assert again.accepted and again.received == ["for alice"] and len(backend.links) == 1
+
+
+def test_jwt_principal_claim_can_be_turned_off():
+    h, backend = harness("jwt", {"secret": SECRET, "principal_claim": ""}, resume_window=10)
+    client_id = str(uuid.uuid4())
+    h.client(f"/{client_id}", headers=bearer(hs256(claims(sub="alice")))).eof()
+    again = h.client(f"/{client_id}", headers=bearer(hs256(claims(sub="bob"))))
+    assert again.accepted and len(backend.links) == 1
+
+
 @pytest.mark.parametrize("table,match", [
     ({}, "exactly one of secret or secret_file"),
     ({"secret": "s", "secret_file": "/x"}, "exactly one"),
@@ -364,6 +384,17 @@ def test_origin_and_token_both_apply():
     assert h.client(path(), headers=good).accepted
     assert h.client(path(), headers=good[1:]).status == 403
     assert h.client(path(), headers=good[:1]).status == 401
+
+
+def test_an_accept_naming_a_principal_does_not_skip_the_other_checks():
+    config = ProxyConfig(plugin_settings={"origin": {"allowed": ["https://a.example"]},
+                                          "jwt": {"secret": SECRET}})
+    for plugins in (["origin", "jwt"], ["jwt", "origin"]):
+        h = Harness(config, plugins=plugins)
+        h.backend("ws://b1:80/")
+        token = bearer(hs256(claims()))
+        assert h.client(path(), headers=token).status == 403  # no Origin: still refused
+        assert h.client(path(), headers=[("Origin", "https://a.example"), *token]).accepted
 
 
 @pytest.mark.parametrize("allowed", [["app.example.com"], []])

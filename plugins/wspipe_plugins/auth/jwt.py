@@ -9,7 +9,9 @@ audience is configured). No token: HTTP 401; a token that fails any check: HTTP 
 
 With ``client_id_claim``, a valid token's claim (e.g. ``sid`` or ``sub``) is the
 client id, instead of the ``/<uuid>`` path; note that two connections with the same
-client id cannot be live at once (the second gets 409)::
+client id cannot be live at once (the second gets 409). The ``principal_claim``
+(default ``sub``) names who the client is: a parked session is resumed only by a
+token with the same value (set it to ``""`` to name no principal)::
 
     [plugins.jwt]
     algorithms = ["RS256"]                 # default ["HS256"]
@@ -19,6 +21,7 @@ client id cannot be live at once (the second gets 409)::
     leeway = 30                            # seconds of clock skew allowed
     require = ["exp"]                      # claims that must be present (default)
     client_id_claim = "sid"
+    principal_claim = "sub"                # default
     header = "authorization"
     query_param = "access_token"
     strip_query = true
@@ -41,6 +44,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"{exc.msg}: the jwt plugin needs pip install 'wspipe[jwt]'") from None
 
 from wspipe_core import (
+    Accept,
     BackendRequest,
     ConfigError,
     ProxyConfig,
@@ -87,6 +91,8 @@ class JWTAuth:
     :param leeway: Seconds of clock skew allowed on ``exp`` and ``nbf``.
     :param require: Claims that must be present.
     :param client_id_claim: Claim whose value becomes the client id, or ``None``.
+    :param principal_claim: Claim whose value is the client's principal (a parked
+        session resumes only for the same one), or ``None``.
     :param source: Where the token is looked for.
     :param clock: Wall-clock time in seconds (``exp``/``nbf`` are wall-clock times).
     """
@@ -101,6 +107,7 @@ class JWTAuth:
         leeway: float = 0.0,
         require: Sequence[str] = ("exp",),
         client_id_claim: str | None = None,
+        principal_claim: str | None = "sub",
         source: CredentialSource | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -112,6 +119,7 @@ class JWTAuth:
         self.leeway = leeway
         self.require = list(require)
         self.client_id_claim = client_id_claim
+        self.principal_claim = principal_claim
         self.source = source or CredentialSource()
         self.clock = clock
         #: Prefix of the client ids given to clients without a valid token (unguessable,
@@ -171,7 +179,7 @@ class JWTAuth:
         return client_id
 
     @hookimpl
-    def wspipe_authenticate(self, request: RequestInfo, client_id: str) -> Reject | None:
+    def wspipe_authenticate(self, request: RequestInfo, client_id: str) -> Reject | Accept | None:
         try:
             token = self.source.find(request)
         except MalformedCredentials as exc:
@@ -179,12 +187,15 @@ class JWTAuth:
         if token is None:
             return Reject(401, f"token required: {self.source.describe()}")
         try:
-            self.verify(token)
+            claims = self.verify(token)
         except InvalidToken as exc:
             return Reject(403, str(exc).splitlines()[0])
         if client_id.startswith(self._unauthenticated):
             return Reject(403, "invalid token")  # became valid in between (nbf): still no
-        return None
+        principal = claims.get(self.principal_claim) if self.principal_claim else None
+        if principal is None or isinstance(principal, dict | list | bool):
+            return None
+        return Accept(str(principal))
 
     @hookimpl
     def wspipe_backend_request(self, request: BackendRequest) -> BackendRequest | None:
@@ -234,6 +245,7 @@ def from_settings(settings: Settings) -> JWTAuth:
         issuer=settings.text("issuer", None), leeway=settings.number("leeway", 0.0),
         require=settings.strings("require", ("exp",)),
         client_id_claim=settings.text("client_id_claim", None) or None,
+        principal_claim=settings.text("principal_claim", "sub") or None,
         source=source_from(settings))
     settings.done()
     return auth
