@@ -7,8 +7,8 @@ hooks are ``firstresult`` (but ``wspipe_authenticate``, where every check applie
 the first implementation that returns something other than ``None`` decides, and
 the built-in behaviour is itself a plugin registered ``trylast`` and asked last of
 all, so any user plugin overrides it. An exception raised by a hook is logged and the
-safe default described on each hook is used instead; an observer (``wspipe_pipe_event``) that raises does not keep the other
-observers from the event.
+safe default described on each hook is used instead; an observer
+(``wspipe_pipe_event``) that raises does not keep the other observers from the event.
 """
 
 from __future__ import annotations
