@@ -175,8 +175,11 @@
     const h = b.health;
     if (b.state === "ejected") {
       const back = h && h.ejected_for != null ? "back in " + secs(h.ejected_for) : "";
-      return el("td", {}, el("span", { class: "bad" }, "ejected " + back),
+      return el("td", {}, el("span", { class: "bad" }, "ejected" + (back ? ", " + back : "")),
                 h && h.last_result ? el("div", { class: "muted" }, h.last_result) : "");
+    }
+    if (b.state === "draining") {
+      return el("td", { class: "muted" }, "not checked while draining");
     }
     if (!h || !h.checks) {
       return el("td", { class: "muted" },
@@ -224,6 +227,7 @@
         healthCell(b), drainCell(b), actions);
     });
     body.replaceChildren(...rows);
+    label($("backends"));
     const present = new Set(backends.map((b) => b.id));
     for (const [id, info] of seen) {
       if (!present.has(id)) { removed.set(id, info); seen.delete(id); }
@@ -235,6 +239,14 @@
     $("removed-wrap").hidden = removed.size === 0;
   }
 
+  // Each cell carries its column's name, for the one-column layout of small screens.
+  function label(table) {
+    const names = [...table.tHead.rows[0].cells].map((c) => c.textContent);
+    for (const row of table.tBodies[0].rows) {
+      [...row.cells].forEach((c, i) => c.setAttribute("data-label", names[i] || ""));
+    }
+  }
+
   function renderPipes(pipes, states) {
     const body = $("pipes").tBodies[0];
     const rows = pipes.items.map((p) => el("tr", { "data-pipe": p.id },
@@ -242,6 +254,7 @@
       el("td", {}, p.state), el("td", {}, bytes(p.buffered_bytes)),
       el("td", {}, p.interruptions), el("td", {}, secs(p.age_seconds))));
     body.replaceChildren(...rows);
+    label($("pipes"));
     const end = Math.min(pipes.total, pipes.offset + pipes.items.length);
     $("pipes-count").textContent = "(" + pipes.total + (pipes.state ? " " + pipes.state : "") + ")";
     $("page").textContent = pipes.total ? (pipes.offset + 1) + "–" + end + " of " + pipes.total
