@@ -13,6 +13,7 @@ and change the proxy through its public methods only.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import itertools
 import logging
 import random
@@ -148,7 +149,7 @@ class ProxyServer:
         #: Exceptions the core raised into the driver (a bug); each closed one socket.
         self.internal_errors = 0
         #: The Prometheus metrics of this proxy, from construction on (``/metrics``).
-        self.metrics = Metrics(self, self.proxy.pm)
+        self.metrics = Metrics(self, self.proxy.pm, version=_version())
 
     # Library face.
 
@@ -549,6 +550,13 @@ class ProxyServer:
         if self._backend_ssl_context is None:
             self._backend_ssl_context = ssl.create_default_context()
         return self._backend_ssl_context
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("wspipe")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 #: Failures of a TCP connect or TLS handshake.
