@@ -26,7 +26,6 @@ import itertools
 import platform
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import pluggy
 from prometheus_client import (
@@ -52,10 +51,8 @@ from wspipe_core import (
     hookimpl,
 )
 
+from .admin.console import ConsoleControl, installed_version
 from .logfmt import url_label
-
-if TYPE_CHECKING:
-    from .admin.console import ConsoleControl
 
 #: Buckets of ``wspipe_failover_duration_seconds``: a migration takes milliseconds,
 #: a backend outage up to ``max_interruption`` (30 s by default).
@@ -240,11 +237,12 @@ class Metrics:
     :param source: What the collector reads at scrape time.
     :param pm: The proxy's plugin manager; the failover plugin is registered on it
         now and unregistered by :meth:`close`.
-    :param version: The wspipe version, for ``wspipe_build_info``.
+    :param version: The wspipe version, for ``wspipe_build_info`` (default: the
+        installed package's).
     """
 
     def __init__(self, source: ConsoleControl, pm: pluggy.PluginManager, *,
-                 version: str = "unknown") -> None:
+                 version: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ProxyCollector(source))
         # The standard collectors, in this registry (the global one holds them too).
@@ -253,7 +251,7 @@ class Metrics:
         GCCollector(registry=self.registry)
         build = Gauge("wspipe_build_info", "1, labelled with the wspipe and Python versions.",
                       ["version", "python"], registry=self.registry)
-        build.labels(version, f"{platform.python_implementation()} "
+        build.labels(version or installed_version(), f"{platform.python_implementation()} "
                               f"{platform.python_version()}").set(1)
         self.failovers = PromCounter(
             "wspipe_failovers", "Interruptions that ended with a new link, by reason.",

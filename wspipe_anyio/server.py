@@ -13,7 +13,6 @@ and change the proxy through its public methods only.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import itertools
 import logging
 import random
@@ -149,7 +148,7 @@ class ProxyServer:
         #: Exceptions the core raised into the driver (a bug); each closed one socket.
         self.internal_errors = 0
         #: The Prometheus metrics of this proxy, from construction on (``/metrics``).
-        self.metrics = Metrics(self, self.proxy.pm, version=_version())
+        self.metrics = Metrics(self, self.proxy.pm)
 
     # Library face.
 
@@ -550,13 +549,6 @@ class ProxyServer:
         if self._backend_ssl_context is None:
             self._backend_ssl_context = ssl.create_default_context()
         return self._backend_ssl_context
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("wspipe")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 #: Failures of a TCP connect or TLS handshake.

@@ -16,11 +16,11 @@ script, style and ``fetch`` only (no inline script, no framing, no form targets)
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import time
 from collections import Counter
 from importlib import resources
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -61,11 +61,11 @@ class ConsoleControl(ProxyControl, Protocol):
         ...
 
 
-def wspipe_version() -> str:
+def installed_version() -> str:
     """The installed version of wspipe (``unknown`` when it is not installed)."""
     try:
-        return version("wspipe")
-    except PackageNotFoundError:
+        return importlib.metadata.version("wspipe")
+    except importlib.metadata.PackageNotFoundError:
         return "unknown"
 
 
@@ -147,7 +147,7 @@ def summary_json(control: ConsoleControl, request: Request,
               and (backend_filter is None or p.backend_id == backend_filter)]
     up = sum(1 for b in backends if b.state is BackendState.UP)
     return {
-        "version": wspipe_version(),
+        "version": installed_version(),
         "time": round(time.time(), 3),
         "ready": up > 0 and not control.stopping,
         "stopping": control.stopping,
