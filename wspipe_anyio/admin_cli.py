@@ -4,7 +4,7 @@
 
     wspipe backends list
     wspipe backends add ws://10.0.0.7:9000/ [--weight 2]
-    wspipe backends drain b3 [--migrate]
+    wspipe backends drain b3 [--migrate] [--wait [--wait-timeout SECONDS]]
     wspipe pipes list
 
 Each takes ``--admin URL`` (``http://HOST:PORT`` or ``HOST:PORT``; default
@@ -14,7 +14,12 @@ or the file: a flag shows in ``ps``) and ``--json`` (print the API's JSON instea
 of a table). With none of them and a loopback admin address, the token the proxy
 generated for that port is read from its private file
 (:mod:`wspipe_anyio.admin.tokens`). Exit status: 0 done, 1 the API refused or
-could not be reached (one line on stderr saying why), 2 usage.
+could not be reached (one line on stderr saying why), 2 usage, 3 ``drain --wait``
+timed out (the drain goes on).
+
+``drain --wait`` follows the drain until the backend has left the pool, printing a
+progress line at most every ``--progress-interval`` seconds (pipes left, moved,
+rate, ETA) on stdout.
 
 The ``wspipe`` CLI wires these in with :func:`add_admin_subcommands` and
 :func:`run_admin_command`; ``python -m wspipe_anyio.admin_cli`` runs them alone.
@@ -44,6 +49,13 @@ DEFAULT_ADMIN = "127.0.0.1:9090"
 ADMIN_COMMANDS = frozenset({"backends", "pipes"})
 #: Seconds to wait for the admin API.
 DEFAULT_TIMEOUT = 10.0
+#: ``drain --wait``: longest wait for the backend to leave the pool, by default.
+DEFAULT_WAIT_TIMEOUT = 300.0
+#: ``drain --wait``: seconds between two looks at the backend, and between two lines.
+POLL_INTERVAL = 0.2
+DEFAULT_PROGRESS_INTERVAL = 1.0
+#: Exit status of ``drain --wait`` when the backend is still in the pool at the timeout.
+EXIT_TIMEOUT = 3
 
 
 class AdminError(Exception):
@@ -83,6 +95,15 @@ def add_admin_subcommands(subparsers: Any) -> None:
     drain.add_argument("id", help="backend id (see 'backends list')")
     drain.add_argument("--migrate", action="store_true",
                        help="move its pipes to other backends now, at the proxy's migrate rate")
+    drain.add_argument("--wait", action="store_true",
+                       help="print progress until the backend has left the pool (exit 0), "
+                            "or exit 3 at --wait-timeout")
+    drain.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_TIMEOUT,
+                       metavar="SECONDS",
+                       help=f"longest --wait ({DEFAULT_WAIT_TIMEOUT:g})")
+    drain.add_argument("--progress-interval", type=float, default=DEFAULT_PROGRESS_INTERVAL,
+                       metavar="SECONDS",
+                       help=f"seconds between progress lines ({DEFAULT_PROGRESS_INTERVAL:g})")
     _common(drain)
     pipes = subparsers.add_parser(
         "pipes", help="list pipes (admin API client)",
@@ -185,6 +206,57 @@ def _age(seconds: Any) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
+def progress_line(info: dict[str, Any], elapsed: float) -> str:
+    """One line of ``drain --wait``: pipes left, moved, rate and ETA of a draining backend."""
+    left = info.get("pipes", 0)
+    migration = info.get("migration")
+    if not migration:
+        return f"{info['id']}: {left} pipe(s) left (draining; no new pipes, waiting for them " \
+               "to end)"
+    moved = migration["moved"]
+    rate = moved / elapsed if elapsed > 0 else 0.0
+    eta = f"ETA {left / rate:.1f}s" if rate > 0 else "ETA -"
+    line = (f"{info['id']}: {left} pipe(s) left, {moved} of {migration['total']} moved, "
+            f"{rate:.1f} pipes/s, {eta}")
+    if migration.get("waiting"):
+        line += " (waiting: no other backend is up)"
+    return line
+
+
+def wait_drained(call: Any, backend_id: str, *, timeout: float, progress_interval: float,
+                 out: TextIO, pipes: int) -> tuple[int, dict[str, Any]]:
+    """Follow a drain until the backend leaves the pool (0) or ``timeout`` passes (3).
+
+    :param call: ``call(method, path)``: one admin API request (raises :class:`AdminError`).
+    :param pipes: Pipes on the backend when the drain began (for the last line).
+    :returns: The exit status and the backend as last seen.
+    """
+    path = f"/backends/{urllib.parse.quote(backend_id, safe='')}"
+    started = time.monotonic()
+    deadline = started + timeout
+    printed_at = float("-inf")
+    info: dict[str, Any] = {}
+    # Bounded in time (the deadline) and so in count (one look per POLL_INTERVAL).
+    for _ in range(int(timeout / POLL_INTERVAL) + 2):
+        try:
+            info = call("GET", path)
+        except AdminError as exc:
+            if ": HTTP 404" not in str(exc):
+                raise
+            total = time.monotonic() - started
+            print(f"{backend_id}: empty, left the pool after {total:.1f}s (had {pipes} "
+                  "pipe(s))", file=out, flush=True)
+            return 0, info
+        now = time.monotonic()
+        if now - printed_at >= progress_interval:
+            print(progress_line(info, now - started), file=out, flush=True)
+            printed_at = now
+        if now >= deadline:
+            break
+        time.sleep(min(POLL_INTERVAL, max(0.0, deadline - now)))
+    return EXIT_TIMEOUT, info
+
+
 def run_admin_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
                       stderr: TextIO | None = None) -> int:
     """Run ``backends ...`` or ``pipes ...`` parsed by :func:`add_admin_subcommands`."""
@@ -227,6 +299,19 @@ def run_admin_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
             else:
                 table = (f"backend {result['id']} draining: no new pipes; it leaves the pool "
                          f"when its {result['pipes']} pipe(s) end")
+            if args.wait:
+                print(json.dumps(result, indent=2) if args.json else table, file=out,
+                      flush=True)
+                if result.get("removed"):
+                    return 0
+                code, last = wait_drained(call, result["id"], timeout=args.wait_timeout,
+                                          progress_interval=args.progress_interval, out=out,
+                                          pipes=result["pipes"])
+                if code == EXIT_TIMEOUT:
+                    print(f"wspipe: error: backend {result['id']} still has "
+                          f"{last.get('pipes', '?')} pipe(s) after {args.wait_timeout:g}s; "
+                          "the drain goes on", file=err)
+                return code
         elif action == ("pipes", "list"):
             result = call("GET", "/pipes")
             now = time.time()

@@ -55,6 +55,7 @@ DURATION_KEYS = frozenset({"handshake_timeout", "link_timeout", "race_after", "r
                            "ping_interval", "ping_timeout",
                            "max_interruption", "close_timeout", "eject_base", "eject_max",
                            "backoff_base", "backoff_max",
+                           "health_check_interval", "health_check_timeout",
                            "shutdown_grace", "connect_timeout", "close_linger"})
 #: Keys of the driver (everything else goes to ProxyConfig).
 DRIVER_KEYS = frozenset({"listen", "async_lib", "plugin_modules", "load_entrypoints",
@@ -141,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="upgrade requests in progress in all before the oldest gets 408 (1024)")
     add("--migrate-rate", type=float, metavar="PIPES_PER_S",
         help="pipes moved per second, over the whole proxy, by a drain with migrate (50)")
+    add("--health-check-interval", type=_duration, metavar="SECONDS",
+        help="probe every backend with a WebSocket handshake this often (0: off, the "
+             "default); a pass ends an ejection, failures count like failed links")
+    add("--health-check-timeout", type=_duration, metavar="SECONDS",
+        help="time a health check has to be answered (2)")
+    add("--health-check-path", metavar="PATH",
+        help="request target of the health checks (default: the backend URL's own)")
+    add("--health-check-status", type=int, metavar="STATUS",
+        help="HTTP status of a healthy answer (101: the upgrade is accepted)")
     add("--shutdown-grace", type=_duration, metavar="SECONDS",
         help="longest wait for clients to close on SIGTERM (10)")
     add("--connect-timeout", type=_duration, metavar="SECONDS",

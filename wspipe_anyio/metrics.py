@@ -14,17 +14,28 @@ docs/operations.md for the list and the alerts to set on them.
 A backend's series carry its id (``backend``) and its URL as
 :func:`wspipe_anyio.logfmt.url_label` gives it (``url``: scheme, host, port and
 path; never credentials or a query, which may hold secrets).
+
+The registry also holds prometheus_client's standard process (``process_*``),
+platform (``python_info``) and garbage-collector (``python_gc_*``) collectors, and
+``wspipe_build_info``.
 """
 
 from __future__ import annotations
 
 import itertools
+import platform
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import pluggy
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -40,10 +51,8 @@ from wspipe_core import (
     hookimpl,
 )
 
+from .admin.console import ConsoleControl, installed_version
 from .logfmt import url_label
-
-if TYPE_CHECKING:
-    from .control import ProxyControl
 
 #: Buckets of ``wspipe_failover_duration_seconds``: a migration takes milliseconds,
 #: a backend outage up to ``max_interruption`` (30 s by default).
@@ -57,7 +66,7 @@ _ids = itertools.count(1)
 class ProxyCollector(Collector):
     """A custom collector reading a proxy's counters and snapshots at scrape time."""
 
-    def __init__(self, source: ProxyControl) -> None:
+    def __init__(self, source: ConsoleControl) -> None:
         self._source = source
 
     def describe(self) -> Iterator[Metric]:
@@ -182,6 +191,18 @@ class ProxyCollector(Collector):
         for migration in source.migrations():
             remaining.add_metric([migration.backend_id], migration.remaining)
         yield remaining
+        checks = CounterMetricFamily("wspipe_health_checks",
+                                     "Active health checks of each backend, by result (ok, "
+                                     "failed).", labels=["backend", "url", "result"])
+        by_id = {b.id: b for b in backends}
+        for health in source.backend_health():
+            owner = by_id.get(health.backend_id)
+            if owner is None:
+                continue
+            url = url_label(owner.url)
+            checks.add_metric([owner.id, url, "ok"], health.checks - health.check_failures)
+            checks.add_metric([owner.id, url, "failed"], health.check_failures)
+        yield checks
 
 
 class FailoverObserver:
@@ -216,11 +237,22 @@ class Metrics:
     :param source: What the collector reads at scrape time.
     :param pm: The proxy's plugin manager; the failover plugin is registered on it
         now and unregistered by :meth:`close`.
+    :param version: The wspipe version, for ``wspipe_build_info`` (default: the
+        installed package's).
     """
 
-    def __init__(self, source: ProxyControl, pm: pluggy.PluginManager) -> None:
+    def __init__(self, source: ConsoleControl, pm: pluggy.PluginManager, *,
+                 version: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ProxyCollector(source))
+        # The standard collectors, in this registry (the global one holds them too).
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        build = Gauge("wspipe_build_info", "1, labelled with the wspipe and Python versions.",
+                      ["version", "python"], registry=self.registry)
+        build.labels(version or installed_version(), f"{platform.python_implementation()} "
+                              f"{platform.python_version()}").set(1)
         self.failovers = PromCounter(
             "wspipe_failovers", "Interruptions that ended with a new link, by reason.",
             ["reason"], registry=self.registry)

@@ -12,6 +12,7 @@ and change the proxy through its public methods only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -26,6 +27,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, 
 from anyio.streams.tls import TLSStream
 
 from wspipe_core import (
+    BackendHealth,
     BackendInfo,
     MigrationInfo,
     PipeInfo,
@@ -49,6 +51,28 @@ Address = tuple[str, int]
 
 #: Pause after a failed ``accept()`` (e.g. out of file descriptors) before the next.
 ACCEPT_RETRY_DELAY = 0.1
+#: Most bytes of a health check's answer read (its head ends sooner).
+MAX_PROBE_ANSWER = 16 * 1024
+#: After a 101, the longest wait for the backend to answer the probe's Close.
+PROBE_LINGER = 1.0
+
+
+class _Probe:
+    """A health check in flight: cancelled by ``CloseProbe`` until it has reported."""
+
+    def __init__(self, deadline: float) -> None:
+        self.scope = anyio.CancelScope(deadline=deadline)
+        #: ``ProbeResult`` was fed: a ``CloseProbe`` now brings the bytes to send.
+        self.reported = False
+        self.closed = False
+        self.goodbye = b""
+
+    def close(self, data: bytes) -> None:
+        self.closed = True
+        if self.reported:
+            self.goodbye = data
+        else:
+            self.scope.cancel()
 
 
 class ProxyServer:
@@ -114,6 +138,7 @@ class ProxyServer:
         self._shutdown_grace = shutdown_grace
         self._clients: dict[int, Channel] = {}
         self._links: dict[int, Channel] = {}
+        self._probes: dict[int, _Probe] = {}
         self._conn_ids = itertools.count(1)
         self._listeners: list[SocketListener] = []
         self._timers: TimerLoop | None = None
@@ -210,6 +235,10 @@ class ProxyServer:
     def migrations(self) -> list[MigrationInfo]:
         """The drains with migrate under way (moved, remaining, waiting), one per backend."""
         return self.proxy.migrations_under_way()
+
+    def backend_health(self) -> list[BackendHealth]:
+        """The health of every backend: ejection end, last and next health check."""
+        return self.proxy.backend_health()
 
     def queued_bytes(self) -> int:
         """Bytes waiting in the outboxes of every client and link: asked for by the
@@ -350,6 +379,11 @@ class ProxyServer:
                         channel.resume()
                 case act.OpenLink():
                     self._open_link(action)
+                case act.ProbeBackend():
+                    self._start_probe(action)
+                case act.CloseProbe(probe, data):
+                    if (running := self._probes.get(probe)) is not None:
+                        running.close(data)
                 case _:
                     raise RuntimeError(f"unexpected action: {action!r}")
 
@@ -450,6 +484,66 @@ class ProxyServer:
             if self._links.get(link) is channel:
                 del self._links[link]
             log.debug("link=%d: closed", link)
+
+    # Health checks: connect, write the core's request, read the answer head, report.
+
+    def _start_probe(self, action: act.ProbeBackend) -> None:
+        assert self._tg is not None
+        # A safety net only: the core closes the probe at its own timeout first.
+        probe = _Probe(anyio.current_time() + action.timeout + 1.0)
+        self._probes[action.probe] = probe
+        self._tg.start_soon(self._run_probe, action, probe)
+
+    async def _run_probe(self, action: act.ProbeBackend, probe: _Probe) -> None:
+        try:
+            with probe.scope:
+                try:
+                    stream: SocketStream | TLSStream
+                    with anyio.fail_after(action.timeout):
+                        if action.tls:
+                            stream = await anyio.connect_tcp(
+                                action.host, action.port, ssl_context=self._backend_context(),
+                                tls_hostname=action.host, tls_standard_compatible=False)
+                        else:
+                            stream = await anyio.connect_tcp(action.host, action.port)
+                except (*_CONNECT_ERRORS, TimeoutError) as exc:
+                    why = "connect timed out" if isinstance(exc, TimeoutError) else str(exc)
+                    self._report_probe(action.probe, probe, b"", why or repr(exc))
+                    return
+                async with stream:
+                    await self._probe_stream(action, probe, stream)
+        except Exception:
+            self.internal_errors += 1
+            log.exception("probe=%d: internal error; health check closed", action.probe)
+        finally:
+            self._probes.pop(action.probe, None)
+
+    async def _probe_stream(self, action: act.ProbeBackend, probe: _Probe,
+                            stream: SocketStream | TLSStream) -> None:
+        answer = b""
+        try:
+            await stream.send(action.request)
+            while b"\r\n\r\n" not in answer and len(answer) < MAX_PROBE_ANSWER:
+                answer += await stream.receive(MAX_PROBE_ANSWER - len(answer))
+        except anyio.EndOfStream:
+            pass
+        except _CONNECT_ERRORS as exc:
+            if not answer:
+                self._report_probe(action.probe, probe, b"", str(exc) or repr(exc))
+                return
+        self._report_probe(action.probe, probe, answer, None)
+        if probe.goodbye:
+            # A clean close after a 101: the backend sees a Close, not a reset.
+            with anyio.move_on_after(PROBE_LINGER), contextlib.suppress(
+                    *_CONNECT_ERRORS, anyio.EndOfStream):
+                await stream.send(probe.goodbye)
+                for _ in range(64):  # bounded: until the backend closes
+                    await stream.receive()
+
+    def _report_probe(self, probe_id: int, probe: _Probe, data: bytes,
+                      error: str | None) -> None:
+        probe.reported = True
+        self._feed(ev.ProbeResult(probe_id, data, error))
 
     def _backend_context(self) -> ssl.SSLContext:
         if self._backend_ssl_context is None:

@@ -19,6 +19,7 @@ from .errors import (
     UsageError,
     WspipeError,
 )
+from .health import BackendHealth
 from .hooks import ENTRYPOINT_GROUP, Hooks, make_plugin_manager
 from .hookspecs import hookimpl
 from .info import (
@@ -42,6 +43,7 @@ __all__ = [
     "Accept",
     "BackendAlreadyRegistered",
     "BackendError",
+    "BackendHealth",
     "BackendInfo",
     "BackendRequest",
     "BackendState",

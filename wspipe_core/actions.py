@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .events import ConnId, LinkId
+from .events import ConnId, LinkId, ProbeId
 
 
 class Action:
@@ -90,3 +90,33 @@ class ResumeLink(Action):
     """Read from the link again."""
 
     link: LinkId
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeBackend(Action):
+    """Probe a backend (an active health check): connect, write ``request``, read the
+    answer head and report :class:`wspipe_core.events.ProbeResult`.
+
+    The core times the probe out itself (it answers with ``CloseProbe``); the driver
+    bounds its connect by ``timeout`` too. Then it waits for ``CloseProbe``.
+    """
+
+    probe: ProbeId
+    host: str
+    port: int
+    tls: bool
+    #: The backend URL, for logs and for TLS server-name checks.
+    url: str
+    #: The WebSocket upgrade request to write.
+    request: bytes
+    #: Seconds the core gives the whole probe.
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class CloseProbe(Action):
+    """Write ``data`` (a Close frame after a 101, else nothing) and close the probe's
+    socket; cancel the probe if it is still connecting or reading."""
+
+    probe: ProbeId
+    data: bytes

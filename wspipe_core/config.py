@@ -101,6 +101,16 @@ class ProxyConfig:
     #: parked this long: the link stays and what the backend sends is held until a new
     #: connection with the same client id takes it over. 0 ends the session at once.
     resume_window: float = 30.0
+    #: Seconds between two active health checks (a WebSocket handshake) of each
+    #: backend; 0 (the default) turns them off: health is then passive only.
+    health_check_interval: float = 0.0
+    #: Time a health check has to connect and be answered; then it failed.
+    health_check_timeout: float = 2.0
+    #: Request target of the health checks (``/health?probe=1``); ``None``: the
+    #: backend URL's own path and query.
+    health_check_path: str | None = None
+    #: HTTP status a healthy backend answers with (101: the upgrade is accepted).
+    health_check_status: int = 101
     #: What a pipe promises for client messages across an interruption: ``at-most-once``
     #: (the default), ``at-least-once`` or ``acked`` (see docs/behaviour.md, Delivery);
     #: the ``wspipe_delivery`` hook may choose per pipe.
@@ -152,6 +162,7 @@ class ProxyConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        _check_health(self)
         if self.ping_interval and not self.ping_timeout:
             raise ConfigError("ping_timeout must be > 0 when ping_interval is set")
         if self.max_header_size > 16 * KiB:
@@ -219,3 +230,22 @@ class ProxyConfig:
             return cls(**kwargs)
         except TypeError as exc:  # pragma: no cover - from_mapping filters names
             raise ConfigError(str(exc)) from None
+
+
+def _check_health(cfg: ProxyConfig) -> None:
+    """Validate the ``health_check_*`` keys."""
+    for name in ("health_check_interval", "health_check_timeout"):
+        value = getattr(cfg, name)
+        if (not isinstance(value, int | float) or isinstance(value, bool)
+                or not 0 <= value < float("inf")):
+            raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    if cfg.health_check_interval and not cfg.health_check_timeout:
+        raise ConfigError("health_check_timeout must be > 0 when health_check_interval is set")
+    path = cfg.health_check_path
+    if path is not None and (not isinstance(path, str) or not path.startswith("/")
+                             or not path.isascii() or not path.isprintable() or " " in path):
+        raise ConfigError(f"health_check_path must be a percent-encoded path starting with /, "
+                          f"got {path!r}")
+    status = cfg.health_check_status
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise ConfigError(f"health_check_status must be an HTTP status, got {status!r}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 ConnId = int
 LinkId = int
+ProbeId = int
 
 
 class Event:
@@ -92,3 +93,17 @@ class LinkDataSent(Event):
 
     link: LinkId
     nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult(Event):
+    """A health-check probe (:class:`wspipe_core.actions.ProbeBackend`) ended.
+
+    ``data`` is what the backend answered, up to the end of its response head (at
+    most 16 KiB; empty if nothing came); ``error`` says why there is no answer
+    (connect refused, reset, TLS failure), else ``None``. The core reads ``data``.
+    """
+
+    probe: ProbeId
+    data: bytes = b""
+    error: str | None = None

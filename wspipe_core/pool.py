@@ -204,6 +204,13 @@ class Pool:
             log.warning("backend %s ejected for %.1fs after %d failures in a row (last: %s)",
                         backend.id, cooldown, backend.consecutive_failures, why)
 
+    def hold_ejected(self, backend: Backend, until: float) -> None:
+        """Keep an ejected ``backend`` out at least until ``until`` (its health checks
+        still fail: see :mod:`.health`)."""
+        if backend.state is BackendState.EJECTED and until > backend.ejected_until:
+            backend.ejected_until = until
+            self.changed = True
+
     def drain(self, backend: Backend) -> None:
         """Take no new pipes on ``backend``; it leaves the pool once empty."""
         backend.state = BackendState.DRAINING

@@ -26,6 +26,7 @@ from .deadlines import Timers
 from .errors import UsageError
 from .flow import Flow
 from .handshake import Handshakes, PendingClient
+from .health import BackendHealth, HealthChecks
 from .hooks import Hooks, make_plugin_manager
 from .info import BackendInfo, BackendState, MigrationInfo, PipeInfo, PipeState
 from .keepalive import Keepalive
@@ -84,9 +85,14 @@ class Proxy:
             ev.LinkDataReceived: self._on_link_data,
             ev.LinkEOF: self._on_link_eof,
             ev.LinkDataSent: self._on_link_sent,
+            ev.ProbeResult: self._on_probe_result,
         }
         for url in config.backends:
             self.pool.add(url)
+        #: Active health checks of the pool's backends (off unless configured).
+        self.health = HealthChecks(config, self.pool)
+        self._timers.touch(self.health)
+        self._timers.flush()
 
     # ------------------------------------------------------------------ entry points
 
@@ -118,6 +124,9 @@ class Proxy:
                 self.pool.refresh(now)
             elif obj is self.migrations:
                 self._migrate_due(now)
+            elif obj is self.health:
+                self._flow.out.extend(self.health.fire(now))
+                self._timers.touch(self.health)
         return self._finish(now)
 
     def _finish(self, now: float) -> list[Action]:
@@ -148,6 +157,7 @@ class Proxy:
         """
         backend = self.pool.add(url, weight)
         self._sessions.retry_now(now)
+        self._timers.touch(self.health)  # its first health check is due at once
         self._reschedule()
         return backend.info()
 
@@ -164,6 +174,7 @@ class Proxy:
         """
         backend = self.pool.get(id_or_url)
         self.pool.drain(backend)
+        self._timers.touch(self.health)  # draining backends are not probed
         for pipe in self._sessions.by_id.values():
             if pipe.racer is not None and pipe.racer.backend is backend:
                 self._sessions.drop_racer(pipe)  # no new pipes there, even racing ones
@@ -204,6 +215,8 @@ class Proxy:
     def shutdown(self, now: float) -> list[Action]:
         """Stop accepting; close every client with 1001 and every link."""
         self._shutting_down = True
+        self._flow.out.extend(self.health.shutdown())
+        self._timers.touch(self.health)
         self._handshakes.shutdown()
         self._sessions.shutdown(now)
         return self._finish(now)
@@ -232,6 +245,10 @@ class Proxy:
         """The snapshot of the pipe of client connection ``conn``, if it has one."""
         pipe = self._sessions.by_conn.get(conn)
         return pipe.info() if pipe is not None else None
+
+    def backend_health(self) -> list[BackendHealth]:
+        """The health of every backend: ejection end, last and next health check."""
+        return self.health.snapshot()
 
     def migrations_under_way(self) -> list[MigrationInfo]:
         """The drains with migrate under way, one per backend."""
@@ -307,3 +324,7 @@ class Proxy:
             link.pending -= event.nbytes
             if link.congested:
                 self._flow.written(link)
+
+    def _on_probe_result(self, event: ev.ProbeResult, now: float) -> None:
+        self._flow.out.extend(self.health.result(event, now))
+        self._timers.touch(self.health)

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from wspipe_anyio.admin import AdminConfigError, AdminServer, load_token
 from wspipe_anyio.metrics import Metrics
-from wspipe_core import BackendInfo, MigrationInfo, PipeInfo, ProxyConfig
+from wspipe_core import BackendHealth, BackendInfo, MigrationInfo, PipeInfo, ProxyConfig
 from wspipe_core.buffer import MemoryBudget
 from wspipe_core.stats import Stats
 from wspipe_core.testing import FakeBackend, Harness
@@ -72,6 +72,9 @@ class HarnessControl:
 
     def migrations(self) -> list[MigrationInfo]:
         return self.h.proxy.migrations_under_way()
+
+    def backend_health(self) -> list[BackendHealth]:
+        return self.h.proxy.backend_health()
 
     def queued_bytes(self) -> int:
         return sum(self.h.unacked.values())
@@ -223,7 +226,7 @@ async def test_unknown_path_404_and_bad_method_405() -> None:
     _, control = make_harness("ws://b1:80/")
     with anyio.fail_after(10):
         async with admin_client(control) as (_, http):
-            for path in ("/", "/nope", "/backends/b1/extra", "/pipes/p1/x"):
+            for path in ("/console", "/nope", "/backends/b1/extra", "/pipes/p1/x"):
                 r = await http.get(path, headers=AUTH)
                 assert r.status_code == 404, path
                 assert "no such endpoint" in r.json()["detail"]

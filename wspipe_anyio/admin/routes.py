@@ -12,6 +12,11 @@
     GET    /pipes                        [{id, client_id, backend_id, state, ...}]
     GET    /pipes/{id}                   200 pipe | 404 unknown
     GET    /metrics                      Prometheus text exposition of the proxy's metrics
+    GET    /summary?offset=&limit=&state=&backend=
+                                         everything the console shows (pool with health,
+                                         totals, one page of pipes)
+    GET    / , /status, /console.js, /console.css
+                                         the console page (no token; Host and Origin checked)
 
 The probes are answered from the proxy's state at once and need nothing. Every
 other request passes the :class:`~.guard.Guard` (own ``Host`` or 421, no foreign
@@ -39,12 +44,11 @@ from wspipe_core import (
     BackendState,
     InvalidBackendURL,
     MigrationInfo,
-    PipeInfo,
     UnknownBackend,
 )
 
-from ..control import ProxyControl
 from ..logfmt import mask_url, mask_urls
+from .console import ASSETS, Assets, ConsoleControl, summary_json
 from .errors import AdminConfigError
 from .guard import Guard
 from .http import (
@@ -62,6 +66,7 @@ from .http import (
     is_loopback,
 )
 from .tokens import generate_token, prepare_token_directory, remove_token_file, write_token_file
+from .views import backend_json, migration_json, pipe_json
 
 log = logging.getLogger("wspipe.admin")
 
@@ -74,43 +79,6 @@ _GET = frozenset({"GET"})
 
 __all__ = ["PUBLIC_PATHS", "AdminConfigError", "AdminRoutes", "AdminServer", "backend_json",
            "migration_json", "parse_json", "pipe_json"]
-
-
-# JSON views of the core's snapshots.
-
-
-def migration_json(info: MigrationInfo | None) -> dict[str, Any] | None:
-    """``{total, moved, remaining, waiting}`` of a migration under way, or ``None``."""
-    if info is None:
-        return None
-    return {"total": info.total, "moved": info.moved, "remaining": info.remaining,
-            "waiting": info.waiting}
-
-
-def backend_json(info: BackendInfo, migration: MigrationInfo | None = None) -> dict[str, Any]:
-    """``{id, url, state, pipes, errors, consecutive_failures, weight, migration}``.
-
-    ``url`` is masked: credentials, query values and fragment (``?token=***``).
-    """
-    return {"id": info.id, "url": mask_url(info.url), "state": info.state.value,
-            "pipes": info.pipes, "errors": info.errors,
-            "consecutive_failures": info.consecutive_failures, "weight": info.weight,
-            "migration": migration_json(migration)}
-
-
-def pipe_json(info: PipeInfo, now: float, wall_offset: float) -> dict[str, Any]:
-    """``{id, client_id, backend_id, state, buffered_bytes, interruptions, since, ...}``.
-
-    ``since`` is wall-clock Unix time (the core's monotonic time plus
-    ``wall_offset``); ``age_seconds`` is how long the pipe has lived. Request
-    headers are never shown (they carry cookies and credentials).
-    """
-    age = max(0.0, now - info.since)
-    return {"id": info.id, "client_id": info.client_id, "backend_id": info.backend_id,
-            "state": info.state.value, "buffered_bytes": info.buffered_bytes,
-            "interruptions": info.interruptions, "since": round(info.since + wall_offset, 3),
-            "age_seconds": round(age, 3), "subprotocol": info.subprotocol,
-            "peer": info.request.peer, "path": info.request.path}
 
 
 def parse_bool(name: str, value: str) -> bool:
@@ -168,12 +136,14 @@ class AdminRoutes:
     """The admin endpoints of one proxy: the guard, routing and the handlers.
 
     :param control: The proxy to read and change.
-    :param guard: Host, Origin and token checks for every request but a probe.
+    :param guard: Host, Origin and token checks for every request but a probe (the
+        console's page and assets need no token).
     """
 
-    def __init__(self, control: ProxyControl, guard: Guard) -> None:
+    def __init__(self, control: ConsoleControl, guard: Guard) -> None:
         self.control = control
         self.guard = guard
+        self.assets = Assets()
         #: Wall-clock time minus the proxy's monotonic time (for ``since``).
         self.wall_offset = time.time() - control.now()
 
@@ -181,7 +151,9 @@ class AdminRoutes:
         """The route of ``request``; probes at once, else 421/403/401 first, then 404,
         405 and 415."""
         handler, allowed = self._lookup(request.path)
-        if request.path not in PUBLIC_PATHS:
+        if request.path in ASSETS:
+            self.guard.check_site(request)  # a page with no data: Host and Origin only
+        elif request.path not in PUBLIC_PATHS:
             self.guard.check(request)
         if handler is None:
             raise error(404, f"no such endpoint: {request.path[:200]}")
@@ -189,8 +161,8 @@ class AdminRoutes:
             raise error(405, f"method {request.method[:20]} not allowed on "
                              f"{request.path}; allowed: {', '.join(sorted(allowed))}",
                         headers=[("allow", ", ".join(sorted(allowed)))])
-        if request.path in PUBLIC_PATHS:
-            return Route(handler)  # answered from state; a body is never read
+        if request.path in PUBLIC_PATHS or request.path in ASSETS:
+            return Route(handler)  # answered at once; a body is never read
         self.guard.check_content_type(request)
         return Route(handler, reads_body=request.method == "POST")
 
@@ -201,6 +173,10 @@ class AdminRoutes:
             return self.readyz, _GET
         if path == "/metrics":
             return self.metrics, _GET
+        if path == "/summary":
+            return self.summary, _GET
+        if path in ASSETS:
+            return self.asset, _GET
         if path in ("/backends", "/backends/"):
             return self.backends, frozenset({"GET", "POST"})
         if path in ("/pipes", "/pipes/"):
@@ -236,6 +212,14 @@ class AdminRoutes:
         """``GET /metrics``: the proxy's metrics, in the format the scraper accepts."""
         body, content_type = self.control.metrics.exposition(request.header(b"accept"))
         return Reply(200, body, content_type=content_type)
+
+    def asset(self, request: Request) -> Reply:
+        """``GET /``, ``/status`` and the page's script and style sheet."""
+        return self.assets.reply(request.path)
+
+    def summary(self, request: Request) -> Reply:
+        """``GET /summary``: everything the console shows, in one answer."""
+        return Reply(200, summary_json(self.control, request, self.wall_offset))
 
     def _migrations(self) -> dict[str, MigrationInfo]:
         return {m.backend_id: m for m in self.control.migrations()}
@@ -327,7 +311,8 @@ def _masked(message: str, url: str) -> str:
 class AdminServer(HttpServer):
     """The admin HTTP listener of one proxy: :class:`AdminRoutes` on an :class:`HttpServer`.
 
-    :param control: The proxy to control (a :class:`~wspipe_anyio.ProxyServer`).
+    :param control: The proxy to control (a :class:`~wspipe_anyio.ProxyServer`): a
+        :class:`~.console.ConsoleControl`.
     :param host: Listen address; loopback unless a token is given.
     :param port: Listen port (0 picks a free one; see :attr:`port`).
     :param token: Bearer token required on every endpoint but ``/healthz`` and
@@ -342,7 +327,7 @@ class AdminServer(HttpServer):
         a malformed allowed host or origin, or no directory for a generated token.
     """
 
-    def __init__(self, control: ProxyControl, *, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, control: ConsoleControl, *, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, token_file_dir: Path | str | None = None,
                  allowed_hosts: tuple[str, ...] = (), allowed_origins: tuple[str, ...] = (),
                  max_body: int = MAX_BODY, request_timeout: float = REQUEST_TIMEOUT,
