@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from wspipe_core import BackendInfo, MigrationInfo, PipeInfo, ProxyConfig
+from wspipe_core import BackendHealth, BackendInfo, MigrationInfo, PipeInfo, ProxyConfig
 from wspipe_core.buffer import MemoryBudget
 from wspipe_core.stats import Stats
 
@@ -67,6 +67,10 @@ class ProxyControl(Protocol):
 
     def pipes(self) -> list[PipeInfo]:
         """Snapshots of the live pipes."""
+        ...
+
+    def backend_health(self) -> list[BackendHealth]:
+        """The health of every backend (ejection end, last and next health check)."""
         ...
 
     def migrations(self) -> list[MigrationInfo]:

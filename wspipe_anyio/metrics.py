@@ -51,7 +51,8 @@ from wspipe_core import (
     hookimpl,
 )
 
-from .admin.console import ConsoleControl, installed_version
+from .admin.console import installed_version
+from .control import ProxyControl
 from .logfmt import url_label
 
 #: Buckets of ``wspipe_failover_duration_seconds``: a migration takes milliseconds,
@@ -66,7 +67,7 @@ _ids = itertools.count(1)
 class ProxyCollector(Collector):
     """A custom collector reading a proxy's counters and snapshots at scrape time."""
 
-    def __init__(self, source: ConsoleControl) -> None:
+    def __init__(self, source: ProxyControl) -> None:
         self._source = source
 
     def describe(self) -> Iterator[Metric]:
@@ -241,7 +242,7 @@ class Metrics:
         installed package's).
     """
 
-    def __init__(self, source: ConsoleControl, pm: pluggy.PluginManager, *,
+    def __init__(self, source: ProxyControl, pm: pluggy.PluginManager, *,
                  version: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ProxyCollector(source))

@@ -275,3 +275,18 @@ def test_shutdown_closes_probes_in_flight_and_starts_no_more() -> None:
 def test_invalid_health_check_settings_are_refused(config) -> None:
     with pytest.raises(ConfigError, match="health_check"):
         ProxyConfig(**config)
+
+
+def test_the_harness_answers_probes_with_its_fake_backends() -> None:
+    from wspipe_core.testing import Harness
+
+    h = Harness(ProxyConfig(health_check_interval=1, ping_interval=0))
+    backend = h.backend("ws://b1/", mode="refuse")
+    h.advance(1.5)  # probed at registration and after one interval: refused twice
+    assert len(h.probes) == 2 and h.proxy.backends()[0].consecutive_failures == 2
+    backend.mode = "accept"
+    h.advance(1)
+    assert len(h.probes) == 3 and h.proxy.backends()[0].consecutive_failures == 0
+    backend.mode = "blackhole"
+    h.advance(1 + h.proxy.config.health_check_timeout)  # no answer: ejected at once
+    assert h.proxy.backends()[0].state is BackendState.EJECTED

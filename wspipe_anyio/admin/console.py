@@ -21,7 +21,7 @@ import math
 import time
 from collections import Counter
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl
 
 from wspipe_core import BackendHealth, BackendState, PipeState
@@ -51,14 +51,6 @@ PAGE_HEADERS = (
     ("cross-origin-opener-policy", "same-origin"),
     ("cross-origin-resource-policy", "same-origin"),
 )
-
-
-class ConsoleControl(ProxyControl, Protocol):
-    """What the console reads besides :class:`~wspipe_anyio.control.ProxyControl`."""
-
-    def backend_health(self) -> list[BackendHealth]:
-        """The health of every backend (ejection end, last and next health check)."""
-        ...
 
 
 def installed_version() -> str:
@@ -128,7 +120,7 @@ def _pipe_query(request: Request) -> tuple[int, int, str | None, str | None]:
     return offset, limit, state, backend
 
 
-def summary_json(control: ConsoleControl, request: Request,
+def summary_json(control: ProxyControl, request: Request,
                  wall_offset: float) -> dict[str, Any]:
     """Everything the console shows, in one answer (``GET /summary``): pool with health
     and migrations, totals and limits, pipe counts by state, one page of pipes.

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..control import ProxyControl
 from ..units import parse_address
-from .console import ConsoleControl
 from .errors import AdminConfigError
 from .guard import allowed_hosts, allowed_origins
 from .http import is_loopback
@@ -153,7 +153,7 @@ def admin_options(settings: Mapping[str, Any],
 
 
 @contextlib.asynccontextmanager
-async def open_admin(control: ConsoleControl, options: AdminOptions | None
+async def open_admin(control: ProxyControl, options: AdminOptions | None
                      ) -> AsyncIterator[AdminServer | None]:
     """Serve the admin API of a started proxy for the duration of the block.
 

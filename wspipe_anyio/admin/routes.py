@@ -47,8 +47,9 @@ from wspipe_core import (
     UnknownBackend,
 )
 
+from ..control import ProxyControl
 from ..logfmt import mask_url, mask_urls
-from .console import ASSETS, Assets, ConsoleControl, summary_json
+from .console import ASSETS, Assets, summary_json
 from .errors import AdminConfigError
 from .guard import Guard
 from .http import (
@@ -140,7 +141,7 @@ class AdminRoutes:
         console's page and assets need no token).
     """
 
-    def __init__(self, control: ConsoleControl, guard: Guard) -> None:
+    def __init__(self, control: ProxyControl, guard: Guard) -> None:
         self.control = control
         self.guard = guard
         self.assets = Assets()
@@ -312,7 +313,7 @@ class AdminServer(HttpServer):
     """The admin HTTP listener of one proxy: :class:`AdminRoutes` on an :class:`HttpServer`.
 
     :param control: The proxy to control (a :class:`~wspipe_anyio.ProxyServer`): a
-        :class:`~.console.ConsoleControl`.
+        :class:`~.console.ProxyControl`.
     :param host: Listen address; loopback unless a token is given.
     :param port: Listen port (0 picks a free one; see :attr:`port`).
     :param token: Bearer token required on every endpoint but ``/healthz`` and
@@ -327,7 +328,7 @@ class AdminServer(HttpServer):
         a malformed allowed host or origin, or no directory for a generated token.
     """
 
-    def __init__(self, control: ConsoleControl, *, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, control: ProxyControl, *, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None, token_file_dir: Path | str | None = None,
                  allowed_hosts: tuple[str, ...] = (), allowed_origins: tuple[str, ...] = (),
                  max_body: int = MAX_BODY, request_timeout: float = REQUEST_TIMEOUT,

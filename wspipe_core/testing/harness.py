@@ -52,6 +52,8 @@ class Harness:
         self.links: dict[int, BackendLink] = {}
         #: Every action the proxy returned, in order.
         self.actions: list[act.Action] = []
+        #: Every health check the proxy made (see :meth:`FakeBackend.probe_answer`).
+        self.probes: list[act.ProbeBackend] = []
         #: Unacknowledged bytes per ("c"|"l", id) when ``auto_ack`` is off.
         self.unacked: dict[tuple[str, int], int] = {}
         self._queue: deque[ev.Event] = deque()
@@ -199,6 +201,17 @@ class Harness:
             if action.link in self.links:
                 self.links[action.link].tcp_closed = True
         elif isinstance(action, act.PauseLink | act.ResumeLink):
+            pass
+        elif isinstance(action, act.ProbeBackend):
+            self.probes.append(action)
+            backend = self.backends.get(action.url)
+            if backend is None or backend.mode == "refuse":
+                self._queue.append(ev.ProbeResult(action.probe, error="connection refused"))
+                return
+            answer = backend.probe_answer(action.request)
+            if answer is not None:  # (a black hole never answers: the core times it out)
+                self._queue.append(ev.ProbeResult(action.probe, answer))
+        elif isinstance(action, act.CloseProbe):
             pass
         else:  # pragma: no cover
             raise RuntimeError(f"unknown action {action!r}")

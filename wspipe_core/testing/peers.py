@@ -318,6 +318,19 @@ class FakeBackend:
             return offered[0] if offered else None
         return next((p for p in offered if p in self.subprotocols), None)
 
+    def probe_answer(self, request: bytes) -> bytes | None:
+        """What it answers a health check's ``request`` with (``None``: nothing, ever)."""
+        if self.mode == "blackhole":
+            return None
+        ws = WSConnection(ConnectionType.SERVER)
+        ws.receive_data(request)
+        event = next(ws.events(), None)
+        if not isinstance(event, Request):
+            return b""
+        if self.mode == "reject":
+            return ws.send(RejectConnection(status_code=503))
+        return ws.send(AcceptConnection(subprotocol=self.choose(event.subprotocols)))
+
     def messages(self) -> list[Message]:
         """Every message received over all links, in link order."""
         return [m for link in self.links for m in link.received]
