@@ -43,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from wspipe_core import (
     BackendState,
+    Delivery,
     InterruptionCause,
     LinkFailure,
     PipeEvent,
@@ -101,12 +102,39 @@ class ProxyCollector(Collector):
             closed.add_metric([str(int(code))], count)
         yield closed
 
-        by_state = Counter(p.state for p in source.pipes())
+        live = source.pipes()
+        by_state = Counter(p.state for p in live)
         pipes = GaugeMetricFamily("wspipe_pipes", "Live pipes by state.", labels=["state"])
         for pipe_state in PipeState:
             if pipe_state is not PipeState.CLOSED:
                 pipes.add_metric([pipe_state.value], by_state[pipe_state])
         yield pipes
+        by_mode = Counter(p.delivery for p in live)
+        modes = GaugeMetricFamily("wspipe_pipes_delivery", "Live pipes by delivery mode.",
+                                  labels=["mode"])
+        for mode in Delivery:
+            modes.add_metric([mode.value], by_mode[mode.value])
+        yield modes
+        yield GaugeMetricFamily("wspipe_pipes_parked",
+                                "Sessions whose client vanished and that wait for it now "
+                                "(resume_window).",
+                                value=sum(1 for p in live if p.parked_until is not None))
+        yield GaugeMetricFamily("wspipe_held_for_client_messages",
+                                "Backend messages held now for clients that are away.",
+                                value=sum(p.held_for_client for p in live))
+        yield CounterMetricFamily("wspipe_clients_parked",
+                                  "Sessions parked because their client vanished without "
+                                  "a Close.", value=stats.parked)
+        yield CounterMetricFamily("wspipe_client_resumes",
+                                  "Sessions taken over by a new connection of their client.",
+                                  value=stats.client_resumes)
+        yield CounterMetricFamily("wspipe_resume_expired",
+                                  "Parked sessions ended because nobody came back within "
+                                  "resume_window.", value=stats.resume_expired)
+        yield CounterMetricFamily("wspipe_messages_possibly_lost_to_client",
+                                  "Backend messages written to client connections that then "
+                                  "vanished, since their last pong (nothing can confirm "
+                                  "them).", value=stats.possibly_lost_to_client)
 
         messages = CounterMetricFamily("wspipe_messages",
                                        "Messages relayed, by direction (client messages "
@@ -125,6 +153,24 @@ class ProxyCollector(Collector):
         yield CounterMetricFamily("wspipe_messages_dropped",
                                   "Client messages dropped by the drop_oldest buffer policy.",
                                   value=stats.messages_dropped)
+
+        lost = CounterMetricFamily("wspipe_messages_possibly_lost",
+                                   "At most once: client messages written to a link lost "
+                                   "since its last pong (an upper bound of what the backend "
+                                   "never read), by reason.", labels=["reason"])
+        unconfirmed = CounterMetricFamily("wspipe_messages_unconfirmed_at_interruption",
+                                          "At least once and acked: client messages written "
+                                          "to a lost link before it confirmed them (each is "
+                                          "replayed, so it may arrive twice), by reason.",
+                                          labels=["reason"])
+        for cause in InterruptionCause:
+            lost.add_metric([cause.value], stats.possibly_lost[cause])
+            unconfirmed.add_metric([cause.value], stats.unconfirmed_at_interruption[cause])
+        yield lost
+        yield unconfirmed
+        yield CounterMetricFamily("wspipe_confirmations",
+                                  "Confirmations of written client messages: pongs (at least "
+                                  "once) and acks (acked).", value=stats.confirmations)
 
         interruptions = CounterMetricFamily("wspipe_interruptions",
                                             "Links lost under a pipe, by reason.",
@@ -220,7 +266,10 @@ class FailoverObserver:
 
     @hookimpl
     def wspipe_pipe_event(self, event: PipeEvent) -> None:
-        """Count and time failovers."""
+        """Count and time failovers; time client resumes."""
+        if event.kind is PipeEventKind.CLIENT_RESUMED and event.duration is not None:
+            self._metrics.resume_gap.observe(event.duration)
+            return
         if event.cause is None:
             return
         cause = event.cause.value
@@ -264,6 +313,9 @@ class Metrics:
         self.failover_duration = Histogram(
             "wspipe_failover_duration_seconds", "Time from an interruption to the new link, "
             "by reason.", ["reason"], buckets=FAILOVER_BUCKETS, registry=self.registry)
+        self.resume_gap = Histogram(
+            "wspipe_client_resume_gap_seconds", "Time a client was away before it resumed "
+            "its session.", buckets=FAILOVER_BUCKETS, registry=self.registry)
         for cause in InterruptionCause:  # every series exists from the start, at 0
             self.failovers.labels(cause.value)
             self.failovers_failed.labels(cause.value)

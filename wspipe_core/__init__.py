@@ -8,7 +8,7 @@ clock, opens a socket or sleeps. See docs/architecture.md.
 from __future__ import annotations
 
 from . import actions, events
-from .codes import CloseCode, InterruptionCause, LimitKind, LinkFailure
+from .codes import CloseCode, Delivery, InterruptionCause, LimitKind, LinkFailure
 from .config import ProxyConfig
 from .errors import (
     BackendAlreadyRegistered,
@@ -50,6 +50,7 @@ __all__ = [
     "BufferFullAction",
     "CloseCode",
     "ConfigError",
+    "Delivery",
     "Hooks",
     "InterruptionCause",
     "InvalidBackendURL",

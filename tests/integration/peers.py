@@ -292,3 +292,13 @@ class ProcessBackend:
         if self.proc.poll() is None:
             await anyio.to_thread.run_sync(self.kill)
 
+
+def metric(server: ProxyServer, name: str, **labels: str) -> float:
+    """The value of one sample of the server's metrics (summed over unnamed labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = server.metrics.exposition()[0].decode()
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               for sample in family.samples if sample.name == name
+               and all(sample.labels.get(k) == v for k, v in labels.items()))
+

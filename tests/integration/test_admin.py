@@ -504,6 +504,20 @@ async def test_metrics_buffered_bytes_and_failover_by_reason() -> None:
     assert after[("wspipe_link_failures_total", (("reason", "connect"),))] >= 1
 
 
+async def test_metrics_count_what_at_most_once_may_have_lost() -> None:
+    h, control = make_harness("ws://b1:80/", "ws://b2:80/")
+    client = h.client()
+    client.send("written")
+    client.send("and written")  # written to b1, no pong since: possibly lost
+    h.backends["ws://b1:80/"].kill()
+    with anyio.fail_after(10):
+        async with admin_client(control) as (_, http):
+            after = _samples((await http.get("/metrics", headers=AUTH)).text)
+    assert after[("wspipe_messages_possibly_lost_total", (("reason", "eof"),))] == 2
+    assert after[("wspipe_messages_unconfirmed_at_interruption_total", (("reason", "eof"),))] == 0
+    assert after[("wspipe_pipes_delivery", (("mode", "at-most-once"),))] == 1
+
+
 async def test_malformed_request_is_400_and_idle_connection_is_closed() -> None:
     _, control = make_harness()
     with anyio.fail_after(10):

@@ -9,7 +9,7 @@ import signal
 
 import anyio
 import pytest
-from peers import Client, EventLog, ProcessBackend, client_path, running_proxy, url
+from peers import Client, EventLog, ProcessBackend, client_path, metric, running_proxy, url
 
 pytestmark = pytest.mark.anyio
 
@@ -54,6 +54,10 @@ async def test_at_least_once_replays_what_a_killed_backend_never_read() -> None:
             assert set(got) == set(sent), "lost: " + str(sorted(set(sent) - set(got))[:5])
             assert second.received[:COUNT // 2] == sent[COUNT // 2:]  # replayed first, in order
             assert sum(server.stats.unconfirmed_at_interruption.values()) >= COUNT // 2
+            assert (metric(server, "wspipe_messages_unconfirmed_at_interruption_total")
+                    == sum(server.stats.unconfirmed_at_interruption.values()))
+            assert metric(server, "wspipe_confirmations_total") >= 1
+            assert metric(server, "wspipe_pipes_delivery", mode="at-least-once") == 1
             assert client.ws.close_code is None
             await client.close()
 

@@ -11,7 +11,16 @@ import time
 
 import anyio
 import pytest
-from peers import Backend, Client, EventLog, client_path, running_backends, running_proxy, url
+from peers import (
+    Backend,
+    Client,
+    EventLog,
+    client_path,
+    metric,
+    running_backends,
+    running_proxy,
+    url,
+)
 from websockets.sync.server import ServerConnection
 
 pytestmark = pytest.mark.anyio
@@ -67,6 +76,7 @@ async def test_a_dropped_client_resumes_and_gets_everything_sent_after_the_drop(
             before = [str(await first.recv()) for _ in range(50)]
             await anyio.to_thread.run_sync(drop, first)
             await events.wait_for("parked")
+            assert metric(server, "wspipe_pipes_parked") == 1
             await anyio.sleep(0.2)  # the backend keeps streaming into the parked session
             again = await Client.connect(url(server, path))
             after = await received_until(again, f"b{COUNT - 1:04d}")
@@ -81,6 +91,12 @@ async def test_a_dropped_client_resumes_and_gets_everything_sent_after_the_drop(
             assert len(expected) - len(after) <= lost
             await again.send("and on")
             await backend.wait_received("and on")
+            assert metric(server, "wspipe_pipes_parked") == 0
+            assert metric(server, "wspipe_clients_parked_total") == 1
+            assert metric(server, "wspipe_client_resumes_total") == 1
+            assert metric(server, "wspipe_client_resume_gap_seconds_count") == 1
+            assert metric(server, "wspipe_client_resume_gap_seconds_sum") >= 0.2
+            assert metric(server, "wspipe_messages_possibly_lost_to_client_total") == lost
             await again.close()
 
 
@@ -115,6 +131,7 @@ async def test_the_session_ends_when_the_client_does_not_come_back_in_time() -> 
             assert await first.recv() == "x"
             await anyio.to_thread.run_sync(drop, first)
             await events.wait_for("expired", timeout=5)
+            assert metric(server, "wspipe_resume_expired_total") == 1
             with anyio.fail_after(5):
                 while backend.connections[0].close_code is None:
                     await anyio.sleep(0.02)
