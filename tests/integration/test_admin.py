@@ -504,6 +504,24 @@ async def test_metrics_buffered_bytes_and_failover_by_reason() -> None:
     assert after[("wspipe_link_failures_total", (("reason", "connect"),))] >= 1
 
 
+async def test_a_parked_pipe_shows_its_time_left_and_what_is_held() -> None:
+    h, control = make_harness("ws://b1:80/", resume_window=10)
+    client = h.client()
+    client.eof()  # vanished without a Close: parked
+    h.advance(4)
+    link = h.backends["ws://b1:80/"].links[0]
+    link.send("held 1")
+    link.send("held 2")
+    with anyio.fail_after(10):
+        async with admin_client(control) as (_, http):
+            (pipe,) = (await http.get("/pipes", headers=AUTH)).json()
+            summary = (await http.get("/summary", headers=AUTH)).json()
+    assert pipe["parked"] is True and pipe["resume_window_left_seconds"] == 6.0
+    assert pipe["held_for_client"] == 2 and pipe["state"] == "linked"
+    assert summary["totals"]["parked"] == 1
+    assert summary["pipes"]["items"][0]["resume_window_left_seconds"] == 6.0
+
+
 async def test_metrics_count_what_at_most_once_may_have_lost() -> None:
     h, control = make_harness("ws://b1:80/", "ws://b2:80/")
     client = h.client()

@@ -33,11 +33,18 @@ def pipe_json(info: PipeInfo, now: float, wall_offset: float) -> dict[str, Any]:
 
     ``since`` is wall-clock Unix time (the core's monotonic time plus
     ``wall_offset``); ``age_seconds`` is how long the pipe has lived. Request
-    headers are never shown (they carry cookies and credentials).
+    headers are never shown (they carry cookies and credentials). ``parked``: the
+    client vanished and the session waits ``resume_window_left_seconds`` more for it,
+    holding ``held_for_client`` backend messages.
     """
     age = max(0.0, now - info.since)
+    parked = info.parked_until is not None
+    left = round(max(0.0, info.parked_until - now), 3) if info.parked_until is not None else None
     return {"id": info.id, "client_id": info.client_id, "backend_id": info.backend_id,
             "state": info.state.value, "buffered_bytes": info.buffered_bytes,
             "interruptions": info.interruptions, "since": round(info.since + wall_offset, 3),
             "age_seconds": round(age, 3), "subprotocol": info.subprotocol,
-            "peer": info.request.peer, "path": info.request.path}
+            "peer": info.request.peer, "path": info.request.path,
+            "delivery": info.delivery, "unconfirmed_messages": info.unconfirmed_messages,
+            "parked": parked, "resume_window_left_seconds": left,
+            "held_for_client": info.held_for_client}

@@ -157,6 +157,7 @@
     $("t-pipes").textContent = t.pipes;
     $("t-pipe-states").textContent = Object.entries(data.pipe_states)
       .filter(([, n]) => n).map(([s, n]) => n + " " + s).join(", ") || "none";
+    if (t.parked) $("t-pipe-states").textContent += " · " + t.parked + " parked";
     $("t-rate").textContent = rateIn == null ? "–" : num(rateIn + rateOut, 1);
     $("t-rate-dirs").textContent = "in " + num(rateIn, 1) + " · out " + num(rateOut, 1);
     $("t-failovers").textContent = num(failovers, 1);
@@ -251,7 +252,8 @@
     const body = $("pipes").tBodies[0];
     const rows = pipes.items.map((p) => el("tr", { "data-pipe": p.id },
       el("td", {}, p.id), el("td", {}, p.client_id), el("td", {}, p.backend_id || "–"),
-      el("td", {}, p.state), el("td", {}, bytes(p.buffered_bytes)),
+      el("td", {}, p.parked ? p.state + " · parked, " + secs(p.resume_window_left_seconds) +
+        " left, " + p.held_for_client + " held" : p.state), el("td", {}, bytes(p.buffered_bytes)),
       el("td", {}, p.interruptions), el("td", {}, secs(p.age_seconds))));
     body.replaceChildren(...rows);
     label($("pipes"));
