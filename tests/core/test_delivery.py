@@ -148,6 +148,22 @@ def test_acked_replays_from_the_first_unacked_with_its_sequence_number():
     assert link.header("x-wspipe-session") == b1.links[0].header("x-wspipe-session")
 
 
+def test_a_backend_that_never_acks_hits_the_buffer_limit_with_a_log_line_saying_why(caplog):
+    h = harness(delivery="acked", buffer_limit=1000, max_message_size=500)
+    b1 = h.backend("ws://b1/")
+    other = h.client()
+    c = h.client()
+    for _ in range(3):
+        c.send("x" * 400)  # read by the backend (pongs answered), never acknowledged
+    assert c.close is not None and c.close.code == 1013
+    assert other.close is None  # only that pipe pays
+    assert b1.messages().count("x" * 400) == 2
+    assert any("buffer_limit reached (1000 bytes), 2 messages (800 bytes) of it written to "
+               "the backend and not acknowledged (does the backend send acks?)" in r.message
+               for r in caplog.records), [r.message for r in caplog.records]
+    check_invariants(h.proxy)
+
+
 def test_pongs_do_not_confirm_in_acked_mode():
     h = harness(delivery="acked", ping_interval=5, ping_timeout=5)
     h.backend("ws://b1/")
