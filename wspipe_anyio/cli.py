@@ -42,6 +42,7 @@ from .admin import (
     open_admin,
 )
 from .admin_cli import ADMIN_COMMANDS, add_admin_subcommands, run_admin_command
+from .chaos import ChaosUsageError, add_chaos_flags, chaos_command
 from .logfmt import setup_logging
 from .server import Address, ProxyServer
 from .units import parse_address, parse_duration, parse_size
@@ -161,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keyfile", metavar="PEM", help="private key of --certfile (if not in it)")
     add("--cafile", metavar="PEM", help="CAs trusted for wss:// backends (default: system)")
     add_admin_flags(serve)
+    chaos = sub.add_parser("chaos", parents=[serve], add_help=False,
+                           help="check the delivery mode against injected faults",
+                           description="Run the proxy with these settings, managed echo "
+                           "backends and clients, inject seeded faults, print what was "
+                           "lost, duplicated and reordered; exit 1 if the delivery mode's "
+                           "promise was broken.")
+    add_chaos_flags(chaos)
     demo = sub.add_parser("demo", help="show a pipe surviving two backend restarts",
                           description="Run a proxy, two echo backends and a client in-process.")
     demo.add_argument("--async-lib", choices=("asyncio", "trio"), default="asyncio")
@@ -353,7 +361,11 @@ async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """``wspipe serve``."""
-    options = build_options(merge_settings(args))
+    return serve(build_options(merge_settings(args)))
+
+
+def serve(options: ServeOptions) -> int:
+    """Run the proxy with ``options`` until signalled; the exit status."""
     secrets = [options.admin.token] if options.admin and options.admin.token else []
     setup_logging(options.log_level, options.log_format, secrets=secrets)
     try:
@@ -392,6 +404,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    """``wspipe chaos``."""
+    try:
+        return chaos_command(merge_settings(args), build_options)
+    except ChaosUsageError as exc:
+        raise UsageFailure(str(exc)) from None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``wspipe demo``."""
     from .demo import run_demo
@@ -411,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_admin_command(args)
         if args.command == "plugins":
             return cmd_plugins(args)
+        if args.command == "chaos":
+            return cmd_chaos(args)
         return cmd_demo(args)
     except UsageFailure as exc:
         print(f"wspipe: error: {exc}", file=sys.stderr)
