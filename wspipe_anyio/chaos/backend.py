@@ -108,9 +108,10 @@ class EchoProtocol(asyncio.Protocol):
                 if self.closing or self.server.closing:
                     continue  # decided to close: dropped, as real frameworks do
                 self.server.recorder.record(whole, self.link)
-                out.append(ws.send(TextMessage(data=whole) if isinstance(whole, str)
-                                   else BytesMessage(data=whole)))
-            elif isinstance(event, Ping):
+                if ws.state is ConnectionState.OPEN:
+                    out.append(ws.send(TextMessage(data=whole) if isinstance(whole, str)
+                                       else BytesMessage(data=whole)))
+            elif isinstance(event, Ping) and ws.state is ConnectionState.OPEN:
                 out.append(ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 if ws.state is ConnectionState.REMOTE_CLOSING:

@@ -139,7 +139,10 @@ def count(sent: dict[int, Sequence[tuple[int, float]]], records: Iterable[Record
         delivered = sorted(recs, key=lambda r: (r.link, r.position))
         seen: dict[int, Record] = {}
         highest = 0
+        link, before, current = 0, "", ""  # the backends of the previous and this link
         for record in delivered:
+            if record.link != link:
+                link, before, current = record.link, current or record.backend, record.backend
             if record.n in seen:
                 total.duplicated += 1
                 blame(seen[record.n].backend, record.time).duplicated += 1
@@ -147,7 +150,7 @@ def count(sent: dict[int, Sequence[tuple[int, float]]], records: Iterable[Record
             seen[record.n] = record
             if record.n < highest:
                 total.reordered += 1
-                blame(record.backend, record.time).reordered += 1
+                blame(before, record.time).reordered += 1  # the link it came after
             highest = max(highest, record.n)
         first[client] = sorted(seen.values(), key=lambda r: r.time)
     for client, messages in sent.items():
@@ -163,9 +166,10 @@ def count(sent: dict[int, Sequence[tuple[int, float]]], records: Iterable[Record
         total.disconnects += 1
         arrivals = first.get(client, [])
         blame(_backend_at(arrivals, [r.time for r in arrivals], when), when).disconnects += 1
+    timelines = {client: sorted(recs, key=lambda r: r.time) for client, recs in per_client.items()}
     for fault in faults:
         row = rows[fault.kind]
-        for client, arrivals in first.items():
+        for client, arrivals in timelines.items():
             times = [r.time for r in arrivals]
             i = bisect.bisect_right(times, fault.start)
             if i == 0 or i == len(times) or arrivals[i - 1].backend != fault.backend:

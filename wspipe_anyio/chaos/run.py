@@ -57,12 +57,27 @@ SIZES = ((16, 40), (64, 20), (200, 15), (1024, 10), (4096, 8), (16384, 5), (6553
 RESTART_DELAY = 0.3
 #: Longest wait for a process to start, a drain to end, the last messages to arrive.
 START_TIMEOUT = 20.0
-DRAIN_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 60.0
 QUIET_TIMEOUT = 3.0
 SETTLE_TIMEOUT = 30.0
+#: Admin API calls: timeout of each attempt, attempts.
+API_TIMEOUT = 20.0
+API_ATTEMPTS = 3
+#: Client upgrades in progress at once.
+CONNECT_CONCURRENCY = 16
 #: Backends left alone by faults, at least.
 MIN_HEALTHY = 2
 EXIT_BROKEN = 1
+EXIT_INTERRUPTED = 130
+#: The run itself failed (a process would not start, the admin API did not answer).
+EXIT_FAILED = 3
+
+
+def _first_error(exc: BaseException) -> BaseException:
+    """The first leaf of nested exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class ChaosUsageError(Exception):
@@ -325,7 +340,8 @@ class Run:
         with anyio.fail_after(START_TIMEOUT):
             while True:
                 try:
-                    if len(await self.api("GET", "/backends")) == len(self.backends):
+                    if len(await self.api("GET", "/backends", attempts=1)) == len(
+                            self.backends):
                         return
                 except AdminError:
                     pass
@@ -333,11 +349,22 @@ class Run:
                     raise ChaosUsageError(f"the proxy did not start: see {self.work}/proxy.log")
                 await anyio.sleep(0.1)
 
-    async def api(self, method: str, path: str, body: Any = None) -> Any:
+    async def api(self, method: str, path: str, body: Any = None, *,
+                  attempts: int = API_ATTEMPTS) -> Any:
+        """One admin API call; a timeout (a loaded machine) is retried, ``attempts`` in
+        all (the calls chaos makes are safe to repeat: the answer is checked after)."""
         def call() -> Any:
-            return request(self.admin, method, path, token=self.token, body=body)
+            return request(self.admin, method, path, token=self.token, body=body,
+                           timeout=API_TIMEOUT)
 
-        return await anyio.to_thread.run_sync(call)
+        for attempt in range(attempts):
+            try:
+                return await anyio.to_thread.run_sync(call)
+            except AdminError as exc:
+                if "timed out" not in str(exc) or attempt == attempts - 1:
+                    raise
+                print(f"chaos: admin API: {exc}; again", file=self.err, flush=True)
+        raise AssertionError("unreachable")
 
     async def metric(self, name: str) -> float | None:
         """A metric of the proxy's, summed over its labels."""
@@ -408,7 +435,11 @@ class Run:
                 await self._drain(backend)
             elif kind == "add":
                 await self.start_backend(backend)
-                await self.api("POST", "/backends", {"url": backend.url})
+                try:
+                    await self.api("POST", "/backends", {"url": backend.url})
+                except AdminError as exc:
+                    if "HTTP 409" not in str(exc):  # 409: a retried call that had worked
+                        raise
         finally:
             backend.busy = kind == "drain"
         self.faults.append(Fault(kind, backend.id, start, time.monotonic()))
@@ -419,7 +450,11 @@ class Run:
         ident = listed.get(backend.url)
         if ident is None:
             raise ChaosUsageError(f"backend {backend.url} is not in the proxy's pool")
-        await self.api("DELETE", f"/backends/{ident}?migrate=true")
+        try:
+            await self.api("DELETE", f"/backends/{ident}?migrate=true")
+        except AdminError as exc:
+            if "HTTP 404" not in str(exc):  # 404: a retried call that had worked
+                raise
         with anyio.fail_after(DRAIN_TIMEOUT):
             while any(b["id"] == ident for b in await self.api("GET", "/backends")):
                 await anyio.sleep(0.1)
@@ -479,7 +514,29 @@ class Run:
                     return
                 await anyio.sleep(0.1)
 
-    async def main(self) -> tuple[Counts, list[str]]:
+    async def main(self) -> tuple[Counts, list[str]] | None:
+        """The run; ``None`` if SIGINT or SIGTERM stopped it (everything started is
+        stopped either way)."""
+        result: tuple[Counts, list[str]] | None = None
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                async def watch() -> None:
+                    async for signum in signals:  # bounded: the first one returns
+                        print(f"chaos: {signal.Signals(signum).name}: stopping",
+                              file=self.err, flush=True)
+                        tg.cancel_scope.cancel()
+                        return
+
+                async def run() -> None:
+                    nonlocal result
+                    result = await self._main()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch)
+                tg.start_soon(run)
+        return result
+
+    async def _main(self) -> tuple[Counts, list[str]]:
         async with anyio.create_task_group() as services:
             if self.acked:
                 listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
@@ -488,8 +545,12 @@ class Run:
             try:
                 result = await self._run()
             finally:
-                await self.stop_process(self.proxy)
                 with anyio.CancelScope(shield=True):
+                    for client in self.clients:
+                        client.ending = True
+                        if client.stream is not None:
+                            await client.stream.aclose()
+                    await self.stop_process(self.proxy)
                     for backend in self.backends:
                         if backend.proc is not None and backend.proc.returncode is None:
                             backend.proc.send_signal(signal.SIGCONT)
@@ -504,10 +565,17 @@ class Run:
         await self.start_proxy()
         self.clients = [Client(i, self.proxy_port, random.Random(opts.seed * 7919 + i),
                                opts.rate) for i in range(1, opts.clients + 1)]
+        # A few upgrades at a time: the proxy answers 408 beyond max_pending_per_peer.
+        limiter = anyio.CapacityLimiter(CONNECT_CONCURRENCY)
+
+        async def connect(client: Client) -> None:
+            async with limiter:
+                await client.connect()
+
         with anyio.fail_after(START_TIMEOUT + opts.clients * 0.05):
             async with anyio.create_task_group() as tg:
                 for client in self.clients:
-                    tg.start_soon(client.connect)
+                    tg.start_soon(connect, client)
         started = time.monotonic()
         stop = anyio.Event()
         async with anyio.create_task_group() as readers:
@@ -552,7 +620,8 @@ class Run:
 
 
 #: Proxy settings chaos sets when the user did not (its faults need short timeouts).
-PROXY_DEFAULTS: dict[str, Any] = {"ping_interval": 1.0, "ping_timeout": 1.0,
+PROXY_DEFAULTS: dict[str, Any] = {"ping_interval": 1.0, "ping_timeout": 5.0,
+                                  "shutdown_grace": 2.0,
                                   "log_level": "warning"}
 #: Settings chaos replaces (its own backends, loopback addresses).
 REPLACED = ("backends", "listen", "admin", "admin_token", "admin_token_file")
@@ -586,13 +655,22 @@ def run_chaos(options: ChaosOptions, settings: dict[str, Any],
     async_lib = str(settings.get("async_lib", "asyncio"))
     with tempfile.TemporaryDirectory(prefix="wspipe-chaos-") as work:
         run = Run(options, settings, Path(work), out, err)
-        counts, broken = anyio.run(run.main, backend=async_lib)
-        del counts
+        try:
+            result = anyio.run(run.main, backend=async_lib)
+        except Exception as exc:  # one line, not a traceback
+            failure = _first_error(exc)
+            print(f"chaos: the run could not complete: {type(failure).__name__}: {failure} "
+                  "(logs: set "
+                  "WSPIPE_CHAOS_KEEP=1 to keep them)", file=err)
+            return EXIT_FAILED
         if os.environ.get("WSPIPE_CHAOS_KEEP"):
             import shutil
 
             kept = shutil.copytree(work, work + "-kept")
             print(f"chaos: logs kept in {kept}", file=err)
+    if result is None:
+        return EXIT_INTERRUPTED
+    broken = result[1]
     for line in broken:
         print(f"chaos: PROMISE BROKEN: {line}", file=err)
     if not broken:
