@@ -133,3 +133,13 @@ def test_the_behaviour_table_of_architecture_md_names_files_that_exist():
         for name in re.findall(r"`([\w/]+\.py)`", tests):
             assert (ROOT / name).exists(), f"{behaviour}: {name}"
         assert re.search(r"`tests/", tests) or tests.startswith("—"), behaviour
+
+
+def test_the_backend_helper_stands_alone():
+    """wspipe_backend runs inside backends: the standard library and the framework it
+    adapts, never the proxy's core or driver."""
+    allowed = set(sys.stdlib_module_names) | {"wspipe_backend", "starlette", "websockets"}
+    for path in sorted((ROOT / "wspipe_backend").glob("*.py")):
+        name = "wspipe_backend" if path.name == "__init__.py" else f"wspipe_backend.{path.stem}"
+        for module in _imports(name, path):
+            assert module.split(".")[0] in allowed, f"{name} imports {module}"

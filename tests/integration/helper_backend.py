@@ -4,7 +4,7 @@ test): each message's effect and the session's number are committed in one
 transaction, the pattern docs/delivery.md describes.
 
 ``helper_backend.py starlette|websockets DB [CRASH_AFTER]`` prints ``PORT <n>``;
-with ``CRASH_AFTER`` the process dies (``os._exit``) right after committing that
+with ``CRASH_AFTER`` the process dies (SIGKILL) right after committing that
 message, before acking it — the case only deduplication saves. SIGTERM is a graceful
 shutdown (uvicorn closes with 1012, websockets with 1001).
 """
@@ -53,7 +53,7 @@ class SqliteStore:
                    (message.session, message.seq))
         db.execute("commit")
         if data == CRASH_AFTER:
-            os._exit(1)  # processed and committed, never acked
+            os.kill(os.getpid(), signal.SIGKILL)  # processed and committed, never acked
         return True
 
 
