@@ -150,6 +150,8 @@ class Client:
         self.sent: list[tuple[int, float]] = []
         self.echoes = 0
         self.disconnected: float | None = None
+        #: How the connection ended, when it did before the run.
+        self.why = ""
         self.ending = False
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.stream: SocketStream | None = None
@@ -186,16 +188,17 @@ class Client:
                     elif isinstance(event, Ping):
                         await self._send(self.ws.send(event.response()))
                     elif isinstance(event, CloseConnection):
-                        self._lost()
+                        self._lost(f"close {event.code} {event.reason or ''}".strip())
                         if self.ws.state is ConnectionState.REMOTE_CLOSING:
                             await self._send(self.ws.send(event.response()))
                         return
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self._lost()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            self._lost(type(exc).__name__)
 
-    def _lost(self) -> None:
+    def _lost(self, why: str) -> None:
         if not self.ending and self.disconnected is None:
             self.disconnected = time.monotonic()
+            self.why = why
 
     def message(self, n: int) -> TextMessage | BytesMessage:
         """Message ``n``: ``"<client> <n> "`` then filler; text or binary, mixed sizes."""
@@ -215,8 +218,8 @@ class Client:
             when = time.monotonic()
             try:
                 await self._send(self.ws.send(self.message(n)))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._lost()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                self._lost(f"send failed: {type(exc).__name__}")
                 return
             self.sent.append((n, when))
             n += 1
@@ -290,6 +293,8 @@ class Run:
         self.clients: list[Client] = []
         self.proxy: Process | None = None
         self._next_backend = 0
+        #: The longest the clients' event loop was late (a starved chaos process).
+        self.lag = 0.0
         hold = float(proxy_settings["ping_interval"]) + float(proxy_settings["ping_timeout"])
         #: How long a black hole lasts: beyond the proxy's ping timeout.
         self.blackhole = hold + 0.5
@@ -351,8 +356,8 @@ class Run:
 
     async def api(self, method: str, path: str, body: Any = None, *,
                   attempts: int = API_ATTEMPTS) -> Any:
-        """One admin API call; a timeout (a loaded machine) is retried, ``attempts`` in
-        all (the calls chaos makes are safe to repeat: the answer is checked after)."""
+        """One admin API call; a call that got no answer (a loaded machine) is retried,
+        ``attempts`` in all (chaos's calls are safe to repeat: the result is checked)."""
         def call() -> Any:
             return request(self.admin, method, path, token=self.token, body=body,
                            timeout=API_TIMEOUT)
@@ -361,8 +366,8 @@ class Run:
             try:
                 return await anyio.to_thread.run_sync(call)
             except AdminError as exc:
-                if "timed out" not in str(exc) or attempt == attempts - 1:
-                    raise
+                if " HTTP " in str(exc) or attempt == attempts - 1:
+                    raise  # an answer, or the last attempt
                 print(f"chaos: admin API: {exc}; again", file=self.err, flush=True)
         raise AssertionError("unreachable")
 
@@ -492,6 +497,16 @@ class Run:
         return (f"chaos: {time.monotonic() - started:5.0f}s  sent {sent}  faults "
                 f"{len(self.faults)} done ({done})  client disconnects {gone}")
 
+    def disconnect_lines(self) -> list[str]:
+        """How the disconnected clients' connections ended, and how late the clients'
+        event loop ran at worst (late pongs get clients dropped by the proxy)."""
+        reasons: dict[str, int] = {}
+        for client in self.clients:
+            if client.disconnected is not None:
+                reasons[client.why] = reasons.get(client.why, 0) + 1
+        lines = [f"client disconnects: {n} x {why}" for why, n in sorted(reasons.items())]
+        return [*lines, f"clients' event loop lag, worst: {self.lag * 1000:.0f}ms"]
+
     def records(self) -> list[Record]:
         if self.acked:
             return self.ledger.records
@@ -568,27 +583,32 @@ class Run:
         # A few upgrades at a time: the proxy answers 408 beyond max_pending_per_peer.
         limiter = anyio.CapacityLimiter(CONNECT_CONCURRENCY)
 
-        async def connect(client: Client) -> None:
-            async with limiter:
-                await client.connect()
-
-        with anyio.fail_after(START_TIMEOUT + opts.clients * 0.05):
-            async with anyio.create_task_group() as tg:
-                for client in self.clients:
-                    tg.start_soon(connect, client)
-        started = time.monotonic()
         stop = anyio.Event()
         async with anyio.create_task_group() as readers:
-            for client in self.clients:
-                readers.start_soon(client.read)
+            async def connect(client: Client) -> None:
+                async with limiter:
+                    await client.connect()
+                readers.start_soon(client.read)  # at once: the proxy's pings start now
+
+            with anyio.fail_after(START_TIMEOUT + opts.clients * 0.05):
+                async with anyio.create_task_group() as tg:
+                    for client in self.clients:
+                        tg.start_soon(connect, client)
+            started = time.monotonic()
             async with anyio.create_task_group() as writers:
                 for client in self.clients:
                     writers.start_soon(client.write, stop)
 
                 async def report_progress() -> None:
                     while True:
-                        await anyio.sleep(opts.progress_interval)
-                        print(self.progress(started), file=self.err, flush=True)
+                        lag = 0.0
+                        until = time.monotonic() + opts.progress_interval
+                        while (now := time.monotonic()) < until:  # bounded by the interval
+                            await anyio.sleep(0.1)
+                            lag = max(lag, time.monotonic() - now - 0.1)
+                        self.lag = max(self.lag, lag)
+                        print(f"{self.progress(started)}  loop lag {lag * 1000:.0f}ms",
+                              file=self.err, flush=True)
 
                 readers.start_soon(report_progress)
                 async with anyio.create_task_group() as faults:
@@ -612,6 +632,7 @@ class Run:
                  f"backends, {opts.duration:g}s, {opts.rate:g} msg/s per client, seed "
                  f"{opts.seed}, on {self.settings.get('async_lib', 'asyncio')}",
                  counts.as_text(),
+                 *self.disconnect_lines(),
                  f"possibly lost (proxy metric): "
                  f"{'-' if possibly_lost is None else f'{possibly_lost:.0f}'}; "
                  f"echoes received by clients: {sum(c.echoes for c in self.clients)}"]
