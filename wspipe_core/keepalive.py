@@ -13,6 +13,11 @@ from wsproto.events import Ping
 from .flow import Endpoint, Flow
 
 PING_PAYLOAD = b"wspipe"
+#: A pong deadline met this much later than it was due means the proxy itself was not
+#: running (a stall: starved CPU, a long GC pause); the answer may be sitting unread.
+LATE = 0.5
+#: Then the peer gets this long (from when the proxy runs again) for its pong to be read.
+GRACE = 0.5
 
 
 class Keepalive:
@@ -57,7 +62,12 @@ class Keepalive:
                 ep.ping_at = now + self.interval
             return False
         if ep.pong_deadline is not None and now >= ep.pong_deadline:
-            return True
+            if now - ep.pong_deadline <= LATE:
+                return True
+            # We overslept the deadline: read what arrived meanwhile before blaming the
+            # peer for our own stall, or a stalled proxy drops every peer at once.
+            ep.pong_deadline = now + GRACE
+            return False
         if ep.ping_at is not None and now >= ep.ping_at:
             ep.ping_at = now + self.interval
             if ep.pong_deadline is None and ep.ws.state is ConnectionState.OPEN:

@@ -505,6 +505,11 @@ class Run:
             if client.disconnected is not None:
                 reasons[client.why] = reasons.get(client.why, 0) + 1
         lines = [f"client disconnects: {n} x {why}" for why, n in sorted(reasons.items())]
+        if reasons:
+            got = {(r.client, r.n) for r in self.records()}
+            lost = sum(1 for c in self.clients if c.disconnected is not None
+                       for n, _ in c.sent if (c.index, n) not in got)
+            lines.append(f"lost by the disconnected clients: {lost}")
         return [*lines, f"clients' event loop lag, worst: {self.lag * 1000:.0f}ms"]
 
     def records(self) -> list[Record]:
