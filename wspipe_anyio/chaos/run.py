@@ -407,14 +407,15 @@ class Run:
     def _candidates(self) -> list[Backend]:
         return [b for b in self.backends if b.registered and not b.busy]
 
-    def _allowed(self, kind: str) -> list[Backend]:
-        idle = self._candidates()
+    def _can(self, kind: str) -> bool:
+        """Whether a fault of ``kind`` may start now: never on a backend under a fault,
+        never leaving fewer than :data:`MIN_HEALTHY` untouched, the pool kept within
+        two backends of its starting size."""
         registered = sum(b.registered for b in self.backends)
         if kind == "add":
-            return [] if registered >= self.options.backends + 2 else [Backend("", 0)]
-        if len(idle) <= MIN_HEALTHY or (kind == "drain" and registered <= MIN_HEALTHY + 1):
-            return []
-        return idle
+            return registered < self.options.backends + 2
+        return len(self._candidates()) > MIN_HEALTHY and (
+            kind != "drain" or registered > MIN_HEALTHY + 1)
 
     async def inject(self, kind: str, backend: Backend) -> None:
         start = time.monotonic()
@@ -478,11 +479,12 @@ class Run:
                 deck = kinds[:]
                 self.rng.shuffle(deck)
             kind = deck.pop()
-            while not (allowed := self._allowed(kind)):  # bounded by the deadline
+            while not self._can(kind):  # bounded by the deadline
                 if time.monotonic() > deadline:
                     return
                 await anyio.sleep(0.05)
-            target = self.new_backend() if kind == "add" else self.rng.choice(allowed)
+            target = (self.new_backend() if kind == "add"
+                      else self.rng.choice(self._candidates()))
             target.busy = True
             self.started[kind] += 1
             tg.start_soon(self.inject, kind, target)
