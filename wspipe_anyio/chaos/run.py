@@ -186,7 +186,8 @@ class Client:
                     if isinstance(event, TextMessage | BytesMessage):
                         self.echoes += event.message_finished
                     elif isinstance(event, Ping):
-                        await self._send(self.ws.send(event.response()))
+                        if self.ws.state is ConnectionState.OPEN:  # not once we closed
+                            await self._send(self.ws.send(event.response()))
                     elif isinstance(event, CloseConnection):
                         self._lost(f"close {event.code} {event.reason or ''}".strip())
                         if self.ws.state is ConnectionState.REMOTE_CLOSING:
