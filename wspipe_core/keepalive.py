@@ -10,14 +10,10 @@ from __future__ import annotations
 from wsproto.connection import ConnectionState
 from wsproto.events import Ping
 
+from .deadlines import GRACE, overslept
 from .flow import Endpoint, Flow
 
 PING_PAYLOAD = b"wspipe"
-#: A pong deadline met this much later than it was due means the proxy itself was not
-#: running (a stall: starved CPU, a long GC pause); the answer may be sitting unread.
-LATE = 0.5
-#: Then the peer gets this long (from when the proxy runs again) for its pong to be read.
-GRACE = 0.5
 
 
 class Keepalive:
@@ -62,7 +58,7 @@ class Keepalive:
                 ep.ping_at = now + self.interval
             return False
         if ep.pong_deadline is not None and now >= ep.pong_deadline:
-            if now - ep.pong_deadline <= LATE:
+            if not overslept(ep.pong_deadline, now):
                 return True
             # We overslept the deadline: read what arrived meanwhile before blaming the
             # peer for our own stall, or a stalled proxy drops every peer at once.

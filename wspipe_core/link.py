@@ -33,6 +33,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .actions import OpenLink, PauseLink, ResumeLink, SendToLink
 from .codes import InterruptionCause, LinkFailure
+from .deadlines import GRACE, overslept
 from .events import LinkId
 from .flow import Endpoint, Flow, Hold
 from .info import BackendRequest
@@ -266,6 +267,12 @@ class Link(Endpoint):
         """A deadline of this link passed."""
         if self.state in (LinkState.DIALING, LinkState.HANDSHAKING):
             if now >= self.deadline:
+                if overslept(self.deadline, now):
+                    # We were not running: the connect or the backend's answer may be
+                    # waiting to be read. Blaming the backend now would make a stalled
+                    # proxy fail every dial at once, and retry them all together.
+                    self.deadline = now + GRACE
+                    return None
                 return Failed(LinkFailure.TIMEOUT, "handshake timed out")
             return None
         if self.state is LinkState.CLOSING:
