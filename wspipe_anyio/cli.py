@@ -53,6 +53,7 @@ log = logging.getLogger("wspipe")
 SIZE_KEYS = frozenset({"buffer_limit", "memory_budget", "max_message_size", "max_header_size",
                        "write_high_water", "write_low_water"})
 DURATION_KEYS = frozenset({"handshake_timeout", "link_timeout", "race_after", "resume_window",
+                           "confirm_interval",
                            "ping_interval", "ping_timeout",
                            "max_interruption", "close_timeout", "eject_base", "eject_max",
                            "backoff_base", "backoff_max",

@@ -127,7 +127,8 @@ class Link(Endpoint):
     RESUME = ResumeLink
     INBOUND = False
 
-    __slots__ = ("backend", "confirm_asked", "confirming", "deadline", "proven", "state")
+    __slots__ = ("backend", "confirm_asked", "confirm_at", "confirm_sent", "confirming",
+                 "deadline", "proven", "state")
 
     def __init__(self, ident: LinkId, backend: Backend, owner: Any, deadline: float) -> None:
         super().__init__(ident, WSConnection(ConnectionType.CLIENT), owner)
@@ -143,6 +144,10 @@ class Link(Endpoint):
         #: pong is still to come (at-least-once).
         self.confirm_asked = 0
         self.confirming = False
+        #: When the last confirmation ping went out, and when the next one is due
+        #: (``None``: none waiting; ``confirm_interval`` apart at least).
+        self.confirm_sent = float("-inf")
+        self.confirm_at: float | None = None
 
     @property
     def id(self) -> LinkId:
@@ -284,7 +289,11 @@ class Link(Endpoint):
     def next_deadline(self) -> float | None:
         """When this link must next be woken."""
         if self.state is LinkState.OPEN:
-            return Keepalive.next_deadline(self)
+            keepalive = Keepalive.next_deadline(self)
+            confirm = self.confirm_at
+            if confirm is None:
+                return keepalive
+            return confirm if keepalive is None or confirm < keepalive else keepalive
         return self.deadline
 
 
