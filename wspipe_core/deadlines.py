@@ -18,7 +18,7 @@ from typing import Protocol
 #: running (a stall: starved CPU, a long pause): what a peer sent meanwhile may be
 #: sitting unread, so the deadline is moved :data:`GRACE` past now instead of fired.
 LATE = 0.5
-GRACE = 0.5
+GRACE = 0.1
 
 
 def overslept(due: float, now: float) -> bool:

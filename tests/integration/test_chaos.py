@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 KINDS = ("kill", "restart", "blackhole", "drain", "add")
-#: A short run: 4 backends, every fault kind once in about 5 s.
-SHORT = ["--clients", "8", "--echo-backends", "4", "--duration", "7", "--faults-per-kind", "1",
+#: A short run: 5 backends, every fault kind once in about 5 s.
+SHORT = ["--clients", "8", "--echo-backends", "5", "--duration", "7", "--faults-per-kind", "1",
          "--rate", "10", "--progress-interval", "2", "--ping-interval", "0.5",
          "--ping-timeout", "2"]
 

@@ -294,6 +294,8 @@ class Run:
         self.clients: list[Client] = []
         self.proxy: Process | None = None
         self._next_backend = 0
+        #: Faults in progress.
+        self.in_flight = 0
         #: The longest the clients' event loop was late (a starved chaos process).
         self.lag = 0.0
         hold = float(proxy_settings["ping_interval"]) + float(proxy_settings["ping_timeout"])
@@ -421,6 +423,7 @@ class Run:
     async def inject(self, kind: str, backend: Backend) -> None:
         start = time.monotonic()
         backend.busy = True
+        self.in_flight += 1
         try:
             if kind == "kill":
                 assert backend.proc is not None
@@ -449,6 +452,7 @@ class Run:
                         raise
         finally:
             backend.busy = kind == "drain"
+            self.in_flight -= 1
         self.faults.append(Fault(kind, backend.id, start, time.monotonic()))
 
     async def _drain(self, backend: Backend) -> None:
@@ -480,8 +484,11 @@ class Run:
                 deck = kinds[:]
                 self.rng.shuffle(deck)
             kind = deck.pop()
-            while not self._can(kind):  # bounded by the deadline
-                if time.monotonic() > deadline:
+            # Wait for room: bounded, and given up when no fault is in progress (then
+            # nothing will make room, e.g. a drain with the pool at its smallest).
+            while not self._can(kind):
+                if time.monotonic() > deadline + SETTLE_TIMEOUT or (
+                        time.monotonic() > deadline and not self.in_flight):
                     return
                 await anyio.sleep(0.05)
             target = (self.new_backend() if kind == "add"
