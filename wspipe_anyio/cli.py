@@ -16,6 +16,7 @@ exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import logging
@@ -44,6 +45,7 @@ from .admin import (
 from .admin.console import installed_version
 from .admin_cli import ADMIN_COMMANDS, add_admin_subcommands, run_admin_command
 from .logfmt import setup_logging
+from .reload import Loaded, Reloader, ReloadFailed
 from .server import Address, ProxyServer
 from .units import parse_address, parse_duration, parse_size
 
@@ -335,14 +337,32 @@ def run_async(func: Callable[[], Any], async_lib: str) -> Any:
     return anyio.run(func, backend=async_lib, backend_options=options)
 
 
-async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cancels."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with server, open_admin(server, admin), anyio.create_task_group() as tg:
+async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None = None,
+                                reloader: Reloader | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cancels.
+
+    SIGHUP reloads the configuration with ``reloader`` (:mod:`.reload`); without one
+    it is logged and ignored (it never stops the proxy).
+    """
+    reload_json = (lambda: reloader.reload().json()) if reloader is not None else None
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with server, open_admin(server, admin, reload_json) as admin_server, \
+                anyio.create_task_group() as tg:
+            if reloader is not None:
+                reloader.admin = admin_server
+
             async def watch() -> None:
                 shutting_down = False
-                async for signum in signals:  # bounded: the second signal returns
+                async for signum in signals:  # ends: the second SIGTERM/SIGINT returns
                     name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP:
+                        if reloader is None:
+                            log.warning("SIGHUP: no configuration to reload; ignored")
+                        else:
+                            log.info("SIGHUP: reloading the configuration")
+                            with contextlib.suppress(ReloadFailed):  # logged, nothing changed
+                                reloader.reload()
+                        continue
                     if shutting_down:
                         log.warning("%s again: stopping now", name)
                         tg.cancel_scope.cancel()
@@ -355,6 +375,22 @@ async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None 
             log.info("ready")
             await server.serve()
             tg.cancel_scope.cancel()
+
+
+def loaded(options: ServeOptions, merged: settings_mod.Merged) -> Loaded:
+    """What a reload compares: the core's config, the configured admin token, driver keys."""
+    driver = {**DRIVER_DEFAULTS, **{k: v for k, v in merged.values.items() if k in DRIVER_KEYS}}
+    token = options.admin.token if options.admin and not options.admin.generated else None
+    return Loaded(options.config, token, driver)
+
+
+def reload_settings(args: argparse.Namespace) -> Loaded:
+    """Read the configuration again, as ``serve`` did at start-up (same flags).
+
+    :raises UsageFailure: Anything invalid.
+    """
+    merged = merge_layers(args)
+    return loaded(build_options(merged.values, merged), merged)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -372,8 +408,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             shutdown_grace=options.shutdown_grace)
     except (ConfigError, BackendError) as exc:
         raise UsageFailure(str(exc)) from None
+    reloader = Reloader(server, lambda: reload_settings(args), loaded(options, merged))
     try:
-        run_async(lambda: serve_until_signalled(server, options.admin), options.async_lib)
+        run_async(lambda: serve_until_signalled(server, options.admin, reloader),
+                  options.async_lib)
     except OSError as exc:
         print(f"wspipe: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
