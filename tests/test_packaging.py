@@ -88,3 +88,25 @@ def test_sample_config_commented_keys_are_the_unset_ones() -> None:
     assert commented - defaults.keys() == {"tokens_file"}  # the [plugins.token] example
     for key in commented & defaults.keys():
         assert defaults[key] is None, f"{key} has a default and should be set in the sample"
+
+
+def test_sample_config_marks_exactly_the_live_keys() -> None:
+    """A key marked [live] changes on a reload: the core's LIVE_KEYS and the driver's."""
+    from wspipe_anyio.reload import LIVE_DRIVER_KEYS
+    from wspipe_core.reconfigure import LIVE_KEYS
+
+    marked: set[str] = set()
+    block: list[str] = []  # the comment lines just above
+    for line in SAMPLE.read_text().split("# [plugins.", 1)[0].splitlines():
+        match = re.match(r"^(?:# ?)?([a-z_]+) ?=", line)
+        if match:
+            if "[live" in line or any("[live" in c for c in block):
+                marked.add(match[1])
+            block = []
+        elif line.startswith("#"):
+            block.append(line)
+        else:
+            block = []
+    expected = (LIVE_KEYS | LIVE_DRIVER_KEYS) - {"plugin_settings"}
+    assert marked == expected, (f"marked but not live: {sorted(marked - expected)}; "
+                                f"live but not marked: {sorted(expected - marked)}")

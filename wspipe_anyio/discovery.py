@@ -44,7 +44,15 @@ class Resolver(Protocol):
 
 
 class DnsResolver:
-    """A/AAAA through the system resolver (``anyio.getaddrinfo``), SRV through dnspython."""
+    """A/AAAA through the system resolver (``anyio.getaddrinfo``), SRV through dnspython.
+
+    :param nameserver: ``(address, port)`` of the DNS server SRV queries go to (e.g.
+        Consul's DNS interface on ``("127.0.0.1", 8600)``); default: the system's
+        (``/etc/resolv.conf``).
+    """
+
+    def __init__(self, nameserver: tuple[str, int] | None = None) -> None:
+        self.nameserver = nameserver
 
     async def resolve(self, query: ResolveBackends) -> Sequence[Address]:
         """See :meth:`Resolver.resolve`."""
@@ -67,12 +75,23 @@ class DnsResolver:
 
     async def _srv(self, name: str) -> list[Address]:
         try:
+            import dns.asyncbackend
             import dns.asyncresolver
             import dns.exception
         except ImportError:
             raise ResolveError("SRV records need dnspython: pip install 'wspipe[dns]'") from None
         try:
-            answer = await dns.asyncresolver.resolve(name, "SRV", lifetime=RESOLVE_TIMEOUT)
+            if self.nameserver is None:
+                resolver = dns.asyncresolver.Resolver()
+            else:
+                resolver = dns.asyncresolver.Resolver(configure=False)
+                resolver.nameservers = [self.nameserver[0]]
+                resolver.port = self.nameserver[1]
+            # The backend named each time: dnspython caches the first one it sniffs, and
+            # a process may run asyncio and trio one after the other (the tests do).
+            backend = dns.asyncbackend.get_backend(dns.asyncbackend.sniff())
+            answer = await resolver.resolve(name, "SRV", lifetime=RESOLVE_TIMEOUT,
+                                            backend=backend)
         except dns.exception.DNSException as exc:
             raise ResolveError(str(exc) or type(exc).__name__) from None
         out: list[Address] = []

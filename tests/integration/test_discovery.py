@@ -5,6 +5,8 @@ default resolver (``anyio.getaddrinfo``) is checked against ``localhost``."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Sequence
 
 import anyio
@@ -116,3 +118,59 @@ async def test_the_default_resolver_resolves_localhost_to_members(anyio_backend:
     assert ("127.0.0.1", 9) in found
     with pytest.raises(ResolveError):
         await DnsResolver().resolve(ResolveBackends(2, "a", "no-such-host.invalid", 9))
+
+
+class DnsServer:
+    """A tiny authoritative DNS server on 127.0.0.1 (dnspython), answering SRV queries of
+    :data:`SERVICE` with ``records`` and NXDOMAIN for every other name."""
+
+    def __init__(self, records: list[str]) -> None:
+        import dns.message
+        import dns.rcode
+        import dns.rrset
+
+        self.records = records
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self._stop = threading.Event()
+
+        def serve() -> None:
+            while not self._stop.is_set():  # bounded: stop() ends it
+                try:
+                    data, peer = self.sock.recvfrom(4096)
+                except TimeoutError:
+                    continue
+                query = dns.message.from_wire(data)
+                reply = dns.message.make_response(query)
+                question = query.question[0]
+                if question.name.to_text() == SERVICE + ".":
+                    reply.answer.append(dns.rrset.from_text_list(
+                        question.name, 30, "IN", "SRV", self.records))
+                else:
+                    reply.set_rcode(dns.rcode.NXDOMAIN)
+                self.sock.sendto(reply.to_wire(), peer)
+
+        self._thread = threading.Thread(target=serve, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+async def test_srv_records_give_members_with_their_ports(anyio_backend: str) -> None:
+    """The default resolver's SRV path (dnspython) against a real DNS server on loopback:
+    each target's addresses with the record's port; NXDOMAIN is a ResolveError."""
+    server = DnsServer(["0 5 7002 localhost.", "0 10 7001 localhost."])
+    try:
+        resolver = DnsResolver(nameserver=("127.0.0.1", server.port))
+        with anyio.fail_after(10):
+            found = await resolver.resolve(ResolveBackends(1, "srv", SERVICE, None))
+            assert found == [("127.0.0.1", 7001), ("127.0.0.1", 7002)]  # heavier first
+            with pytest.raises(ResolveError):
+                await resolver.resolve(ResolveBackends(2, "srv", "_x._tcp.nowhere.test", None))
+    finally:
+        server.stop()
