@@ -285,7 +285,7 @@ def _build_options(settings: dict[str, Any]) -> ServeOptions:
     try:
         listen = tuple(parse_address(item) for item in driver["listen"])
     except ValueError as exc:
-        raise UsageFailure(str(exc)) from None
+        raise UsageFailure(f"listen: {exc}") from None
     if not listen:
         raise UsageFailure("listen: at least one address is needed")
     if driver["async_lib"] not in ("asyncio", "trio"):

@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -240,11 +241,14 @@ class Merged:
         return self.sources.get(key, "default")
 
     def blame(self, message: str) -> str:
-        """``message`` (a validation error starting with a key name) with where that
-        key came from appended: ``... (from $WSPIPE_MAX_CONNECTIONS)``."""
-        key = message.split(" ", 1)[0].rstrip(":")
-        source = self.sources.get(key)
-        return f"{message} (from {source})" if source else message
+        """``message`` (a validation error naming a key) with where that key came from
+        appended: ``... (from $WSPIPE_MAX_CONNECTIONS)``. The key named first wins;
+        keys that came from no layer (defaults) add nothing."""
+        found = [(m.start(), key) for key in self.sources
+                 if (m := re.search(rf"(?<![\w-]){re.escape(key)}(?![\w-])", message))]
+        if not found:
+            return message
+        return f"{message} (from {self.sources[min(found)[1]]})"
 
 
 def _paired(key: str, keys: Iterable[str]) -> str | None:
