@@ -146,3 +146,25 @@ def test_a_plugin_that_cannot_take_its_new_settings_keeps_the_running_ones(tmp_p
     h.apply(h.proxy.reconfigure(running, now=h.now)[1])
     assert "wspipe_reconfigure of" in caplog.text and "cannot read" in caplog.text
     assert h.client(f"/{uuid.uuid4()}?access_token=kept").accepted
+
+
+def test_jwt_rereads_its_secret_file_on_a_reload(tmp_path):
+    import time
+
+    import jwt
+
+    secret = tmp_path / "jwt-secret"
+    secret.write_text("a" * 32)
+    running = config(plugin_settings={"jwt": {"secret_file": str(secret)}})
+    h = Harness(running, plugins=["jwt"])
+    h.backend("ws://b1/", echo=True)
+
+    def client(key):
+        token = jwt.encode({"sub": "u", "exp": time.time() + 60}, key, algorithm="HS256")
+        return h.client(f"/{uuid.uuid4()}?access_token={token}")
+
+    assert client("a" * 32).accepted
+    secret.write_text("b" * 32)
+    h.apply(h.proxy.reconfigure(running, now=h.now)[1])
+    assert client("b" * 32).accepted
+    assert client("a" * 32).status == 403
