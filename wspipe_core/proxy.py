@@ -13,6 +13,7 @@ decides what (handshake, session, link, relay, flow, keepalive, pool, migration)
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +26,7 @@ from .buffer import MemoryBudget
 from .config import ProxyConfig
 from .deadlines import Timers
 from .discovery import Discovery, is_discovered, parse_target
-from .errors import BackendAlreadyRegistered, UnknownBackend, UsageError
+from .errors import BackendAlreadyRegistered, BackendNotAllowed, UnknownBackend, UsageError
 from .flow import Flow
 from .handshake import Handshakes, PendingClient
 from .health import BackendHealth, HealthChecks
@@ -40,6 +41,8 @@ from .reconfigure import Plan, plan
 from .relay import Relay
 from .session import Sessions
 from .stats import Stats
+
+log = logging.getLogger("wspipe.proxy")
 
 
 class Proxy:
@@ -166,6 +169,7 @@ class Proxy:
         """Register a backend (``AddConnectionToPool``); pipes waiting for one retry now.
 
         :raises InvalidBackendURL: not a ``ws://``/``wss://`` URL, or a bad weight.
+        :raises BackendNotAllowed: its host is not on ``backend_allow``.
         :raises BackendAlreadyRegistered: the URL is in the pool already.
         """
         backend = self.pool.add(url, weight)
@@ -393,6 +397,9 @@ class Proxy:
                 self.add_backend(url, now=now)
             except BackendAlreadyRegistered:
                 continue  # still draining from an earlier answer: the next one retries
+            except BackendNotAllowed as exc:
+                log.warning("discovery: %s; not added", exc)
+                continue
             self.discovery.joined(answer.entry, url)
         for url in answer.drain:
             self._drain_member(url, now)

@@ -18,6 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from .allowlist import BackendAllowList
 from .config import ProxyConfig
 from .discovery import is_discovered, parse_target
 from .errors import ConfigError, InvalidBackendURL
@@ -81,13 +82,13 @@ class Plan:
                 for c in self.restart]
 
 
-def _validate_entries(entries: tuple[str, ...]) -> None:
+def _validate_entries(entries: tuple[str, ...], allow: BackendAllowList) -> None:
     for entry in entries:
         try:
             if is_discovered(entry):
-                parse_target(entry)
-            else:
-                parse_backend_url(entry)
+                parse_target(entry)  # its members are checked against allow when added
+            elif not allow.allows(parse_backend_url(entry).host):
+                raise ConfigError(f"backends: {entry} is not on backend_allow")
         except InvalidBackendURL as exc:
             raise ConfigError(f"backends: {exc}") from None
 
@@ -99,7 +100,7 @@ def plan(running: ProxyConfig, new: ProxyConfig) -> Plan:
         not fit the running restart-only ones (``memory_budget`` below
         ``buffer_limit``); then nothing may change.
     """
-    _validate_entries(new.backends)
+    _validate_entries(new.backends, BackendAllowList.parse(running.backend_allow))
     live: list[Change] = []
     restart: list[Change] = []
     for f in dataclasses.fields(ProxyConfig):

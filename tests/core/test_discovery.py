@@ -142,3 +142,12 @@ def test_an_answer_for_a_forgotten_entry_changes_nothing():
     assert d.remove(ENTRY) == []
     assert d.resolved(ev.BackendsResolved(query.query, (("10.0.0.1", 8000),)), 1.0) is None
     assert d.next_deadline() is None
+
+
+def test_backend_allow_bounds_what_discovery_can_add(caplog):
+    """Members are addresses, so a network on backend_allow bounds what DNS can add."""
+    h = discovering(backend_allow=("10.0.0.0/30",))
+    h.dns["svc.local"] = [("10.0.0.1", 8000), ("10.9.9.9", 8000)]
+    h.advance(0)
+    assert urls(h) == [M1]
+    assert "host '10.9.9.9' is not on backend_allow; not added" in caplog.text
