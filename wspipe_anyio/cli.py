@@ -411,7 +411,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             shutdown_grace=options.shutdown_grace)
     except (ConfigError, BackendError) as exc:
         raise UsageFailure(str(exc)) from None
-    reloader = Reloader(server, lambda: reload_settings(args), loaded(options, merged))
+    reloader = Reloader(server, lambda: reload_settings(args), loaded(options, merged),
+                        on_result=lambda result: server.metrics.reloads.labels(result).inc())
     try:
         run_async(lambda: serve_until_signalled(server, options.admin, reloader),
                   options.async_lib)

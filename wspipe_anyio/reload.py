@@ -85,12 +85,14 @@ class Reloader:
     :param load: Reads the configuration again (raises on anything invalid).
     :param running: What start-up read.
     :param admin: The admin listener, whose token a reload rotates (set once it runs).
+    :param on_result: Told ``applied`` or ``failed`` after each reload (metrics).
     """
 
     server: Reconfigurable
     load: Callable[[], Loaded]
     running: Loaded
     admin: TokenHolder | None = None
+    on_result: Callable[[str], None] | None = None
     reloads: int = field(default=0)
 
     def reload(self) -> ReloadReport:
@@ -99,15 +101,13 @@ class Reloader:
         :raises ReloadFailed: It cannot be read or applied (logged); nothing changed.
         """
         try:
-            new = self.load()
+            new = self.load()  # a bad file, value or token file: nothing read yet
         except Exception as exc:
-            log.error("reload failed, nothing changed: %s", exc)
-            raise ReloadFailed(str(exc)) from None
+            raise self._failed(exc) from None
         try:
             change = self.server.reconfigure(new.config)
-        except ConfigError as exc:
-            log.error("reload failed, nothing changed: %s", exc)
-            raise ReloadFailed(str(exc)) from None
+        except ConfigError as exc:  # the plan cannot apply: the core changed nothing
+            raise self._failed(exc) from None
         applied = [c.key for c in change.live]
         restart = change.restart_lines()
         old = self.running
@@ -127,6 +127,7 @@ class Reloader:
                               {**old.driver, **{k: v for k, v in new.driver.items()
                                                 if k in LIVE_DRIVER_KEYS}})
         self.reloads += 1
+        self._report("applied")
         for line in restart:
             log.warning("reload: %s", line)
         log.info("reload: %s; %d setting(s) need a restart",
@@ -135,3 +136,12 @@ class Reloader:
         return ReloadReport(tuple(applied), tuple(restart),
                             change.add_backends + change.add_discovered,
                             change.remove_backends + change.remove_discovered)
+
+    def _failed(self, exc: Exception) -> ReloadFailed:
+        log.error("reload failed, nothing changed: %s", exc)
+        self._report("failed")
+        return ReloadFailed(str(exc))
+
+    def _report(self, result: str) -> None:
+        if self.on_result is not None:
+            self.on_result(result)

@@ -108,6 +108,8 @@ class Answer:
     entry: str
     add: tuple[str, ...] = ()
     drain: tuple[str, ...] = ()
+    #: The resolution failed (or found nothing): the members stay as they were.
+    failed: bool = False
 
 
 @dataclass(eq=False)
@@ -186,7 +188,7 @@ class Discovery:
             why = event.error or "no addresses"
             log.warning("discovery: resolving %s failed (%s); keeping its %d member(s)",
                         target.name, why, len(state.members))
-            return Answer(target.entry)
+            return Answer(target.entry, failed=True)
         wanted = {target.member_url(host, port) for host, port in event.addresses}
         gone = sorted(state.members - wanted)
         state.members -= set(gone)

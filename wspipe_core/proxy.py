@@ -392,6 +392,7 @@ class Proxy:
         self._timers.touch(self.discovery)
         if answer is None:
             return
+        self.stats.resolutions["failed" if answer.failed else "ok"] += 1
         for url in answer.add:
             try:
                 self.add_backend(url, now=now)

@@ -94,6 +94,7 @@ def test_a_failed_or_empty_answer_keeps_the_members():
     h.advance(5)
     assert urls(h) == [M1]
     assert len(h.resolutions) == 3
+    assert h.proxy.stats.resolutions == {"ok": 1, "failed": 2}
 
 
 def test_one_query_in_flight_per_entry_and_the_interval_counts_from_the_answer():

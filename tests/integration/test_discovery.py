@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import anyio
 import pytest
+from peers import metric
 from test_rolling import (
     EchoBackend,
     Recorder,
@@ -101,6 +102,8 @@ async def test_a_failing_resolver_keeps_the_members(anyio_backend: str) -> None:
                 while len(resolver.queries) < seen + 3:
                     await anyio.sleep(0.02)
             assert {b.url for b in server.backends()} == {b1.url}
+            assert metric(server, "wspipe_discovery_resolutions_total", result="ok") == 1
+            assert metric(server, "wspipe_discovery_resolutions_total", result="failed") >= 3
 
 
 async def test_the_default_resolver_resolves_localhost_to_members(anyio_backend: str) -> None:

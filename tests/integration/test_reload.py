@@ -134,6 +134,9 @@ async def test_sighup_reloads_and_a_broken_file_changes_nothing(
                 assert r.status_code == 415  # the rules of every other POST
                 r = await http.post("/reload", headers={**JSON, "Authorization": "Bearer x"})
                 assert r.status_code == 403
+                metrics = (await http.get("/metrics")).text
+                assert 'wspipe_reloads_total{result="failed"} 2.0' in metrics  # SIGHUP, POST
+                assert 'wspipe_reloads_total{result="applied"} 1.0' in metrics
                 await anyio.sleep(0.2)
                 await finish([client], recorder)
                 check([client], recorder)
