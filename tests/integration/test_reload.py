@@ -6,7 +6,10 @@ fails to parse changes nothing: logged, and ``/reload`` answers 422."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from test_process import ServeProcess
 from test_rolling import EchoBackend, Recorder, StreamingClient, check, finish, stopping, streaming
 
 pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[2]
 
 JSON = {"Content-Type": "application/json"}
 
@@ -31,6 +35,13 @@ def write_config(path: Path, backends: list[EchoBackend], admin_port: int, token
              'log_level = "info"']
     lines += [f"{key} = {value!r}" for key, value in extra.items()]
     path.write_text("\n".join(lines) + "\n")
+
+
+def wspipe_reload(admin_port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wspipe_anyio", "reload", "--admin", f"127.0.0.1:{admin_port}"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "WSPIPE_ADMIN_TOKEN": "token"},
+        capture_output=True, text=True, timeout=20)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -126,17 +137,23 @@ async def test_sighup_reloads_and_a_broken_file_changes_nothing(
                 r = await http.post("/reload", headers=JSON)
                 assert r.status_code == 422, r.text
                 assert "invalid config file" in r.json()["detail"]
+                result = await anyio.to_thread.run_sync(lambda: wspipe_reload(admin_port))
+                assert result.returncode == 1  # the admin CLI's `wspipe reload`
+                assert "HTTP 422: reload failed, nothing changed" in result.stderr
                 assert await backend_urls(http, "token") == {b1.url}
                 write_config(config, [b1, b2], admin_port, token_file)
                 serve.proc.send_signal(signal.SIGHUP)
                 await wait_urls(http, "token", {b1.url, b2.url})
+                result = await anyio.to_thread.run_sync(lambda: wspipe_reload(admin_port))
+                assert result.returncode == 0, result.stderr
+                assert result.stdout == "applied: nothing\n"  # the file is as it was
                 r = await http.post("/reload", headers={"Content-Type": "text/plain"})
                 assert r.status_code == 415  # the rules of every other POST
                 r = await http.post("/reload", headers={**JSON, "Authorization": "Bearer x"})
                 assert r.status_code == 403
                 metrics = (await http.get("/metrics")).text
-                assert 'wspipe_reloads_total{result="failed"} 2.0' in metrics  # SIGHUP, POST
-                assert 'wspipe_reloads_total{result="applied"} 1.0' in metrics
+                assert 'wspipe_reloads_total{result="failed"} 3.0' in metrics  # SIGHUP, POSTs
+                assert 'wspipe_reloads_total{result="applied"} 2.0' in metrics
                 await anyio.sleep(0.2)
                 await finish([client], recorder)
                 check([client], recorder)
