@@ -179,8 +179,8 @@ class Discovery:
         """What an answer changes: members new to it (to add) and gone from it (to
         drain). ``None`` for an answer to a query that no longer matters."""
         state = self._queries.pop(event.query, None)
-        if state is None:
-            return None
+        if state is None or self._stopped:
+            return None  # forgotten, or the proxy is shutting down: change nothing
         state.query = None
         state.next_at = now + self.interval
         target = state.target

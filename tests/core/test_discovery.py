@@ -129,10 +129,15 @@ def test_a_static_backend_with_the_same_address_is_not_added_twice():
 
 def test_discovery_stops_at_shutdown():
     h = discovering()
+    h.hold_resolutions = True
     h.advance(0)
     h.apply(h.proxy.shutdown(h.now))
+    h.backend(M1, register=False)
+    h.dns["svc.local"] = [("10.0.0.1", 8000)]
+    h.resolve(h.resolutions[0])  # an answer that lands during shutdown adds nothing
     h.advance(60)
     assert len(h.resolutions) == 1
+    assert urls(h) == []
 
 
 def test_an_answer_for_a_forgotten_entry_changes_nothing():
