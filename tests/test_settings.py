@@ -204,3 +204,9 @@ def test_config_show_refuses_what_serve_refuses(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("WSPIPE_MAX_PENDING_PER_PEER", "0")
     assert cli.main(["config", "--show"]) == 2
     assert "(from $WSPIPE_MAX_PENDING_PER_PEER)" in capsys.readouterr().err
+
+
+def test_the_admin_address_may_be_the_url_the_admin_commands_take() -> None:
+    """$WSPIPE_ADMIN is read by the admin commands (a URL or HOST:PORT) and by serve."""
+    opts = options([], {"WSPIPE_ADMIN": "http://127.0.0.1:9191/", "WSPIPE_ADMIN_TOKEN": "t"})
+    assert opts.admin is not None and (opts.admin.host, opts.admin.port) == ("127.0.0.1", 9191)

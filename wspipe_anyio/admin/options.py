@@ -130,8 +130,12 @@ def admin_options(settings: Mapping[str, Any],
     address = settings.get("admin")
     if address is None or address == "":
         return None
+    text = str(address).strip()
+    if text.startswith("http://"):
+        # The admin CLI's $WSPIPE_ADMIN may be a URL; serve reads the same variable.
+        text = text.removeprefix("http://").rstrip("/")
     try:
-        host, port = parse_address(str(address), default_port=DEFAULT_PORT)
+        host, port = parse_address(text, default_port=DEFAULT_PORT)
     except ValueError as exc:
         raise AdminConfigError(f"admin: {exc}") from None
     token = load_token(settings.get("admin_token"), settings.get("admin_token_file"))
