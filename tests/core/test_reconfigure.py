@@ -178,3 +178,17 @@ def test_a_reload_cannot_add_a_backend_outside_backend_allow():
         h.proxy.reconfigure(dataclasses.replace(running, backends=("ws://192.168.1.1/",)),
                             now=h.now)
     assert [b.url for b in h.proxy.backends()] == ["ws://10.0.0.1/"]
+
+
+def test_origin_takes_its_new_allow_list_on_a_reload():
+    running = config(plugin_settings={"origin": {"allowed": ["https://old.example"]}})
+    h = Harness(running, plugins=["origin"])
+    h.backend("ws://b1/", echo=True)
+    assert h.client(headers=[("Origin", "https://old.example")]).accepted
+    new = dataclasses.replace(
+        running, plugin_settings={"origin": {"allowed": ["https://new.example"]}})
+    change, actions = h.proxy.reconfigure(new, now=h.now)
+    h.apply(actions)
+    assert [c.key for c in change.live] == ["plugin_settings"]
+    assert h.client(headers=[("Origin", "https://new.example")]).accepted
+    assert h.client(headers=[("Origin", "https://old.example")]).status == 403
