@@ -143,3 +143,19 @@ def test_the_backend_helper_stands_alone():
         name = "wspipe_backend" if path.name == "__init__.py" else f"wspipe_backend.{path.stem}"
         for module in _imports(name, path):
             assert module.split(".")[0] in allowed, f"{name} imports {module}"
+
+
+#: Driver modules that read and compare configuration only: no event loop, no sockets,
+#: so ``wspipe config --show`` and a reload's validation run anywhere, and the reload
+#: plan stays the core's (``wspipe_core.reconfigure``), not theirs.
+CONFIG_ONLY = ("wspipe_anyio.settings", "wspipe_anyio.reload")
+
+
+@pytest.mark.parametrize("name", CONFIG_ONLY)
+def test_settings_and_reload_do_no_io_and_no_planning(name):
+    path = _modules("wspipe_anyio")[name]
+    imports = _imports(name, path)
+    io = {m for m in imports if m.split(".")[0] in {"anyio", "asyncio", "trio", "socket",
+                                                     "ssl", "threading"}}
+    assert io == set(), f"{name} imports {io}"
+    assert "wspipe_anyio.server" not in imports and "wspipe_core.proxy" not in imports

@@ -16,7 +16,8 @@ It prints a progress line, then a table per fault kind (faults, messages sent,
 lost, duplicated, reordered, client disconnects, gap p50/p99; :mod:`.report`) and
 exits 1 when the mode's promise was broken. Modules: :mod:`.run` (the run),
 :mod:`.report` (counting and the verdict), :mod:`.backend`, :mod:`.ledger` (the
-acked backends' shared database), :mod:`.proxy` (the proxy subprocess).
+acked backends' shared database). The proxy is ``wspipe serve`` itself, in a
+subprocess, given the merged settings as its config file.
 """
 
 from __future__ import annotations

@@ -115,6 +115,33 @@ class ChaosOptions:
             raise ChaosUsageError(f"--faults takes {', '.join(FAULT_KINDS)}")
 
 
+def to_toml(settings: dict[str, Any]) -> str:
+    """Merged settings as the config file ``wspipe serve --config`` reads back."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in settings.items()
+             if value is not None and key != "plugin_settings"]
+    for name, table in (settings.get("plugin_settings") or {}).items():
+        lines.append(f"[plugins.{json.dumps(name)}]")
+        lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in table.items()
+                  if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, int | float | str):
+        return json.dumps(value)  # JSON numbers and strings are TOML ones
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value) if isinstance(value, set | frozenset) else value
+        return "[" + ", ".join(_toml_value(v) for v in items) + "]"
+    raise ChaosUsageError(f"cannot pass {value!r} to the proxy")
+
+
 def free_port() -> int:
     """A free loopback TCP port."""
     with socket.socket() as sock:
@@ -339,12 +366,15 @@ class Run:
         settings = {**self.settings, "listen": [f"127.0.0.1:{self.proxy_port}"],
                     "backends": [b.url for b in self.backends],
                     "admin": f"127.0.0.1:{self.admin_port}", "admin_token": self.token}
-        path = self.work / "proxy.json"
-        path.write_text(json.dumps(settings))
+        path = self.work / "proxy.toml"
+        path.write_text(to_toml(settings))
+        path.chmod(0o600)  # it holds the admin token
+        # The settings are merged already (flags, $WSPIPE_*, file): the file is all.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WSPIPE_")}
         with self._log("proxy.log") as err:
             self.proxy = await anyio.open_process(
-                [sys.executable, "-m", "wspipe_anyio.chaos.proxy", str(path)],
-                stdin=None, stdout=None, stderr=err)
+                [sys.executable, "-m", "wspipe_anyio", "serve", "--config", str(path)],
+                stdin=None, stdout=None, stderr=err, env=env)
         with anyio.fail_after(START_TIMEOUT):
             while True:
                 try:
