@@ -31,7 +31,7 @@ from .run import ChaosOptions, ChaosUsageError, run_chaos
 
 #: The ``chaos`` flags' keys (everything else is the proxy's).
 CHAOS_KEYS = ("clients", "echo_backends", "duration", "rate", "faults_per_kind", "faults",
-              "seed", "progress_interval")
+              "seed", "progress_interval", "keep_logs")
 
 
 def add_chaos_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +53,8 @@ def add_chaos_flags(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=defaults.seed, help="seed of every random choice")
     add("--progress-interval", type=float, default=defaults.progress_interval,
         metavar="SECONDS", help="seconds between two progress lines on stderr")
+    add("--keep-logs", action="store_true",
+        help="keep the run's directory (proxy and backend logs, record files, faults)")
 
 
 def chaos_command(settings: dict[str, Any],
@@ -63,7 +65,8 @@ def chaos_command(settings: dict[str, Any],
         duration=settings.pop("duration"), rate=settings.pop("rate"),
         faults_per_kind=settings.pop("faults_per_kind"),
         kinds=tuple(k.strip() for k in str(settings.pop("faults")).split(",") if k.strip()),
-        seed=settings.pop("seed"), progress_interval=settings.pop("progress_interval"))
+        seed=settings.pop("seed"), progress_interval=settings.pop("progress_interval"),
+        keep=bool(settings.pop("keep_logs", False)))
     return run_chaos(options, settings, validate)
 
 

@@ -96,6 +96,8 @@ class ChaosOptions:
     kinds: tuple[str, ...] = FAULT_KINDS
     seed: int = 1
     progress_interval: float = 2.0
+    #: Keep the run's directory (logs, record files, faults.json) and say where.
+    keep: bool = False
 
     def check(self) -> None:
         """:raises ChaosUsageError: A value out of bounds."""
@@ -321,8 +323,9 @@ class Run:
         self.clients: list[Client] = []
         self.proxy: Process | None = None
         self._next_backend = 0
-        #: Faults in progress.
+        #: Faults in progress, and faults whose end did not complete.
         self.in_flight = 0
+        self.incomplete = 0
         #: The longest the clients' event loop was late (a starved chaos process).
         self.lag = 0.0
         hold = float(proxy_settings["ping_interval"]) + float(proxy_settings["ping_timeout"])
@@ -454,6 +457,7 @@ class Run:
         start = time.monotonic()
         backend.busy = True
         self.in_flight += 1
+        failed = False
         try:
             if kind == "kill":
                 assert backend.proc is not None
@@ -480,8 +484,16 @@ class Run:
                 except AdminError as exc:
                     if "HTTP 409" not in str(exc):  # 409: a retried call that had worked
                         raise
+        except (AdminError, TimeoutError, ChaosUsageError) as exc:
+            # The fault happened, its end did not (a backend that would not start, a drain
+            # or an admin call that timed out on a starved machine): the run goes on
+            # without that backend, and says so.
+            print(f"chaos: {kind} of backend {backend.id} did not complete: "
+                  f"{type(exc).__name__}: {exc}", file=self.err, flush=True)
+            self.incomplete += 1
+            failed = True
         finally:
-            backend.busy = kind == "drain"
+            backend.busy = failed or kind == "drain"  # no more faults on it
             self.in_flight -= 1
         self.faults.append(Fault(kind, backend.id, start, time.monotonic()))
 
@@ -550,6 +562,8 @@ class Run:
             lost = sum(1 for c in self.clients if c.disconnected is not None
                        for n, _ in c.sent if (c.index, n) not in got)
             lines.append(f"lost by the disconnected clients: {lost}")
+        if self.incomplete:
+            lines.append(f"faults that did not complete: {self.incomplete}")
         return [*lines, f"clients' event loop lag, worst: {self.lag * 1000:.0f}ms"]
 
     def records(self) -> list[Record]:
@@ -726,14 +740,14 @@ def run_chaos(options: ChaosOptions, settings: dict[str, Any],
         except Exception as exc:  # one line, not a traceback
             failure = _first_error(exc)
             print(f"chaos: the run could not complete: {type(failure).__name__}: {failure} "
-                  "(logs: set "
-                  "WSPIPE_CHAOS_KEEP=1 to keep them)", file=err)
+                  "(--keep-logs keeps its logs)", file=err)
             return EXIT_FAILED
-        if os.environ.get("WSPIPE_CHAOS_KEEP"):
-            import shutil
+        finally:
+            if options.keep:
+                import shutil
 
-            kept = shutil.copytree(work, work + "-kept")
-            print(f"chaos: logs kept in {kept}", file=err)
+                kept = shutil.copytree(work, work + "-kept")
+                print(f"chaos: logs kept in {kept}", file=err)
     if result is None:
         return EXIT_INTERRUPTED
     broken = result[1]
