@@ -250,7 +250,11 @@ async def run_acked(port: int, backend_id: str, ledger: str) -> None:
         try:
             async for message in acked_messages(connection, store):
                 if state["closing"]:
-                    break  # decided to close: dropped, as real frameworks do
+                    # Decided to close: dropped, as real frameworks do. Close with 1012
+                    # here, not by returning (websockets would close with 1000: the
+                    # application ending the session).
+                    await connection.close(1012, "restarting")
+                    return
                 with contextlib.suppress(Exception):
                     await connection.send(message.data)
         finally:
