@@ -38,6 +38,16 @@ def test_order_is_the_proxys_delivery_order_link_then_position_not_wall_time():
     assert count(sent, records, [], {}).total.reordered == 0
 
 
+def test_the_acked_ledgers_commit_order_is_the_applications_order():
+    """A backend resumed after a black hole commits the next message on its old link
+    while the new link commits around it: in commit order, nothing is reordered."""
+    sent = {1: [(n, 0.0) for n in (1, 2, 3, 4)]}
+    records = [rec(1, 1, "e2", 4, 0, 1.0), rec(1, 2, "e2", 4, 1, 1.1),
+               rec(1, 3, "e1", 3, 2, 1.2), rec(1, 4, "e2", 4, 3, 1.3)]
+    assert count(sent, records, [], {}).total.reordered == 2  # by link: an artifact
+    assert count(sent, records, [], {}, by_link=False).total.reordered == 0
+
+
 def test_a_disconnect_without_a_fault_nearby_is_blamed_on_none():
     counts = count({1: [(1, 0.0)]}, [rec(1, 1, "e1", 1, 0, 0.1)],
                    [Fault("kill", "e1", 100.0, 101.0)], {1: 50.0})

@@ -102,8 +102,13 @@ def _ms(value: float | None) -> str:
 
 
 def count(sent: dict[int, Sequence[tuple[int, float]]], records: Iterable[Record],
-          faults: Sequence[Fault], disconnects: dict[int, float]) -> Counts:
+          faults: Sequence[Fault], disconnects: dict[int, float], *,
+          by_link: bool = True) -> Counts:
     """Count what became of every message.
+
+    ``by_link``: records come from independent processes, ordered by link then
+    position on it (record files); otherwise ``position`` alone is the application's
+    order (the acked ledger serialises every commit).
 
     :param sent: Per client, ``(n, time)`` of each message it sent, in order.
     :param records: Every processing of a message by a backend application.
@@ -136,7 +141,8 @@ def count(sent: dict[int, Sequence[tuple[int, float]]], records: Iterable[Record
         return rows[best.kind] if best is not None else rows[NONE]
 
     for client, recs in per_client.items():
-        delivered = sorted(recs, key=lambda r: (r.link, r.position))
+        delivered = sorted(recs, key=(lambda r: (r.link, r.position)) if by_link
+                           else (lambda r: (0, r.position)))
         seen: dict[int, Record] = {}
         highest = 0
         link, before, current = 0, "", ""  # the backends of the previous and this link

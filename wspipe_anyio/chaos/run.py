@@ -686,7 +686,7 @@ class Run:
                                                            for f in self.faults]))
         counts = count({c.index: c.sent for c in self.clients}, self.records(), self.faults,
                        {c.index: c.disconnected for c in self.clients
-                        if c.disconnected is not None})
+                        if c.disconnected is not None}, by_link=not self.acked)
         lines = [f"delivery {self.delivery}, {opts.clients} clients, {opts.backends} "
                  f"backends, {opts.duration:g}s, {opts.rate:g} msg/s per client, seed "
                  f"{opts.seed}, on {self.settings.get('async_lib', 'asyncio')}",
