@@ -197,3 +197,25 @@ def test_members_follow_any_sequence_of_answers_and_no_message_is_lost(steps):
         assert all(c.close is None for c in clients)
     received = [m for fake in fakes.values() for m in fake.messages()]
     assert sorted(received) == sorted(sent)
+
+
+def test_an_address_back_while_its_old_member_drains_is_added_once_that_one_has_left():
+    h = discovering(discovery_interval=4.0, migrate_rate=0.1)  # one pipe moves per 10 s
+    h.backend(M1, register=False)
+    h.backend(M2, register=False)
+    h.dns["svc.local"] = [("10.0.0.1", 8000)]
+    h.advance(0)
+    clients = [h.client() for _ in range(2)]  # both on M1
+    h.dns["svc.local"] = [("10.0.0.2", 8000)]
+    h.advance(4)  # t=4: M2 added, M1 drained: one pipe moves now, the other at t=14
+    assert [(b.url, b.state.value) for b in h.proxy.backends()] == [
+        (M1, "draining"), (M2, "up")]
+    h.dns["svc.local"] = [("10.0.0.1", 8000), ("10.0.0.2", 8000)]
+    h.advance(8)  # t=8 and t=12: M1 is in the answers but still draining: not added
+    assert [(b.url, b.state.value) for b in h.proxy.backends()] == [
+        (M1, "draining"), (M2, "up")]
+    h.advance(2)  # t=14: its last pipe moves, it leaves the pool
+    assert urls(h) == [M2]
+    h.advance(2)  # t=16: the next answer adds it again, as a new member
+    assert [(b.url, b.state.value) for b in h.proxy.backends()] == [(M2, "up"), (M1, "up")]
+    assert all(c.close is None for c in clients)
