@@ -219,3 +219,20 @@ def test_an_address_back_while_its_old_member_drains_is_added_once_that_one_has_
     h.advance(2)  # t=16: the next answer adds it again, as a new member
     assert [(b.url, b.state.value) for b in h.proxy.backends()] == [(M2, "up"), (M1, "up")]
     assert all(c.close is None for c in clients)
+
+
+def test_members_are_dialed_by_address_and_known_by_the_entry_name():
+    """TLS server name and Host are the entry's name (a certificate names the service,
+    virtual hosts route by it); the address is only where to connect."""
+    h = discovering(backends=("dns+wss://svc.local:8443/ws",))
+    member = "wss://10.0.0.1:8443/ws"
+    b1 = h.backend(member, register=False)
+    h.dns["svc.local"] = [("10.0.0.1", 8443)]
+    h.advance(0)
+    h.client()
+    (dial,) = [a for a in h.actions if isinstance(a, act.OpenLink)]
+    assert (dial.host, dial.port, dial.tls, dial.server_name) == ("10.0.0.1", 8443, True,
+                                                                  "svc.local")
+    assert b1.links[0].request.host == "svc.local:8443"
+    static = Harness(config(backends=("wss://10.0.0.2:8443/",)))
+    assert static.proxy.backends()[0].url == "wss://10.0.0.2:8443/"
