@@ -31,12 +31,14 @@ from .hooks import Hooks, make_plugin_manager
 from .info import BackendInfo, BackendState, MigrationInfo, PipeInfo, PipeState
 from .keepalive import Keepalive
 from .link import Link, Links, LinkState
+from .masking import Masker
 from .migration import Migrations, Move
 from .pipe import Pipe
 from .pool import Pool
 from .relay import Relay
 from .session import Sessions
 from .stats import Stats
+from .wire import Wire
 
 
 class Proxy:
@@ -47,6 +49,8 @@ class Proxy:
         ``config`` if omitted.
     :param rng: The random source handed to strategies and backoff (tests pass a
         seeded ``random.Random``).
+    :param mask: The function that masks and unmasks frame payloads (the driver
+        passes a C implementation when there is one; pure Python if omitted).
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class Proxy:
         *,
         pm: pluggy.PluginManager | None = None,
         rng: random.Random | None = None,
+        mask: Masker | None = None,
     ) -> None:
         self.config = config = config or ProxyConfig()
         self.pm = pm if pm is not None else make_plugin_manager(config)
@@ -72,7 +77,8 @@ class Proxy:
         relay = Relay(config, flow, self.budget, self.hooks, self.stats)
         self._handshakes = Handshakes(config, self.hooks, flow, self._timers, self.stats)
         self._sessions = Sessions(config, self.hooks, self.rng, self.pool, flow, relay,
-                                  keepalive, self._timers, self._links, self.stats)
+                                  keepalive, self._timers, self._links, self.stats,
+                                  Wire(mask))
         relay.evict = self._sessions.evict
         self._shutting_down = False
         self._handlers: dict[type, Callable[[Any, float], None]] = {
