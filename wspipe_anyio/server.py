@@ -42,6 +42,7 @@ from wspipe_core.stats import Stats
 
 from .connection import Channel
 from .metrics import Metrics
+from .speedups import fast_wire
 from .timers import TimerLoop
 
 log = logging.getLogger("wspipe.driver")
@@ -129,7 +130,7 @@ class ProxyServer:
             pm = make_plugin_manager(config, plugins=plugins, load_entrypoints=load_entrypoints,
                                      blocked=blocked_plugins)
         self.config = config
-        self.proxy = Proxy(config, pm=pm, rng=rng)
+        self.proxy = Proxy(config, pm=pm, rng=rng, wire=fast_wire())
         self._listen = tuple(listen)
         self._ssl_context = ssl_context
         self._backend_ssl_context = backend_ssl_context

@@ -31,7 +31,6 @@ from .hooks import Hooks, make_plugin_manager
 from .info import BackendInfo, BackendState, MigrationInfo, PipeInfo, PipeState
 from .keepalive import Keepalive
 from .link import Link, Links, LinkState
-from .masking import Masker
 from .migration import Migrations, Move
 from .pipe import Pipe
 from .pool import Pool
@@ -49,8 +48,9 @@ class Proxy:
         ``config`` if omitted.
     :param rng: The random source handed to strategies and backoff (tests pass a
         seeded ``random.Random``).
-    :param mask: The function that masks and unmasks frame payloads (the driver
-        passes a C implementation when there is one; pure Python if omitted).
+    :param wire: Parses and builds the frames of open connections: ``Wire(mask)``
+        with the fastest masker there is (the driver passes a C one; pure Python if
+        omitted).
     """
 
     def __init__(
@@ -59,7 +59,7 @@ class Proxy:
         *,
         pm: pluggy.PluginManager | None = None,
         rng: random.Random | None = None,
-        mask: Masker | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.config = config = config or ProxyConfig()
         self.pm = pm if pm is not None else make_plugin_manager(config)
@@ -78,7 +78,7 @@ class Proxy:
         self._handshakes = Handshakes(config, self.hooks, flow, self._timers, self.stats)
         self._sessions = Sessions(config, self.hooks, self.rng, self.pool, flow, relay,
                                   keepalive, self._timers, self._links, self.stats,
-                                  Wire(mask))
+                                  wire)
         relay.evict = self._sessions.evict
         self._shutting_down = False
         self._handlers: dict[type, Callable[[Any, float], None]] = {
