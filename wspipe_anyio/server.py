@@ -40,7 +40,7 @@ from wspipe_core import events as ev
 from wspipe_core.buffer import MemoryBudget
 from wspipe_core.stats import Stats
 
-from .connection import Channel
+from .connection import Channel, InlineWrites
 from .metrics import Metrics
 from .speedups import fast_wire
 from .timers import TimerLoop
@@ -131,6 +131,8 @@ class ProxyServer:
                                      blocked=blocked_plugins)
         self.config = config
         self.proxy = Proxy(config, pm=pm, rng=rng, wire=fast_wire())
+        #: Writes a reader task does itself after dispatching a read (connection.py).
+        self._inline = InlineWrites()
         self._listen = tuple(listen)
         self._ssl_context = ssl_context
         self._backend_ssl_context = backend_ssl_context
@@ -412,6 +414,7 @@ class ProxyServer:
             on_sent=lambda n: self._feed(ev.ClientDataSent(conn, n)),
             on_eof=lambda why: self._feed(ev.ClientEOF(conn)),
             linger=self._close_linger,
+            inline=self._inline,
         )
         self._clients[conn] = channel
         log.debug("%s: accepted from %s", name, peer)
@@ -453,6 +456,7 @@ class ProxyServer:
             on_sent=lambda n: self._feed(ev.LinkDataSent(link, n)),
             on_eof=lambda why: self._feed(ev.LinkEOF(link, why)),
             linger=self._close_linger,
+            inline=self._inline,
         )
         self._links[link] = channel
         self._tg.start_soon(self._run_link, action, channel)
