@@ -95,7 +95,8 @@ class Channel:
         self._on_sent = on_sent
         self._on_eof = on_eof
         self._linger = linger
-        self._outbox: deque[bytes] = deque()
+        #: What to write, in order; ``None`` while empty (an idle socket holds no deque).
+        self._outbox: deque[bytes] | None = None
         #: Bytes queued or being written, not yet reported to ``on_sent``.
         self._unsent = 0
         self._closing = False
@@ -109,7 +110,10 @@ class Channel:
         self._reader_done: anyio.Event | None = None
         #: Cancels everything about this channel (connecting, handshaking, relaying).
         self.scope = anyio.CancelScope()
-        self._write_scope = anyio.CancelScope()
+        #: When the writer and the reader give up (``close()`` plus ``linger``), and
+        #: the scope of both once :meth:`run` started them (one scope less per socket).
+        self._deadline = math.inf
+        self._run_scope: anyio.CancelScope | None = None
         self._stream: ByteStream | None = None
 
     @property
@@ -124,6 +128,8 @@ class Channel:
         if self._closing:
             log.debug("%s: dropping %d bytes queued after close", self.name, len(data))
             return
+        if self._outbox is None:
+            self._outbox = deque()
         self._outbox.append(data)
         self._unsent += len(data)
         if self.inline_queued:
@@ -145,10 +151,15 @@ class Channel:
         if self._stream is None:
             self.scope.cancel()
             return
-        self._write_scope.deadline = min(self._write_scope.deadline,
-                                         anyio.current_time() + self._linger)
+        self._set_deadline(anyio.current_time() + self._linger)
         self._wake_writer()
         self._wake_reader()
+
+    def _set_deadline(self, deadline: float) -> None:
+        if deadline < self._deadline:
+            self._deadline = deadline
+            if self._run_scope is not None:
+                self._run_scope.deadline = deadline
 
     def pause(self) -> None:
         """Stop reading until :meth:`resume`."""
@@ -183,13 +194,14 @@ class Channel:
                 self._raw = raw
         try:
             async with anyio.create_task_group() as tg:
+                self._run_scope = tg.cancel_scope
+                tg.cancel_scope.deadline = self._deadline
                 tg.start_soon(self._read_loop)
-                with self._write_scope:
-                    await self._write_loop(stream)
-                    await self._half_close(stream)
-                    if not self._reader_finished:
-                        self._reader_done = anyio.Event()
-                        await self._reader_done.wait()
+                await self._write_loop(stream)
+                await self._half_close(stream)
+                if not self._reader_finished:
+                    self._reader_done = anyio.Event()
+                    await self._reader_done.wait()
                 tg.cancel_scope.cancel()
         finally:
             await anyio.aclose_forcefully(stream)
@@ -254,12 +266,12 @@ class Channel:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._outbox.appendleft(chunk)  # the writer task meets the error again
+            self._requeue(chunk)  # the writer task meets the error again
             log.debug("%s: inline write failed: %r", self.name, exc)
             self._wake_writer()
             return
         if sent < len(chunk):
-            self._outbox.appendleft(chunk[sent:])
+            self._requeue(chunk[sent:])
             self._wake_writer()
         if sent:
             self._unsent -= sent
@@ -278,24 +290,33 @@ class Channel:
                 await stream.send(chunk)
             except SOCKET_ERRORS as exc:
                 self._report_eof(f"write failed: {exc!r}")
-                self._outbox.clear()
+                self._outbox = None
                 self._unsent = 0
-                self._write_scope.deadline = -math.inf
+                self._set_deadline(-math.inf)
                 return
             self._unsent -= len(chunk)
             self._on_sent(len(chunk))
 
     def _take(self) -> bytes:
-        first = self._outbox.popleft()
-        if not self._outbox or len(first) >= MAX_WRITE:
-            return first
-        parts = [first]
-        size = len(first)
-        while self._outbox and size + len(self._outbox[0]) <= MAX_WRITE:
-            part = self._outbox.popleft()
-            parts.append(part)
-            size += len(part)
-        return b"".join(parts)
+        outbox = self._outbox
+        assert outbox is not None
+        first = outbox.popleft()
+        if outbox and len(first) < MAX_WRITE:
+            parts = [first]
+            size = len(first)
+            while outbox and size + len(outbox[0]) <= MAX_WRITE:
+                part = outbox.popleft()
+                parts.append(part)
+                size += len(part)
+            first = b"".join(parts)
+        if not outbox:
+            self._outbox = None
+        return first
+
+    def _requeue(self, chunk: bytes) -> None:
+        if self._outbox is None:
+            self._outbox = deque()
+        self._outbox.appendleft(chunk)
 
     async def _half_close(self, stream: ByteStream) -> None:
         # Send FIN and let the peer read our last bytes before we close: closing a
