@@ -6,6 +6,7 @@
     wspipe backends add ws://10.0.0.7:9000/ [--weight 2]
     wspipe backends drain b3 [--migrate] [--wait [--wait-timeout SECONDS]]
     wspipe pipes list
+    wspipe reload
 
 Each takes ``--admin URL`` (``http://HOST:PORT`` or ``HOST:PORT``; default
 ``$WSPIPE_ADMIN``, else ``127.0.0.1:9090``), ``--admin-token TOKEN`` or
@@ -46,7 +47,7 @@ from .admin.tokens import find_token, read_token_file
 #: Default admin address when neither ``--admin`` nor ``$WSPIPE_ADMIN`` is given.
 DEFAULT_ADMIN = "127.0.0.1:9090"
 #: The top-level commands this module adds.
-ADMIN_COMMANDS = frozenset({"backends", "pipes"})
+ADMIN_COMMANDS = frozenset({"backends", "pipes", "reload"})
 #: Seconds to wait for the admin API.
 DEFAULT_TIMEOUT = 10.0
 #: ``drain --wait``: longest wait for the backend to leave the pool, by default.
@@ -110,6 +111,13 @@ def add_admin_subcommands(subparsers: Any) -> None:
         description="List the proxy's live pipes through its admin API.")
     pipe_actions = pipes.add_subparsers(dest="admin_action", required=True)
     _common(pipe_actions.add_parser("list", help="list the live pipes"))
+    reload = subparsers.add_parser(
+        "reload", help="make the proxy re-read its configuration (admin API client)",
+        description="POST /reload: the proxy re-reads its configuration as SIGHUP does "
+                    "and prints what it applied and what needs a restart; exit 1 if the "
+                    "configuration cannot be applied (nothing changed).")
+    reload.set_defaults(admin_action="")
+    _common(reload)
 
 
 def admin_base_url(value: str | None) -> str:
@@ -312,6 +320,13 @@ def run_admin_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
                           f"{last.get('pipes', '?')} pipe(s) after {args.wait_timeout:g}s; "
                           "the drain goes on", file=err)
                 return code
+        elif action == ("reload", ""):
+            result = call("POST", "/reload", {})
+            lines = [f"applied: {', '.join(result['applied']) or 'nothing'}"]
+            lines += [f"added: {url}" for url in result["backends_added"]]
+            lines += [f"draining (migrate): {url}" for url in result["backends_removed"]]
+            lines += [f"needs a restart: {line}" for line in result["restart_required"]]
+            table = "\n".join(lines)
         elif action == ("pipes", "list"):
             result = call("GET", "/pipes")
             now = time.time()

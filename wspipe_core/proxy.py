@@ -12,6 +12,8 @@ decides what (handshake, session, link, relay, flow, keepalive, pool, migration)
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +25,8 @@ from .actions import Action
 from .buffer import MemoryBudget
 from .config import ProxyConfig
 from .deadlines import Timers
-from .errors import UsageError
+from .discovery import Discovery, is_discovered, parse_target
+from .errors import BackendAlreadyRegistered, BackendNotAllowed, UnknownBackend, UsageError
 from .flow import Flow
 from .handshake import Handshakes, PendingClient
 from .health import BackendHealth, HealthChecks
@@ -34,10 +37,13 @@ from .link import Link, Links, LinkState
 from .migration import Migrations, Move
 from .pipe import Pipe
 from .pool import Pool
+from .reconfigure import Plan, plan
 from .relay import Relay
 from .session import Sessions
 from .stats import Stats
 from .wire import Wire
+
+log = logging.getLogger("wspipe.proxy")
 
 
 class Proxy:
@@ -92,9 +98,16 @@ class Proxy:
             ev.LinkEOF: self._on_link_eof,
             ev.LinkDataSent: self._on_link_sent,
             ev.ProbeResult: self._on_probe_result,
+            ev.BackendsResolved: self._on_backends_resolved,
         }
+        #: Discovered backend entries (``dns+``/``srv+``), first resolved at once.
+        self.discovery = Discovery(config.discovery_interval)
         for url in config.backends:
-            self.pool.add(url)
+            if is_discovered(url):
+                self.discovery.add(parse_target(url), float("-inf"))
+            else:
+                self.pool.add(url)
+        self._timers.touch(self.discovery)
         #: Active health checks of the pool's backends (off unless configured).
         self.health = HealthChecks(config, self.pool)
         self._timers.touch(self.health)
@@ -133,6 +146,9 @@ class Proxy:
             elif obj is self.health:
                 self._flow.out.extend(self.health.fire(now))
                 self._timers.touch(self.health)
+            elif obj is self.discovery:
+                self._flow.out.extend(self.discovery.fire(now))
+                self._timers.touch(self.discovery)
         return self._finish(now)
 
     def _finish(self, now: float) -> list[Action]:
@@ -159,6 +175,7 @@ class Proxy:
         """Register a backend (``AddConnectionToPool``); pipes waiting for one retry now.
 
         :raises InvalidBackendURL: not a ``ws://``/``wss://`` URL, or a bad weight.
+        :raises BackendNotAllowed: its host is not on ``backend_allow``.
         :raises BackendAlreadyRegistered: the URL is in the pool already.
         """
         backend = self.pool.add(url, weight)
@@ -218,9 +235,54 @@ class Proxy:
                 migrations.done(backend_id, Move.MOVED, now)
         self._timers.touch(migrations)
 
+    def reconfigure(self, config: ProxyConfig, *, now: float) -> tuple[Plan, list[Action]]:
+        """Take a newly read configuration: change what can change live, leave the rest.
+
+        The plan (:func:`wspipe_core.reconfigure.plan`) says what changes: new
+        backend entries are registered (or discovered), removed ones drained with
+        migrate, the live keys take their new values, plugins get
+        ``wspipe_reconfigure`` (to re-read tokens and key files), and keys that need a
+        restart keep their running values (the plan lists them).
+
+        :raises ConfigError: The new configuration cannot be applied; nothing changed.
+        """
+        change = plan(self.config, config)
+        self.config = cfg = change.config
+        # The parts that read their settings where they use them (see LIVE_KEYS).
+        for part in (self._handshakes, self._sessions, self.pool, self.hooks):
+            part._config = cfg
+        self.health.config = cfg
+        self.migrations.rate = cfg.migrate_rate
+        self.budget.limit = cfg.memory_budget
+        self.discovery.interval = cfg.discovery_interval
+        self._timers.touch(self.health)
+        self._timers.touch(self.discovery)
+        for url in change.add_backends:
+            with contextlib.suppress(BackendAlreadyRegistered):  # registered at runtime
+                self.add_backend(url, now=now)
+        drain = list(change.remove_backends)
+        for entry in change.add_discovered:
+            self.discovery.add(parse_target(entry), now)
+        for entry in change.remove_discovered:
+            drain += self.discovery.remove(entry)
+        for url in drain:
+            self._drain_member(url, now)
+        self.hooks.reconfigure(cfg)  # every time: plugins re-read their key files
+        return change, self._finish(now)
+
+    def _drain_member(self, url: str, now: float) -> None:
+        """Drain ``url`` with migrate if it is still in the pool."""
+        # Gone already, when drained by hand or removed after max_errors.
+        with contextlib.suppress(UnknownBackend):
+            # remove_backend hands back (and clears) flow.out: call it first.
+            actions = self.remove_backend(url, migrate=True, now=now)
+            self._flow.out.extend(actions)
+
     def shutdown(self, now: float) -> list[Action]:
         """Stop accepting; close every client with 1001 and every link."""
         self._shutting_down = True
+        self.discovery.shutdown()
+        self._timers.touch(self.discovery)
         self._flow.out.extend(self.health.shutdown())
         self._timers.touch(self.health)
         self._handshakes.shutdown()
@@ -330,6 +392,24 @@ class Proxy:
             link.pending -= event.nbytes
             if link.congested:
                 self._flow.written(link)
+
+    def _on_backends_resolved(self, event: ev.BackendsResolved, now: float) -> None:
+        answer = self.discovery.resolved(event, now)
+        self._timers.touch(self.discovery)
+        if answer is None:
+            return
+        self.stats.resolutions["failed" if answer.failed else "ok"] += 1
+        for url in answer.add:
+            try:
+                self.add_backend(url, now=now)
+            except BackendAlreadyRegistered:
+                continue  # still draining from an earlier answer: the next one retries
+            except BackendNotAllowed as exc:
+                log.warning("discovery: %s; not added", exc)
+                continue
+            self.discovery.joined(answer.entry, url)
+        for url in answer.drain:
+            self._drain_member(url, now)
 
     def _on_probe_result(self, event: ev.ProbeResult, now: float) -> None:
         self._flow.out.extend(self.health.result(event, now))
