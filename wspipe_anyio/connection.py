@@ -272,6 +272,9 @@ class Channel:
             return
         if sent < len(chunk):
             self._requeue(chunk[sent:])
+        if self._outbox:
+            # The kernel did not take it all, or there was more than one write's worth
+            # (MAX_WRITE): the writer task goes on.
             self._wake_writer()
         if sent:
             self._unsent -= sent

@@ -13,12 +13,16 @@ import anyio
 import pytest
 from anyio.abc import SocketAttribute
 
-from wspipe_anyio.connection import Channel, InlineWrites
+from wspipe_anyio.connection import MAX_WRITE, Channel, InlineWrites
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_read_s_writes_go_out_in_one_send_from_the_reader_task(anyio_backend):
+@pytest.mark.parametrize(("size", "count"), [(6, 3), (64 * 1024, 5)])
+async def test_a_read_s_writes_go_out_in_one_send_from_the_reader_task(anyio_backend, size,
+                                                                        count):
+    """``count`` frames of ``size`` bytes out of one read; 5 x 64 KiB is more than one
+    write (``MAX_WRITE``): the writer task takes over the rest."""
     inline = InlineWrites()
     tasks: dict[str, list[object]] = {"read": [], "sent": []}
     sent: list[int] = []
@@ -51,8 +55,8 @@ async def test_a_read_s_writes_go_out_in_one_send_from_the_reader_task(anyio_bac
 
             def on_data(data: bytes) -> None:
                 tasks["read"].append(anyio.get_current_task().id)
-                for i in range(3):  # three frames for B out of one read
-                    b.send(data + bytes([i]))
+                for i in range(count):  # frames for B out of one read
+                    b.send(bytes([i]) * size)
 
             a = Channel("conn=1", on_data=on_data, on_sent=lambda n: None,
                         on_eof=lambda why: None, linger=1.0, inline=inline)
@@ -61,11 +65,13 @@ async def test_a_read_s_writes_go_out_in_one_send_from_the_reader_task(anyio_bac
             await anyio.sleep(0.05)  # both channels idle: readers and writers waiting
             await in_peer.send(b"hello")  # type: ignore[attr-defined]
             received = b""
-            while len(received) < 18:
+            while len(received) < size * count:
                 received += await out_peer.receive()  # type: ignore[attr-defined]
-            assert received == b"hello\x00hello\x01hello\x02"
-            assert sent == [18]  # one write of the three frames
-            if anyio_backend == "trio":
+            assert received == b"".join(bytes([i]) * size for i in range(count))
+            assert sum(sent) == size * count
+            if count * size <= MAX_WRITE:
+                assert sent == [size * count]  # one write of every frame
+            if anyio_backend == "trio" and count * size <= MAX_WRITE:
                 assert tasks["sent"] == tasks["read"]  # written by the reader task
             else:
                 assert tasks["sent"] != tasks["read"]  # asyncio: by B's writer task
