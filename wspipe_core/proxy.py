@@ -171,14 +171,18 @@ class Proxy:
 
     # ------------------------------------------------------------------ pool operations
 
-    def add_backend(self, url: str, *, weight: float = 1.0, now: float) -> BackendInfo:
+    def add_backend(self, url: str, *, weight: float = 1.0, now: float,
+                    server_name: str | None = None) -> BackendInfo:
         """Register a backend (``AddConnectionToPool``); pipes waiting for one retry now.
+
+        ``server_name`` is the name a discovered member is known by (TLS server name,
+        ``Host``) when ``url`` names its address.
 
         :raises InvalidBackendURL: not a ``ws://``/``wss://`` URL, or a bad weight.
         :raises BackendNotAllowed: its host is not on ``backend_allow``.
         :raises BackendAlreadyRegistered: the URL is in the pool already.
         """
-        backend = self.pool.add(url, weight)
+        backend = self.pool.add(url, weight, server_name)
         self._sessions.retry_now(now)
         self._timers.touch(self.health)  # its first health check is due at once
         self._reschedule()
@@ -401,7 +405,7 @@ class Proxy:
         self.stats.resolutions["failed" if answer.failed else "ok"] += 1
         for url in answer.add:
             try:
-                self.add_backend(url, now=now)
+                self.add_backend(url, now=now, server_name=answer.name)
             except BackendAlreadyRegistered:
                 continue  # still draining from an earlier answer: the next one retries
             except BackendNotAllowed as exc:
