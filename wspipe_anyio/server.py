@@ -41,9 +41,10 @@ from wspipe_core.buffer import MemoryBudget
 from wspipe_core.reconfigure import Plan
 from wspipe_core.stats import Stats
 
-from .connection import Channel
+from .connection import Channel, InlineWrites
 from .discovery import RESOLVE_TIMEOUT, DnsResolver, ResolveError, Resolver
 from .metrics import Metrics
+from .speedups import fast_wire
 from .timers import TimerLoop
 
 log = logging.getLogger("wspipe.driver")
@@ -134,7 +135,9 @@ class ProxyServer:
             pm = make_plugin_manager(config, plugins=plugins, load_entrypoints=load_entrypoints,
                                      blocked=blocked_plugins)
         self.config = config
-        self.proxy = Proxy(config, pm=pm, rng=rng)
+        self.proxy = Proxy(config, pm=pm, rng=rng, wire=fast_wire())
+        #: Writes a reader task does itself after dispatching a read (connection.py).
+        self._inline = InlineWrites()
         self._listen = tuple(listen)
         self._ssl_context = ssl_context
         self._backend_ssl_context = backend_ssl_context
@@ -432,6 +435,7 @@ class ProxyServer:
             on_sent=lambda n: self._feed(ev.ClientDataSent(conn, n)),
             on_eof=lambda why: self._feed(ev.ClientEOF(conn)),
             linger=self._close_linger,
+            inline=self._inline,
         )
         self._clients[conn] = channel
         log.debug("%s: accepted from %s", name, peer)
@@ -473,6 +477,7 @@ class ProxyServer:
             on_sent=lambda n: self._feed(ev.LinkDataSent(link, n)),
             on_eof=lambda why: self._feed(ev.LinkEOF(link, why)),
             linger=self._close_linger,
+            inline=self._inline,
         )
         self._links[link] = channel
         self._tg.start_soon(self._run_link, action, channel)

@@ -41,6 +41,7 @@ from .reconfigure import Plan, plan
 from .relay import Relay
 from .session import Sessions
 from .stats import Stats
+from .wire import Wire
 
 log = logging.getLogger("wspipe.proxy")
 
@@ -53,6 +54,9 @@ class Proxy:
         ``config`` if omitted.
     :param rng: The random source handed to strategies and backoff (tests pass a
         seeded ``random.Random``).
+    :param wire: Parses and builds the frames of open connections: ``Wire(mask)``
+        with the fastest masker there is (the driver passes a C one; pure Python if
+        omitted).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class Proxy:
         *,
         pm: pluggy.PluginManager | None = None,
         rng: random.Random | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.config = config = config or ProxyConfig()
         self.pm = pm if pm is not None else make_plugin_manager(config)
@@ -78,7 +83,8 @@ class Proxy:
         relay = Relay(config, flow, self.budget, self.hooks, self.stats)
         self._handshakes = Handshakes(config, self.hooks, flow, self._timers, self.stats)
         self._sessions = Sessions(config, self.hooks, self.rng, self.pool, flow, relay,
-                                  keepalive, self._timers, self._links, self.stats)
+                                  keepalive, self._timers, self._links, self.stats,
+                                  wire)
         relay.evict = self._sessions.evict
         self._shutting_down = False
         self._handlers: dict[type, Callable[[Any, float], None]] = {

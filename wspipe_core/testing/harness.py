@@ -15,6 +15,7 @@ from ..config import ProxyConfig
 from ..hooks import make_plugin_manager
 from ..info import PipeInfo
 from ..proxy import Proxy
+from ..wire import Wire
 from .invariants import check_invariants
 from .peers import BackendLink, FakeBackend, FakeClient
 
@@ -31,14 +32,16 @@ class Harness:
     :param honour_pauses: Act like a driver that stops reading a paused connection:
         what its peer sends waits until the proxy resumes it.
     :param check: Run :func:`check_invariants` after every call of the proxy.
+    :param wire: The proxy's frame layer (:class:`~wspipe_core.wire.Wire`; the
+        reference :class:`~wspipe_core.testing.WsprotoWire` to compare with wsproto).
     """
 
     def __init__(self, config: ProxyConfig | None = None, *, plugins: Sequence[object] = (),
                  seed: int = 0, auto_ack: bool = True, honour_pauses: bool = False,
-                 check: bool = False) -> None:
+                 check: bool = False, wire: Wire | None = None) -> None:
         config = config or ProxyConfig()
         pm = make_plugin_manager(config, plugins=plugins)
-        self.proxy = Proxy(config, pm=pm, rng=random.Random(seed))
+        self.proxy = Proxy(config, pm=pm, rng=random.Random(seed), wire=wire)
         self.now = 0.0
         self.auto_ack = auto_ack
         self.honour_pauses = honour_pauses
