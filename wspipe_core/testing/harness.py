@@ -124,14 +124,7 @@ class Harness:
     def feed(self, event: ev.Event) -> None:
         """Hand one event to the proxy and route everything that follows."""
         self._queue.append(event)
-        if self._busy:
-            return
-        self._busy = True
-        try:
-            while self._queue:
-                self._run(self._handle(self._queue.popleft()))
-        finally:
-            self._busy = False
+        self._drain()
 
     def advance(self, seconds: float) -> None:
         """Move time forward, firing each deadline at its own time, in order."""
@@ -163,8 +156,15 @@ class Harness:
         return self.proxy.pipe_of(client.conn)
 
     def _drain(self) -> None:
-        if self._queue and not self._busy:
-            self.feed(self._queue.popleft())
+        """Handle what is queued, oldest first (never re-queue one behind the others)."""
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._queue:
+                self._run(self._handle(self._queue.popleft()))
+        finally:
+            self._busy = False
 
     def _handle(self, event: ev.Event) -> list[act.Action]:
         if self.honour_pauses:
