@@ -76,6 +76,8 @@ class Failover(abc.ABC):
         self.by_conn: dict[ConnId, Pipe] = {}
         self.by_id: dict[str, Pipe] = {}
         self.by_client_id: dict[str, Pipe] = {}
+        #: Client ids whose session ended since the proxy last looked (fleet leases).
+        self.freed: list[str] = []
         self._next = 1
 
     @abc.abstractmethod

@@ -12,6 +12,7 @@ decides what (handshake, session, link, relay, flow, keepalive, pool, migration)
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,16 @@ from .actions import Action
 from .buffer import MemoryBudget
 from .config import ProxyConfig
 from .deadlines import Timers
-from .errors import UsageError
+from .errors import BackendError, UsageError
+from .fleet import EntryState as _Entry
+from .fleet import (
+    Fleet,
+    FleetMembers,
+    RegistryEntry,
+    RegistrySnapshot,
+    StoreClaimed,
+    StoreHealth,
+)
 from .flow import Flow
 from .handshake import Handshakes, PendingClient
 from .health import BackendHealth, HealthChecks
@@ -33,10 +43,12 @@ from .keepalive import Keepalive
 from .link import Link, Links, LinkState
 from .migration import Migrations, Move
 from .pipe import Pipe
-from .pool import Pool
+from .pool import Backend, Pool
 from .relay import Relay
 from .session import Sessions
 from .stats import Stats
+
+log = logging.getLogger("wspipe")
 
 
 class Proxy:
@@ -47,6 +59,9 @@ class Proxy:
         ``config`` if omitted.
     :param rng: The random source handed to strategies and backoff (tests pass a
         seeded ``random.Random``).
+    :param instance: This instance's id in a fleet sharing a store; the core then
+        claims client ids and publishes registry changes through store actions
+        (see :mod:`wspipe_core.fleet`). ``None``: a self-contained proxy.
     """
 
     def __init__(
@@ -55,6 +70,7 @@ class Proxy:
         *,
         pm: pluggy.PluginManager | None = None,
         rng: random.Random | None = None,
+        instance: str | None = None,
     ) -> None:
         self.config = config = config or ProxyConfig()
         self.pm = pm if pm is not None else make_plugin_manager(config)
@@ -86,12 +102,21 @@ class Proxy:
             ev.LinkEOF: self._on_link_eof,
             ev.LinkDataSent: self._on_link_sent,
             ev.ProbeResult: self._on_probe_result,
+            StoreClaimed: self._on_store_claimed,
+            StoreHealth: self._on_store_health,
+            RegistrySnapshot: self._on_registry,
+            FleetMembers: self._on_members,
         }
+        #: Leases, store health and membership, with a store; ``None`` without one.
+        self.fleet = (Fleet(instance, config.lease_ttl, config.store_timeout, self.stats)
+                      if instance is not None else None)
         for url in config.backends:
             self.pool.add(url)
         #: Active health checks of the pool's backends (off unless configured).
         self.health = HealthChecks(config, self.pool)
         self._timers.touch(self.health)
+        if self.fleet is not None:
+            self._timers.touch(self.fleet)
         self._timers.flush()
 
     # ------------------------------------------------------------------ entry points
@@ -127,12 +152,21 @@ class Proxy:
             elif obj is self.health:
                 self._flow.out.extend(self.health.fire(now))
                 self._timers.touch(self.health)
+            elif isinstance(obj, Fleet):
+                for upgrade in obj.fire(now, self._flow.out):
+                    sessions.open(upgrade, now)
+                self._timers.touch(obj)
         return self._finish(now)
 
     def _finish(self, now: float) -> list[Action]:
         flow = self._flow
         if flow.budget_freed:
             self._sessions.wake_budget_waiters(now)
+        freed = self._sessions.freed
+        if freed:
+            if self.fleet is not None:
+                self.fleet.released(freed, flow.out)
+            freed.clear()
         if self.pool.changed or self._timers.touched:
             self._reschedule()
         out = flow.out
@@ -154,7 +188,18 @@ class Proxy:
 
         :raises InvalidBackendURL: not a ``ws://``/``wss://`` URL, or a bad weight.
         :raises BackendAlreadyRegistered: the URL is in the pool already.
+        :raises StoreUnavailable: in a fleet, the store is unreachable (fail closed).
         """
+        if self.fleet is not None:
+            self.fleet.check()
+        info = self._add(url, weight, now)
+        if self.fleet is not None:
+            self.fleet.publish(RegistryEntry(info.url, _Entry.UP, info.weight))
+            self._timers.touch(self.fleet)
+            self._reschedule()
+        return info
+
+    def _add(self, url: str, weight: float, now: float) -> BackendInfo:
         backend = self.pool.add(url, weight)
         self._sessions.retry_now(now)
         self._timers.touch(self.health)  # its first health check is due at once
@@ -171,8 +216,18 @@ class Proxy:
         leaves the pool once empty.
 
         :raises UnknownBackend: no backend with that id or URL.
+        :raises StoreUnavailable: in a fleet, the store is unreachable (fail closed).
         """
         backend = self.pool.get(id_or_url)
+        if self.fleet is not None:
+            self.fleet.check()
+            self.fleet.publish(RegistryEntry(backend.url, _Entry.DRAINING, backend.weight,
+                                             migrate))
+            self._timers.touch(self.fleet)
+        self._drain(backend, migrate, now)
+        return self._finish(now)
+
+    def _drain(self, backend: Backend, migrate: bool, now: float) -> None:
         self.pool.drain(backend)
         self._timers.touch(self.health)  # draining backends are not probed
         for pipe in self._sessions.by_id.values():
@@ -183,7 +238,6 @@ class Proxy:
                    if p.link is not None and p.link.backend is backend]
             self.migrations.start(backend.id, ids, now)
             self._migrate_due(now)
-        return self._finish(now)
 
     def migrate_pipe(self, pipe_id: str, *, now: float) -> list[Action]:
         """Move one pipe to another backend now (close its link with 1001, fail over)."""
@@ -215,6 +269,8 @@ class Proxy:
     def shutdown(self, now: float) -> list[Action]:
         """Stop accepting; close every client with 1001 and every link."""
         self._shutting_down = True
+        if self.fleet is not None:
+            self.fleet.shutdown(self._flow.out)
         self._flow.out.extend(self.health.shutdown())
         self._timers.touch(self.health)
         self._handshakes.shutdown()
@@ -269,14 +325,23 @@ class Proxy:
             return
         client = self._handshakes.get(event.conn)
         if client is None:
+            if self.fleet is not None:
+                self.fleet.early(event.conn, event.data, self._flow.out)
             return
         received = self._handshakes.receive(client, event.data)
         if received is None:
             return
+        fleet = self.fleet
         upgrade = self._handshakes.admit(
-            client, *received, pipes=len(sessions.by_id), shutting_down=self._shutting_down,
+            client, *received, pipes=len(sessions.by_id) + (len(fleet) if fleet else 0),
+            shutting_down=self._shutting_down,
             claim=lambda client_id: sessions.claim(client_id, now))
-        if upgrade is not None:
+        if upgrade is None:
+            return
+        if fleet is not None and not upgrade.resumes:
+            fleet.claim(upgrade, now, self._flow.out)  # opened when the store answers
+            self._timers.touch(fleet)
+        else:
             sessions.open(upgrade, now)
 
     def _on_client_eof(self, event: ev.ClientEOF, now: float) -> None:
@@ -287,6 +352,8 @@ class Proxy:
         pipe = self._sessions.by_conn.get(event.conn)
         if pipe is not None:
             self._sessions.client_eof(pipe, now)
+        elif self.fleet is not None:
+            self.fleet.gone(event.conn, self._flow.out)
 
     def _on_client_sent(self, event: ev.ClientDataSent, now: float) -> None:
         pipe = self._sessions.by_conn.get(event.conn)
@@ -328,3 +395,40 @@ class Proxy:
     def _on_probe_result(self, event: ev.ProbeResult, now: float) -> None:
         self._flow.out.extend(self.health.result(event, now))
         self._timers.touch(self.health)
+
+    # ------------------------------------------------------------------ the fleet's store
+
+    def _on_store_claimed(self, event: StoreClaimed, now: float) -> None:
+        if self.fleet is None:
+            return
+        upgrade = self.fleet.claimed(event, now, self._flow.out)
+        if upgrade is not None:
+            self._sessions.open(upgrade, now)
+        self._timers.touch(self.fleet)
+
+    def _on_store_health(self, event: StoreHealth, now: float) -> None:
+        if self.fleet is not None:
+            self.fleet.health(event, self.pool, now)
+            self._timers.touch(self.fleet)
+
+    def _on_registry(self, event: RegistrySnapshot, now: float) -> None:
+        if self.fleet is None:
+            return
+        plan = self.fleet.plan(event, self.pool)
+        for url, weight in plan.add:
+            try:
+                info = self._add(url, weight, now)
+            except BackendError as exc:
+                self.stats.fleet_registry_rejected += 1
+                log.warning("registry entry %r ignored: %s", url, exc)
+            else:
+                log.info("backend %s (%s) registered through the fleet registry", info.id, url)
+        for backend_id, migrate in plan.drain:
+            log.info("backend %s drained through the fleet registry%s", backend_id,
+                     " (migrating its pipes)" if migrate else "")
+            self._drain(self.pool.get(backend_id), migrate, now)
+
+    def _on_members(self, event: FleetMembers, now: float) -> None:
+        if self.fleet is not None:
+            share = self.fleet.members_changed(event)
+            self.migrations.rate = self.config.migrate_rate * share

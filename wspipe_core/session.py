@@ -320,6 +320,7 @@ class Sessions(Resumption):
         pipe.retry_at = pipe.interrupted_at = pipe.race_at = None
         if self.by_client_id.get(pipe.client_id) is pipe:
             del self.by_client_id[pipe.client_id]
+            self.freed.append(pipe.client_id)
         self._stats.clients_closed[code] += 1
         pipe.state = PipeState.CLOSING
         self._timers.touch(pipe)
@@ -330,6 +331,7 @@ class Sessions(Resumption):
         self.by_id.pop(pipe.id, None)
         if self.by_client_id.get(pipe.client_id) is pipe:
             del self.by_client_id[pipe.client_id]
+            self.freed.append(pipe.client_id)
         self._timers.cancel(pipe)
         if self.by_conn.get(pipe.conn) is pipe:  # (a parked pipe has no connection)
             del self.by_conn[pipe.conn]

@@ -55,5 +55,12 @@ class Stats:
     clients_rejected: Counter[int] = field(default_factory=Counter)
     #: Clients accepted.
     clients_accepted: int = 0
+    #: With a store: client ids refused because another instance holds their lease, new
+    #: sessions opened without a lease because the store did not answer (fail open),
+    #: times the store became unreachable, and registry entries that could not apply.
+    fleet_claims_taken: int = 0
+    fleet_claims_failed_open: int = 0
+    fleet_store_outages: int = 0
+    fleet_registry_rejected: int = 0
     #: Pipes ended, by the close code the client got (1006 when it just went away).
     clients_closed: Counter[int] = field(default_factory=Counter)

@@ -12,11 +12,15 @@ from wsproto.events import Request
 from .. import actions as act
 from .. import events as ev
 from ..config import ProxyConfig
+from ..fleet import StoreClaim, StoreHealth, StorePublish, StoreRelease, StoreRenew, StoreSeed
 from ..hooks import make_plugin_manager
 from ..info import PipeInfo
 from ..proxy import Proxy
 from .invariants import check_invariants
 from .peers import BackendLink, FakeBackend, FakeClient
+from .store import MemoryStore
+
+_STORE_ACTIONS = (StoreClaim, StoreRenew, StoreRelease, StorePublish, StoreSeed)
 
 
 class Harness:
@@ -31,14 +35,19 @@ class Harness:
     :param honour_pauses: Act like a driver that stops reading a paused connection:
         what its peer sends waits until the proxy resumes it.
     :param check: Run :func:`check_invariants` after every call of the proxy.
+    :param instance: Run the proxy as this fleet instance (see :mod:`wspipe_core.fleet`).
+    :param store: The :class:`MemoryStore` its store actions go to (share one between
+        harnesses for a fleet); it is reported reachable at once unless ``down``.
     """
 
     def __init__(self, config: ProxyConfig | None = None, *, plugins: Sequence[object] = (),
                  seed: int = 0, auto_ack: bool = True, honour_pauses: bool = False,
-                 check: bool = False) -> None:
+                 check: bool = False, instance: str | None = None,
+                 store: MemoryStore | None = None) -> None:
         config = config or ProxyConfig()
         pm = make_plugin_manager(config, plugins=plugins)
-        self.proxy = Proxy(config, pm=pm, rng=random.Random(seed))
+        self.proxy = Proxy(config, pm=pm, rng=random.Random(seed), instance=instance)
+        self.store = store
         self.now = 0.0
         self.auto_ack = auto_ack
         self.honour_pauses = honour_pauses
@@ -59,6 +68,8 @@ class Harness:
         self._queue: deque[ev.Event] = deque()
         self._busy = False
         self._next_conn = 1
+        if store is not None and not store.down:
+            self.feed(StoreHealth(True))
 
     # -- peers
 
@@ -68,7 +79,14 @@ class Harness:
         backend = FakeBackend(self, url, echo=echo, mode=mode, subprotocols=subprotocols)
         self.backends[url] = backend
         self.proxy.add_backend(url, weight=weight, now=self.now)
+        if self.proxy.fleet is not None:
+            self.advance(0)  # a fleet publishes the registration
         return backend
+
+    def sync_registry(self) -> None:
+        """Deliver the store's registry to the proxy, as the driver's poll does."""
+        assert self.store is not None
+        self.feed(self.store.snapshot())
 
     def client(self, path: str | None = None, *, subprotocols: Sequence[str] = (),
                headers: Sequence[tuple[str, str]] = (), peer: str = "127.0.0.1") -> FakeClient:
@@ -213,6 +231,9 @@ class Harness:
                 self._queue.append(ev.ProbeResult(action.probe, answer))
         elif isinstance(action, act.CloseProbe):
             pass
+        elif isinstance(action, _STORE_ACTIONS):
+            if self.store is not None:
+                self._queue.extend(self.store.execute(action, self.now))
         else:  # pragma: no cover
             raise RuntimeError(f"unknown action {action!r}")
 

@@ -1,0 +1,393 @@
+"""The fleet: what this instance asks of the shared store, and what it does with the answers.
+
+With a store (``Proxy(..., instance=ID)``), several instances share client-id leases
+and the pool registry. The store is I/O, so it is the driver's: the core asks with an
+action and learns the answer from an event, never waiting on it.
+
+* **Leases.** A new session (not a resume of one this instance holds) first claims its
+  client id: :class:`StoreClaim` → :class:`StoreClaimed`. ``OK`` opens the session,
+  ``TAKEN`` (another instance holds it) refuses with 409, ``UNAVAILABLE`` (store down,
+  slow or full) *fails open*: the session opens, with a log line and a count, and the
+  next renewal writes the lease. While the claim is out the client is not read. The
+  answer must come within ``store_timeout`` or the claim fails open the same way. Every
+  ``lease_ttl / 3`` the leases of the live (and parked) sessions are renewed in batches
+  (:class:`StoreRenew`; a lease the store lost is written again, which is how leases come
+  back after a store restart); a session that ends releases its lease
+  (:class:`StoreRelease`, compare-and-delete). A killed instance renews nothing, so its
+  leases expire ``lease_ttl`` after its last renewal at most.
+* **Registry.** Registering, draining and removing a backend through the API is
+  published (:class:`StorePublish`) and fails *closed* while the store is down
+  (:class:`StoreUnavailable`, 503 at the API). The driver delivers the whole registry as
+  a :class:`RegistrySnapshot` when it changed or the store came back; :meth:`Fleet.plan`
+  diffs it against the pool: an ``up`` entry not in the pool is added, a ``draining``
+  entry drains it (migrating if it says so). A backend missing from the registry is left
+  alone (a wiped store never drains the fleet); when the store comes back the instance
+  re-seeds it with its pool, only where an entry is missing (:class:`StoreSeed`).
+* **Members.** :class:`FleetMembers` says how many instances are alive; a drain's
+  ``migrate_rate`` is for the fleet, so each instance moves ``migrate_rate / members``
+  pipes a second.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field, replace
+
+from .actions import Action, CloseClient, PauseClient, ResumeClient, SendToClient
+from .events import ConnId, Event
+from .handshake import Upgrade, http_error
+from .info import BackendState
+from .pool import Pool
+from .stats import Stats
+
+log = logging.getLogger("wspipe")
+
+#: Leases renewed per :class:`StoreRenew` action (one store round trip each).
+RENEW_BATCH = 500
+#: Bytes a client may send while its claim is out (one read), before it is refused.
+EARLY_LIMIT = 64 * 1024
+
+
+class StoreUnavailable(Exception):
+    """A registry change was asked for while the store is unreachable (fail closed: 503)."""
+
+
+class ClaimResult(enum.Enum):
+    """The store's answer to a :class:`StoreClaim`."""
+
+    #: The lease is this instance's (new, or already ours).
+    OK = "ok"
+    #: Another instance holds a live lease on the client id: 409.
+    TAKEN = "taken"
+    #: The store did not answer in time, is down, or the request queue is full.
+    UNAVAILABLE = "unavailable"
+
+
+class EntryState(enum.Enum):
+    """What the registry says about a backend URL."""
+
+    #: Registered: every instance has it in its pool.
+    UP = "up"
+    #: Drained or removed: no new pipes anywhere; it leaves each pool once empty.
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    """One backend of the fleet-wide registry."""
+
+    url: str
+    state: EntryState
+    weight: float = 1.0
+    #: With ``DRAINING``: move its pipes to other backends (at the fleet's rate).
+    migrate: bool = False
+
+
+# ---------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class StoreClaim(Action):
+    """Take the lease of ``client_id`` for ``holder`` unless another holder has it.
+
+    Report :class:`StoreClaimed`. (Redis: ``SET key holder NX PX lease_ttl``, or
+    ``PEXPIRE`` when the value is already ``holder``.)
+    """
+
+    client_id: str
+    holder: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRenew(Action):
+    """Extend these leases by ``ttl``; write any that the store lost. No answer is needed."""
+
+    client_ids: tuple[str, ...]
+    holder: str
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRelease(Action):
+    """Delete the lease of ``client_id`` if ``holder`` still holds it."""
+
+    client_id: str
+    holder: str
+
+
+@dataclass(frozen=True, slots=True)
+class StorePublish(Action):
+    """Write ``entry`` into the registry and tell every instance (it changed)."""
+
+    entry: RegistryEntry
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSeed(Action):
+    """Write those of ``entries`` whose URL the registry does not have yet."""
+
+    entries: tuple[RegistryEntry, ...]
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class StoreClaimed(Event):
+    """The store answered the :class:`StoreClaim` of ``client_id``."""
+
+    client_id: str
+    result: ClaimResult
+    #: Who holds it, when ``TAKEN`` (for the log line).
+    holder: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreHealth(Event):
+    """The store became reachable (``up``) or stopped answering."""
+
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySnapshot(Event):
+    """The whole registry, validated by the driver; ``version`` grows with each change."""
+
+    version: int
+    entries: tuple[RegistryEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetMembers(Event):
+    """How many instances (this one included) are alive."""
+
+    instances: int
+
+
+# ---------------------------------------------------------------- the decisions
+
+
+@dataclass(eq=False)
+class _Claim:
+    upgrade: Upgrade
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a registry snapshot asks of this instance's pool."""
+
+    #: (url, weight) to register.
+    add: tuple[tuple[str, float], ...] = ()
+    #: (backend id, migrate) to drain.
+    drain: tuple[tuple[str, bool], ...] = ()
+
+
+@dataclass(eq=False)
+class Fleet:
+    """Leases, claims in flight, store health and membership of one instance."""
+
+    instance: str
+    lease_ttl: float
+    store_timeout: float
+    stats: Stats
+    #: Whether the store answered last time the driver looked (it starts unknown: down).
+    store_up: bool = False
+    #: Live instances, this one included.
+    members: int = 1
+    #: Highest registry version applied.
+    version: int = -1
+    #: Client ids this instance holds a lease on.
+    leases: set[str] = field(default_factory=set)
+    _claims: dict[ConnId, _Claim] = field(default_factory=dict)
+    _by_client_id: dict[str, ConnId] = field(default_factory=dict)
+    _renew_at: float | None = None
+    #: Actions waiting for the next ``_finish`` of the core (from methods that return none).
+    queued: list[Action] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self._claims)
+
+    def next_deadline(self) -> float | None:
+        times = [c.deadline for c in self._claims.values()]
+        if self.queued:
+            times.append(float("-inf"))
+        if self._renew_at is not None:
+            times.append(self._renew_at)
+        return min(times) if times else None
+
+    # ------------------------------------------------------------ leases
+
+    def claim(self, up: Upgrade, now: float, out: list[Action]) -> None:
+        """Ask the store for the lease of ``up``'s client id; the client waits unread."""
+        if up.client_id in self._by_client_id:
+            self._refuse(up, f"client id {up.client_id} is already connecting", out)
+            return
+        self._claims[up.conn] = _Claim(up, now + self.store_timeout)
+        self._by_client_id[up.client_id] = up.conn
+        out.append(PauseClient(up.conn))
+        out.append(StoreClaim(up.client_id, self.instance, self.lease_ttl))
+
+    def early(self, conn: ConnId, data: bytes, out: list[Action]) -> bool:
+        """Bytes from a client whose claim is out; ``False``: not such a client."""
+        claim = self._claims.get(conn)
+        if claim is None:
+            return False
+        up = claim.upgrade
+        if len(up.early) + len(data) > EARLY_LIMIT:
+            self._drop(conn)
+            self._refuse(up, "too much data before the upgrade was answered", out, 400)
+            return True
+        claim.upgrade = replace(up, early=up.early + data)
+        return True
+
+    def gone(self, conn: ConnId, out: list[Action]) -> bool:
+        """The client of a claim in flight hung up; ``False``: not such a client."""
+        claim = self._claims.get(conn)
+        if claim is None:
+            return False
+        self._drop(conn)
+        out.append(CloseClient(conn))
+        log.info("client conn %s went away while its client id was being claimed", conn)
+        return True
+
+    def claimed(self, event: StoreClaimed, now: float, out: list[Action]) -> Upgrade | None:
+        """The store answered: the upgrade to open, or ``None`` (refused, or gone)."""
+        conn = self._by_client_id.get(event.client_id)
+        claim = self._claims.get(conn) if conn is not None else None
+        if conn is None or claim is None:
+            if event.result is ClaimResult.OK:  # its client left meanwhile
+                out.append(StoreRelease(event.client_id, self.instance))
+            return None
+        self._drop(conn)
+        up = claim.upgrade
+        if event.result is ClaimResult.TAKEN:
+            self.stats.fleet_claims_taken += 1
+            self._refuse(up, f"client id {up.client_id} is already connected "
+                         f"(on instance {event.holder or 'another instance'})", out)
+            return None
+        if event.result is ClaimResult.UNAVAILABLE:
+            self._fail_open(up, "the store did not answer")
+        return self._open(up, now, out)
+
+    def _fail_open(self, up: Upgrade, why: str) -> None:
+        self.stats.fleet_claims_failed_open += 1
+        log.warning("client id %s: %s; accepting it without a fleet-wide lease (fail open)",
+                    up.client_id, why)
+
+    def _open(self, up: Upgrade, now: float, out: list[Action]) -> Upgrade:
+        self.leases.add(up.client_id)
+        if self._renew_at is None:
+            self._renew_at = now + self.lease_ttl / 3
+        out.append(ResumeClient(up.conn))
+        return up
+
+    def released(self, client_ids: list[str], out: list[Action]) -> None:
+        """These sessions ended: give their leases back."""
+        for client_id in client_ids:
+            if client_id in self.leases:
+                self.leases.discard(client_id)
+                out.append(StoreRelease(client_id, self.instance))
+
+    def fire(self, now: float, out: list[Action]) -> list[Upgrade]:
+        """Renew leases when due; claims past ``store_timeout`` fail open (to be opened)."""
+        out.extend(self.queued)
+        self.queued.clear()
+        opened = []
+        for conn, claim in list(self._claims.items()):
+            if now >= claim.deadline:
+                self._drop(conn)
+                self._fail_open(claim.upgrade, f"no answer from the store within "
+                                f"{self.store_timeout:g}s")
+                opened.append(self._open(claim.upgrade, now, out))
+        if self._renew_at is not None and now >= self._renew_at:
+            self._renew(out)
+            self._renew_at = now + self.lease_ttl / 3 if self.leases else None
+        return opened
+
+    def _renew(self, out: list[Action]) -> None:
+        ids = sorted(self.leases)
+        for start in range(0, len(ids), RENEW_BATCH):
+            out.append(StoreRenew(tuple(ids[start:start + RENEW_BATCH]), self.instance,
+                                  self.lease_ttl))
+
+    def shutdown(self, out: list[Action]) -> None:
+        """Refuse every client still waiting for its claim (503)."""
+        for conn, claim in list(self._claims.items()):
+            self._drop(conn)
+            self._refuse(claim.upgrade, "proxy is shutting down", out, 503)
+
+    def _drop(self, conn: ConnId) -> None:
+        claim = self._claims.pop(conn)
+        if self._by_client_id.get(claim.upgrade.client_id) == conn:
+            del self._by_client_id[claim.upgrade.client_id]
+
+    def _refuse(self, up: Upgrade, reason: str, out: list[Action], status: int = 409) -> None:
+        log.warning("client conn %s from %s refused with %d: %s", up.conn, up.peer, status,
+                    reason)
+        self.stats.clients_rejected[status] += 1
+        out.append(SendToClient(up.conn, http_error(status, reason)))
+        out.append(CloseClient(up.conn))
+
+    # ------------------------------------------------------------ the store's health
+
+    def health(self, event: StoreHealth, pool: Pool, now: float) -> None:
+        """The store came back (reseed the registry, renew every lease now) or went away."""
+        if event.up == self.store_up:
+            return
+        self.store_up = event.up
+        if not event.up:
+            self.stats.fleet_store_outages += 1
+            log.warning("store unreachable: live pipes carry on; new client ids are accepted "
+                        "without a lease, registry changes are refused (503)")
+            return
+        log.info("store reachable: re-seeding the registry and renewing %d lease(s)",
+                 len(self.leases))
+        self.queued.append(StoreSeed(tuple(self.entries(pool))))
+        if self.leases:
+            self._renew_at = now
+
+    def check(self) -> None:
+        """Raise :class:`StoreUnavailable` unless a registry change can be published now."""
+        if not self.store_up:
+            raise StoreUnavailable("the store is unreachable: registry changes are refused "
+                                   "until it is back")
+
+    # ------------------------------------------------------------ the registry
+
+    @staticmethod
+    def entries(pool: Pool) -> list[RegistryEntry]:
+        """The registry entries this instance's pool stands for."""
+        out = []
+        for backend in pool:
+            if not backend.registered:
+                continue
+            state = EntryState.DRAINING if backend.state is BackendState.DRAINING else EntryState.UP
+            out.append(RegistryEntry(backend.url, state, backend.weight))
+        return out
+
+    def publish(self, entry: RegistryEntry) -> None:
+        """Queue a registry change made on this instance."""
+        self.queued.append(StorePublish(entry))
+
+    def plan(self, snapshot: RegistrySnapshot, pool: Pool) -> Plan:
+        """What the pool must do to match ``snapshot`` (idempotent: a repeat plans nothing)."""
+        self.version = max(self.version, snapshot.version)
+        mine = {b.url: b for b in pool if b.registered}
+        add: list[tuple[str, float]] = []
+        drain: list[tuple[str, bool]] = []
+        for entry in snapshot.entries:
+            backend = mine.get(entry.url)
+            if entry.state is EntryState.UP:
+                if backend is None:
+                    add.append((entry.url, entry.weight))
+            elif backend is not None and backend.state is not BackendState.DRAINING:
+                drain.append((backend.id, entry.migrate))
+        return Plan(tuple(add), tuple(drain))
+
+    def members_changed(self, event: FleetMembers) -> float:
+        """Record the fleet's size; the share of ``migrate_rate`` this instance may use."""
+        self.members = max(1, event.instances)
+        return 1.0 / self.members
