@@ -42,6 +42,7 @@ from .admin import (
     open_admin,
 )
 from .admin_cli import ADMIN_COMMANDS, add_admin_subcommands, run_admin_command
+from .fleet_cli import FLEET_DEFAULTS, FLEET_KEYS, FleetOptions, add_fleet_flags, fleet_options
 from .logfmt import setup_logging
 from .server import Address, ProxyServer
 from .units import parse_address, parse_duration, parse_size
@@ -56,16 +57,18 @@ DURATION_KEYS = frozenset({"handshake_timeout", "link_timeout", "race_after", "r
                            "max_interruption", "close_timeout", "eject_base", "eject_max",
                            "backoff_base", "backoff_max",
                            "health_check_interval", "health_check_timeout",
+                           "lease_ttl", "store_timeout",
                            "shutdown_grace", "connect_timeout", "close_linger"})
 #: Keys of the driver (everything else goes to ProxyConfig).
 DRIVER_KEYS = frozenset({"listen", "async_lib", "plugin_modules", "load_entrypoints",
                          "log_level", "log_format", "certfile", "keyfile", "cafile",
-                         "shutdown_grace", "connect_timeout", "close_linger"}) | ADMIN_KEYS
+                         "shutdown_grace", "connect_timeout", "close_linger"}
+                        ) | ADMIN_KEYS | FLEET_KEYS
 DRIVER_DEFAULTS: dict[str, Any] = {**ADMIN_DEFAULTS,
     "listen": ["127.0.0.1:8080"], "async_lib": "asyncio", "plugin_modules": [],
     "load_entrypoints": True, "log_level": "info", "log_format": "text", "certfile": None,
     "keyfile": None, "cafile": None, "shutdown_grace": 10.0, "connect_timeout": None,
-    "close_linger": 2.0,
+    "close_linger": 2.0, **FLEET_DEFAULTS,
 }
 EXIT_USAGE = 2
 
@@ -161,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keyfile", metavar="PEM", help="private key of --certfile (if not in it)")
     add("--cafile", metavar="PEM", help="CAs trusted for wss:// backends (default: system)")
     add_admin_flags(serve)
+    add_fleet_flags(serve)
     demo = sub.add_parser("demo", help="show a pipe surviving two backend restarts",
                           description="Run a proxy, two echo backends and a client in-process.")
     demo.add_argument("--async-lib", choices=("asyncio", "trio"), default="asyncio")
@@ -255,6 +259,7 @@ class ServeOptions:
     connect_timeout: float | None
     close_linger: float
     admin: AdminOptions | None = None
+    fleet: FleetOptions | None = None
 
 
 def build_options(settings: dict[str, Any]) -> ServeOptions:
@@ -305,6 +310,14 @@ def build_options(settings: dict[str, Any]) -> ServeOptions:
         admin = admin_options(driver)
     except AdminConfigError as exc:
         raise UsageFailure(str(exc)) from None
+    try:
+        fleet = fleet_options(driver, config)
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from None
+    if fleet is not None and fleet.workers > 1 and admin is not None and admin.token_dir:
+        raise UsageFailure("--workers with --admin needs a token (--admin-token-file, "
+                           "$WSPIPE_ADMIN_TOKEN or --admin-token): every worker answers "
+                           "the admin API with the same one")
     return ServeOptions(
         config=config, listen=listen, async_lib=driver["async_lib"],
         plugin_modules=tuple(str(m) for m in driver["plugin_modules"]),
@@ -312,7 +325,7 @@ def build_options(settings: dict[str, Any]) -> ServeOptions:
         log_level=str(driver["log_level"]).upper(), log_format=driver["log_format"],
         ssl_context=server_ctx, backend_ssl_context=backend_ctx,
         shutdown_grace=driver["shutdown_grace"], connect_timeout=driver["connect_timeout"],
-        close_linger=driver["close_linger"], admin=admin,
+        close_linger=driver["close_linger"], admin=admin, fleet=fleet,
     )
 
 
@@ -332,7 +345,8 @@ def run_async(func: Callable[[], Any], async_lib: str) -> Any:
 async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cancels."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with server, open_admin(server, admin), anyio.create_task_group() as tg:
+        async with server, open_admin(server, admin, reuse_port=server.reuse_port), \
+                anyio.create_task_group() as tg:
             async def watch() -> None:
                 shutting_down = False
                 async for signum in signals:  # bounded: the second signal returns
@@ -351,18 +365,28 @@ async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None 
             tg.cancel_scope.cancel()
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """``wspipe serve``."""
     options = build_options(merge_settings(args))
     secrets = [options.admin.token] if options.admin and options.admin.token else []
+    fleet = options.fleet
+    if fleet is not None and fleet.address.password:
+        secrets.append(fleet.address.password)
     setup_logging(options.log_level, options.log_format, secrets=secrets)
+    if fleet is not None and fleet.workers > 1 and not fleet.worker:
+        from .workers import run_workers
+
+        return run_workers(fleet.workers, argv if argv is not None else sys.argv[1:])
     try:
         server = ProxyServer(
             options.config, listen=options.listen, plugins=options.plugin_modules,
             load_entrypoints=options.load_entrypoints, ssl_context=options.ssl_context,
             backend_ssl_context=options.backend_ssl_context,
             connect_timeout=options.connect_timeout, close_linger=options.close_linger,
-            shutdown_grace=options.shutdown_grace)
+            shutdown_grace=options.shutdown_grace,
+            store=fleet.store(options.config) if fleet is not None else None,
+            instance=fleet.instance if fleet is not None else None,
+            reuse_port=fleet is not None and fleet.worker)
     except (ConfigError, BackendError) as exc:
         raise UsageFailure(str(exc)) from None
     try:
@@ -406,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "serve":
-            return cmd_serve(args)
+            return cmd_serve(args, argv)
         if args.command in ADMIN_COMMANDS:
             return run_admin_command(args)
         if args.command == "plugins":

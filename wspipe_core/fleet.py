@@ -87,8 +87,14 @@ class RegistryEntry:
 # ---------------------------------------------------------------- actions
 
 
+class StoreAction(Action):
+    """Base of the actions the driver's store executes (in order, off the relay's path)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
-class StoreClaim(Action):
+class StoreClaim(StoreAction):
     """Take the lease of ``client_id`` for ``holder`` unless another holder has it.
 
     Report :class:`StoreClaimed`. (Redis: ``SET key holder NX PX lease_ttl``, or
@@ -101,7 +107,7 @@ class StoreClaim(Action):
 
 
 @dataclass(frozen=True, slots=True)
-class StoreRenew(Action):
+class StoreRenew(StoreAction):
     """Extend these leases by ``ttl``; write any that the store lost. No answer is needed."""
 
     client_ids: tuple[str, ...]
@@ -110,7 +116,7 @@ class StoreRenew(Action):
 
 
 @dataclass(frozen=True, slots=True)
-class StoreRelease(Action):
+class StoreRelease(StoreAction):
     """Delete the lease of ``client_id`` if ``holder`` still holds it."""
 
     client_id: str
@@ -118,14 +124,14 @@ class StoreRelease(Action):
 
 
 @dataclass(frozen=True, slots=True)
-class StorePublish(Action):
+class StorePublish(StoreAction):
     """Write ``entry`` into the registry and tell every instance (it changed)."""
 
     entry: RegistryEntry
 
 
 @dataclass(frozen=True, slots=True)
-class StoreSeed(Action):
+class StoreSeed(StoreAction):
     """Write those of ``entries`` whose URL the registry does not have yet."""
 
     entries: tuple[RegistryEntry, ...]

@@ -153,8 +153,8 @@ def admin_options(settings: Mapping[str, Any],
 
 
 @contextlib.asynccontextmanager
-async def open_admin(control: ProxyControl, options: AdminOptions | None
-                     ) -> AsyncIterator[AdminServer | None]:
+async def open_admin(control: ProxyControl, options: AdminOptions | None, *,
+                     reuse_port: bool = False) -> AsyncIterator[AdminServer | None]:
     """Serve the admin API of a started proxy for the duration of the block.
 
     Yields ``None`` (and does nothing) when ``options`` is ``None``.
@@ -165,5 +165,6 @@ async def open_admin(control: ProxyControl, options: AdminOptions | None
     async with AdminServer(control, host=options.host, port=options.port,
                            token=options.token, token_file_dir=options.token_dir,
                            allowed_hosts=options.allowed_hosts,
-                           allowed_origins=options.allowed_origins) as admin:
+                           allowed_origins=options.allowed_origins,
+                           reuse_port=reuse_port) as admin:
         yield admin

@@ -46,6 +46,7 @@ from wspipe_core import (
     MigrationInfo,
     UnknownBackend,
 )
+from wspipe_core.fleet import StoreUnavailable
 
 from ..control import ProxyControl
 from ..logfmt import mask_url, mask_urls
@@ -182,6 +183,8 @@ class AdminRoutes:
             return self.backends, frozenset({"GET", "POST"})
         if path in ("/pipes", "/pipes/"):
             return self.pipes, _GET
+        if path in ("/fleet", "/fleet/"):
+            return self.fleet, _GET
         head, _, rest = path.lstrip("/").partition("/")
         if rest and "/" not in rest:
             if head == "backends":
@@ -255,6 +258,8 @@ class AdminRoutes:
             raise error(400, _masked(str(exc), url)) from None
         except BackendAlreadyRegistered as exc:
             raise error(409, _masked(str(exc), url)) from None
+        except StoreUnavailable as exc:
+            raise error(503, str(exc)) from None
         log.info("admin: backend %s registered: %s (weight %g)", info.id, mask_url(info.url),
                  info.weight)
         return Reply(201, backend_json(info), headers=[("location", f"/backends/{info.id}")])
@@ -280,6 +285,8 @@ class AdminRoutes:
             self.control.remove_backend(backend_id, migrate=migrate)
         except UnknownBackend as exc:
             raise error(404, mask_urls(str(exc))) from None
+        except StoreUnavailable as exc:
+            raise error(503, str(exc)) from None
         rate = self.control.config.migrate_rate
         log.info("admin: backend %s %s draining (%d pipes)%s", info.id, mask_url(info.url),
                  info.pipes, f", migrating at {rate:g} pipes/s" if migrate else "")
@@ -288,6 +295,10 @@ class AdminRoutes:
                 "migrate_rate": rate if migrate else None,
                 "removed": all(b.id != backend_id for b in self.control.backends())}
         return Reply(202, body)
+
+    def fleet(self, request: Request) -> Reply:
+        """``GET /fleet``: the instances of the fleet, their pipes and health."""
+        return Reply(200, self.control.fleet())
 
     def pipes(self, request: Request) -> Reply:
         """``GET /pipes``: every live pipe."""
@@ -333,7 +344,7 @@ class AdminServer(HttpServer):
                  allowed_hosts: tuple[str, ...] = (), allowed_origins: tuple[str, ...] = (),
                  max_body: int = MAX_BODY, request_timeout: float = REQUEST_TIMEOUT,
                  head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, reuse_port: bool = False) -> None:
         if token is None and not is_loopback(host):
             raise AdminConfigError(
                 f"refusing to serve the admin API on non-loopback address {host} without a "
@@ -351,7 +362,8 @@ class AdminServer(HttpServer):
         self.token_file: Path | None = None
         super().__init__(self.routes, host=host, port=port, max_body=max_body,
                          request_timeout=request_timeout, head_timeout=head_timeout,
-                         idle_timeout=idle_timeout, max_connections=max_connections)
+                         idle_timeout=idle_timeout, max_connections=max_connections,
+                         reuse_port=reuse_port)
 
     def __repr__(self) -> str:  # never show the token
         return f"AdminServer(host={self.host!r}, token=***)"

@@ -12,15 +12,13 @@ from wsproto.events import Request
 from .. import actions as act
 from .. import events as ev
 from ..config import ProxyConfig
-from ..fleet import StoreClaim, StoreHealth, StorePublish, StoreRelease, StoreRenew, StoreSeed
+from ..fleet import StoreAction, StoreHealth
 from ..hooks import make_plugin_manager
 from ..info import PipeInfo
 from ..proxy import Proxy
 from .invariants import check_invariants
 from .peers import BackendLink, FakeBackend, FakeClient
 from .store import MemoryStore
-
-_STORE_ACTIONS = (StoreClaim, StoreRenew, StoreRelease, StorePublish, StoreSeed)
 
 
 class Harness:
@@ -231,7 +229,7 @@ class Harness:
                 self._queue.append(ev.ProbeResult(action.probe, answer))
         elif isinstance(action, act.CloseProbe):
             pass
-        elif isinstance(action, _STORE_ACTIONS):
+        elif isinstance(action, StoreAction):
             if self.store is not None:
                 self._queue.extend(self.store.execute(action, self.now))
         else:  # pragma: no cover

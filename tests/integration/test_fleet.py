@@ -1,0 +1,241 @@
+"""A fleet: two or three ``wspipe serve --store`` processes sharing one real Redis.
+
+Each test runs the instances on the test's anyio backend (``--async-lib``), with real
+websockets clients and backends, and a ``redis-server`` of its own (tests/integration/
+fleet.py). Leases: 409 fleet-wide, freed on close, expired after a kill -9 within
+``lease_ttl``. Registry: register on A reaches B. Faults: Redis killed and restarted
+under streaming clients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+
+import pytest
+from fleet import (
+    AUTH,
+    Instance,
+    redis_server,
+    start_instance,
+    stop_instance,
+    wait_for,
+)
+from test_rolling import EchoBackend, Recorder, StreamingClient, check, stopping
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+LEASE_TTL = 3.0
+
+
+def open_client(url: str):
+    return connect(url, open_timeout=5, close_timeout=2, ping_interval=None, proxy=None)
+
+
+def status_of(url: str) -> int:
+    """The HTTP status a new connection to ``url`` gets (101 when accepted)."""
+    try:
+        with open_client(url):
+            return 101
+    except InvalidStatus as exc:
+        return exc.response.status_code
+
+
+@contextlib.contextmanager
+def instances(*specs):
+    started: list[Instance] = []
+    try:
+        for spec in specs:
+            started.append(start_instance(**spec))
+        yield started
+    finally:
+        for instance in started:
+            _code, err = stop_instance(instance)
+            instance.log.append(err)
+
+
+def test_a_client_id_live_on_one_instance_is_refused_with_409_on_the_others(anyio_backend):
+    recorder = Recorder()
+    with redis_server() as redis, stopping([EchoBackend(recorder).start()]) as (b1,), \
+            instances(*[dict(name=n, store=redis.url, async_lib=anyio_backend,
+                             backends=[b1.url]) for n in ("A", "B", "C")]) as (a, b, c):
+        client_id = str(uuid.uuid4())
+        with open_client(f"{a.ws}/{client_id}") as first:
+            first.send("900:0")
+            assert first.recv(timeout=5) == "900:0"
+            assert redis.command("GET", f"wspipe:lease:{client_id}") == b"A"
+            assert status_of(f"{b.ws}/{client_id}") == 409
+            assert status_of(f"{c.ws}/{client_id}") == 409
+            other = str(uuid.uuid4())
+            assert status_of(f"{b.ws}/{other}") == 101  # other ids are untouched
+            first.send("900:1")
+            assert first.recv(timeout=5) == "900:1"
+        # Closed: the lease is released, so B takes the id at once.
+        wait_for(lambda: redis.command("GET", f"wspipe:lease:{client_id}") == b"$-1",
+                 2, "lease released")
+        assert status_of(f"{b.ws}/{client_id}") == 101
+    assert "refused with 409: client id" in b.log[0] and "instance A" in b.log[0]
+
+
+def test_a_killed_instances_leases_expire_within_lease_ttl(anyio_backend):
+    recorder = Recorder()
+    with redis_server() as redis, stopping([EchoBackend(recorder).start()]) as (b1,), \
+            instances(*[dict(name=n, store=redis.url, async_lib=anyio_backend,
+                             backends=[b1.url]) for n in ("A", "B")]) as (a, b):
+        client_id = str(uuid.uuid4())
+        ws = open_client(f"{a.ws}/{client_id}")
+        try:
+            time.sleep(1.5)  # at least one renewal (every lease_ttl / 3)
+            a.proc.kill()  # kill -9: no release, no goodbye
+            killed = time.monotonic()
+            assert status_of(f"{b.ws}/{client_id}") == 409  # still leased
+            wait_for(lambda: status_of(f"{b.ws}/{client_id}") == 101, LEASE_TTL + 2,
+                     "lease expired", step=0.1)
+            elapsed = time.monotonic() - killed
+            assert elapsed <= LEASE_TTL + 0.5, elapsed
+        finally:
+            ws.close_socket()
+        # And the dead instance leaves the member count that paces migrations.
+        wait_for(lambda: b.get("/fleet")["members"] == 1, LEASE_TTL + 2, "member gone")
+
+
+def test_a_backend_registered_on_one_instance_reaches_clients_of_another(anyio_backend):
+    recorder = Recorder()
+    with redis_server() as redis, stopping([EchoBackend(recorder).start()]) as (b1,), \
+            instances(*[dict(name=n, store=redis.url, async_lib=anyio_backend)
+                        for n in ("A", "B")]) as (a, b):
+        assert b.get("/backends") == []
+        with a.http() as http:
+            assert http.post("/backends", json={"url": b1.url}).status_code == 201
+        registered = time.monotonic()
+        wait_for(lambda: [x["url"] for x in b.get("/backends")] == [b1.url], 2,
+                 "B has the backend")
+        assert time.monotonic() - registered < 1.0
+        with open_client(f"{b.ws}/{uuid.uuid4()}") as ws:
+            ws.send("901:0")
+            assert ws.recv(timeout=5) == "901:0"
+        assert recorder.total == 1
+
+
+def test_drain_with_migrate_on_one_instance_moves_the_pipes_of_all_at_the_fleet_rate(
+        anyio_backend):
+    recorder = Recorder()
+    with redis_server() as redis, stopping([EchoBackend(recorder).start(),
+                                            EchoBackend(recorder).start()]) as (b1, b2), \
+            instances(*[dict(name=n, store=redis.url, async_lib=anyio_backend,
+                             backends=[b1.url, b2.url], args=["--migrate-rate", "8"])
+                        for n in ("A", "B")]) as (a, b):
+        wait_for(lambda: a.get("/fleet")["members"] == 2 == b.get("/fleet")["members"], 5,
+                 "two members")
+        clients = [StreamingClient(i, f"{(a, b)[i % 2].ws}/{uuid.uuid4()}") for i in range(16)]
+        try:
+            for client in clients:
+                client.start()
+            time.sleep(0.5)
+            on_b1 = sum(x["pipes"] for i in (a, b) for x in i.get("/backends")
+                        if x["url"] == b1.url)
+            assert on_b1 >= 4
+            with b.http() as http:
+                b1_id = next(x["id"] for x in b.get("/backends") if x["url"] == b1.url)
+                assert http.delete(f"/backends/{b1_id}?migrate=true").status_code == 202
+            start = time.monotonic()
+            for instance in (a, b):
+                wait_for(lambda i=instance: b1.url not in [x["url"] for x in i.get("/backends")],
+                         20, f"b1 left {instance.name}'s pool")
+            took = time.monotonic() - start
+            # 8 pipes/s for the fleet: each of the two instances moves 4/s (the first
+            # of each at once).
+            assert took >= (on_b1 - 2) / 8 * 0.9, (took, on_b1)
+            time.sleep(0.3)
+            for client in clients:
+                client.stop_sending()
+            expected = sum(c.sent for c in clients)
+            wait_for(lambda: recorder.total >= expected, 10, "every message arrived")
+            result = check(clients, recorder)  # every message once, in order
+            assert result["lost"] == 0 and recorder.total == expected
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_redis_killed_and_restarted_under_streaming_clients(anyio_backend):
+    recorder = Recorder()
+    with redis_server() as redis, stopping([EchoBackend(recorder).start(),
+                                            EchoBackend(recorder).start()]) as (b1, b2), \
+            instances(*[dict(name=n, store=redis.url, async_lib=anyio_backend,
+                             backends=[b1.url]) for n in ("A", "B")]) as (a, b):
+        ids = [str(uuid.uuid4()) for _ in range(6)]
+        clients = [StreamingClient(i, f"{(a, b)[i % 2].ws}/{ids[i]}") for i in range(6)]
+        try:
+            for client in clients:
+                client.start()
+            time.sleep(0.5)
+            redis.kill()
+            wait_for(lambda: a.get("/fleet")["store"] == "down", 5, "A sees the store down")
+            # Registry changes fail closed; new client ids fail open.
+            with a.http() as http:
+                refused = http.post("/backends", json={"url": b2.url})
+                assert refused.status_code == 503, refused.text
+            late = str(uuid.uuid4())
+            with open_client(f"{b.ws}/{late}") as ws:
+                ws.send("902:0")
+                assert ws.recv(timeout=5) == "902:0"
+            time.sleep(1.0)  # streaming on, store down
+            redis.start()
+            wait_for(lambda: a.get("/fleet")["store"] == "up" == b.get("/fleet")["store"], 10,
+                     "store back")
+            # Reconciled without a restart: the registry re-seeded, leases written back.
+            wait_for(lambda: redis.command("HEXISTS", "wspipe:registry", b1.url) == b":1", 5,
+                     "registry re-seeded")
+            for i, client_id in enumerate(ids):
+                holder = (b"A", b"B")[i % 2]
+                wait_for(lambda c=client_id, h=holder:
+                         redis.command("GET", f"wspipe:lease:{c}") == h, 5, "lease back")
+            with a.http() as http:
+                assert http.post("/backends", json={"url": b2.url}).status_code == 201
+            wait_for(lambda: len(b.get("/backends")) == 2, 3, "B got b2")
+            time.sleep(0.3)
+            for client in clients:
+                client.stop_sending()
+            expected = sum(c.sent for c in clients) + 1
+            wait_for(lambda: recorder.total >= expected, 10, "every message arrived")
+            check(clients, recorder)  # nobody disconnected, every message once, in order
+        finally:
+            for client in clients:
+                client.close()
+    assert "store unreachable" in a.log[0] and "fail open" in b.log[0]
+
+
+@pytest.mark.parametrize("garbage", ["not json", '{"state": "up", "weight": "heavy"}',
+                                     '["up"]', "x" * 5000])
+def test_garbage_in_the_registry_is_logged_and_ignored(anyio_backend, garbage):
+    recorder = Recorder()
+    with redis_server() as redis, stopping([EchoBackend(recorder).start(),
+                                            EchoBackend(recorder).start()]) as (b1, b2), \
+            instances(dict(name="A", store=redis.url, async_lib=anyio_backend,
+                           backends=[b1.url])) as (a,):
+        redis.command("HSET", "wspipe:registry", "ws://127.0.0.1:1/bad", garbage)
+        redis.command("HSET", "wspipe:registry", b2.url, '{"state":"up","weight":1}')
+        redis.command("INCR", "wspipe:registry:version")
+        wait_for(lambda: len(a.get("/backends")) == 2, 3, "the good entry applied")
+        assert "ws://127.0.0.1:1/bad" not in [x["url"] for x in a.get("/backends")]
+        with open_client(f"{a.ws}/{uuid.uuid4()}") as ws:
+            ws.send("903:0")
+            assert ws.recv(timeout=5) == "903:0"
+    assert "registry entry 'ws://127.0.0.1:1/bad' ignored" in a.log[0]
+
+
+def test_workers_need_a_store_and_say_so(anyio_backend):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "wspipe_anyio", "serve", "--workers", "2",
+                           "--async-lib", anyio_backend], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 2
+    assert done.stderr == ("wspipe: error: --workers needs --store: the workers share "
+                           "client-id leases and the pool registry through it\n")
+
+
+_ = AUTH
