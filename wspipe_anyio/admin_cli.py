@@ -6,6 +6,7 @@
     wspipe backends add ws://10.0.0.7:9000/ [--weight 2]
     wspipe backends drain b3 [--migrate] [--wait [--wait-timeout SECONDS]]
     wspipe pipes list
+    wspipe fleet
 
 Each takes ``--admin URL`` (``http://HOST:PORT`` or ``HOST:PORT``; default
 ``$WSPIPE_ADMIN``, else ``127.0.0.1:9090``), ``--admin-token TOKEN`` or
@@ -46,7 +47,7 @@ from .admin.tokens import find_token, read_token_file
 #: Default admin address when neither ``--admin`` nor ``$WSPIPE_ADMIN`` is given.
 DEFAULT_ADMIN = "127.0.0.1:9090"
 #: The top-level commands this module adds.
-ADMIN_COMMANDS = frozenset({"backends", "pipes"})
+ADMIN_COMMANDS = frozenset({"backends", "pipes", "fleet"})
 #: Seconds to wait for the admin API.
 DEFAULT_TIMEOUT = 10.0
 #: ``drain --wait``: longest wait for the backend to leave the pool, by default.
@@ -110,6 +111,12 @@ def add_admin_subcommands(subparsers: Any) -> None:
         description="List the proxy's live pipes through its admin API.")
     pipe_actions = pipes.add_subparsers(dest="admin_action", required=True)
     _common(pipe_actions.add_parser("list", help="list the live pipes"))
+    fleet = subparsers.add_parser(
+        "fleet", help="list the instances of the fleet (admin API client)",
+        description="List the fleet's instances (any instance answers for all), their "
+                    "pipes and health, through the admin API of one of them.")
+    fleet.set_defaults(admin_action=None)
+    _common(fleet)
 
 
 def admin_base_url(value: str | None) -> str:
@@ -312,6 +319,18 @@ def run_admin_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
                           f"{last.get('pipes', '?')} pipe(s) after {args.wait_timeout:g}s; "
                           "the drain goes on", file=err)
                 return code
+        elif action == ("fleet", None):
+            result = call("GET", "/fleet")
+            rows = [{**i, "backends_up": f"{i.get('backends', {}).get('up', '?')}/"
+                                         f"{i.get('backends', {}).get('total', '?')}",
+                     "listen": ",".join(i.get("listen", [])),
+                     "me": "*" if i.get("instance") == result.get("instance") else ""}
+                    for i in result.get("instances", [])]
+            store = result.get("store") or "none (a single instance)"
+            table = (f"store: {store}; {result.get('members', 1)} live instance(s)\n"
+                     + format_table(rows, ["me", "instance", "host", "pid", "listen", "pipes",
+                                           "connections", "backends_up", "store",
+                                           "stopping"]))
         elif action == ("pipes", "list"):
             result = call("GET", "/pipes")
             now = time.time()

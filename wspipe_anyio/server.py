@@ -455,7 +455,11 @@ class ProxyServer:
                     "instances": [self.describe()]}
         return {"instance": self.instance, "store": "up" if runner.up else "down",
                 "members": max(1, runner.members),
-                "instances": runner.instances or [self.describe()]}
+                "instances": runner.instances or [self.describe()],
+                "counters": {"leases": len(self.proxy.fleet.leases) if self.proxy.fleet else 0,
+                             "errors": runner.errors, "dropped": runner.dropped,
+                             "lease_conflicts": runner.lease_conflicts,
+                             "garbage": runner.store.garbage}}
 
     def _feed_safely(self, event: ev.Event) -> None:
         try:

@@ -10,12 +10,15 @@ under streaming clients.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 from fleet import (
-    AUTH,
+    TOKEN,
     Instance,
     redis_server,
     start_instance,
@@ -76,6 +79,33 @@ def test_a_client_id_live_on_one_instance_is_refused_with_409_on_the_others(anyi
                  2, "lease released")
         assert status_of(f"{b.ws}/{client_id}") == 101
     assert "refused with 409: client id" in b.log[0] and "instance A" in b.log[0]
+
+
+def test_any_instance_answers_for_the_fleet_and_wspipe_fleet_lists_it(anyio_backend):
+    recorder = Recorder()
+    with redis_server() as redis, stopping([EchoBackend(recorder).start()]) as (b1,), \
+            instances(*[dict(name=n, store=redis.url, async_lib=anyio_backend,
+                             backends=[b1.url]) for n in ("A", "B")]) as (a, b):
+        with open_client(f"{a.ws}/{uuid.uuid4()}"), open_client(f"{a.ws}/{uuid.uuid4()}"):
+            view = wait_for(lambda: (v := b.get("/fleet"))["members"] == 2 and {
+                i["instance"]: i["pipes"] for i in v["instances"]} == {"A": 2, "B": 0} and v,
+                5, "B lists both instances")
+            assert view["instance"] == "B" and view["store"] == "up"
+            assert {i["instance"]: i["backends"] for i in view["instances"]} == {
+                "A": {"total": 1, "up": 1}, "B": {"total": 1, "up": 1}}
+            done = subprocess.run(
+                [sys.executable, "-m", "wspipe_anyio", "fleet", "--admin", a.admin],
+                capture_output=True, text=True, timeout=30, check=False,
+                env={**os.environ, "WSPIPE_ADMIN_TOKEN": TOKEN})
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0] == "store: up; 2 live instance(s)"
+        assert lines[1].split() == ["ME", "INSTANCE", "HOST", "PID", "LISTEN", "PIPES",
+                                    "CONNECTIONS", "BACKENDS_UP", "STORE", "STOPPING"]
+        rows = {line.split()[1] if line.startswith("*") else line.split()[0]: line
+                for line in lines[2:]}
+        assert set(rows) == {"A", "B"} and rows["A"].startswith("*")
+        assert rows["A"].split()[6] == "2" and "1/1" in rows["B"]
 
 
 def test_a_killed_instances_leases_expire_within_lease_ttl(anyio_backend):
@@ -195,6 +225,11 @@ def test_redis_killed_and_restarted_under_streaming_clients(anyio_backend):
             with a.http() as http:
                 assert http.post("/backends", json={"url": b2.url}).status_code == 201
             wait_for(lambda: len(b.get("/backends")) == 2, 3, "B got b2")
+            with b.http() as http:
+                text = http.get("/metrics").text
+            assert "wspipe_store_up 1.0" in text and "wspipe_fleet_members 2.0" in text
+            assert "wspipe_fleet_claims_failed_open_total 1.0" in text
+            assert "wspipe_fleet_store_outages_total 1.0" in text
             time.sleep(0.3)
             for client in clients:
                 client.stop_sending()
@@ -227,9 +262,6 @@ def test_garbage_in_the_registry_is_logged_and_ignored(anyio_backend, garbage):
 
 
 def test_workers_need_a_store_and_say_so(anyio_backend):
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-m", "wspipe_anyio", "serve", "--workers", "2",
                            "--async-lib", anyio_backend], capture_output=True, text=True,
                           timeout=30, check=False)
@@ -237,5 +269,3 @@ def test_workers_need_a_store_and_say_so(anyio_backend):
     assert done.stderr == ("wspipe: error: --workers needs --store: the workers share "
                            "client-id leases and the pool registry through it\n")
 
-
-_ = AUTH
