@@ -71,9 +71,19 @@ class RedisServer:
                 return data[start:start + size]
             return data.split(b"\r\n", 1)[0]
 
+    def pause(self) -> None:
+        """SIGSTOP: the store is reachable but answers nothing (a black hole)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL (no goodbye), and wait for it."""
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.kill()
             self.proc.wait(5)
             self.proc = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from fleet import (
     stop_instance,
     wait_for,
 )
+from test_admin_serve import free_port, stop
 from test_rolling import EchoBackend, Recorder, StreamingClient, check, stopping
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -33,7 +35,8 @@ LEASE_TTL = 3.0
 
 
 def open_client(url: str):
-    return connect(url, open_timeout=5, close_timeout=2, ping_interval=None, proxy=None)
+    return connect(url, open_timeout=5, close_timeout=2, ping_interval=None, proxy=None,
+                   legacy=True)
 
 
 def status_of(url: str) -> int:
@@ -242,6 +245,41 @@ def test_redis_killed_and_restarted_under_streaming_clients(anyio_backend):
     assert "store unreachable" in a.log[0] and "fail open" in b.log[0]
 
 
+def test_a_store_that_stops_answering_never_blocks_the_relay(anyio_backend):
+    recorder = Recorder()
+    with redis_server() as redis, stopping([EchoBackend(recorder).start()]) as (b1,), \
+            instances(dict(name="A", store=redis.url, async_lib=anyio_backend,
+                           backends=[b1.url])) as (a,):
+        clients = [StreamingClient(i, f"{a.ws}/{uuid.uuid4()}") for i in range(4)]
+        try:
+            for client in clients:
+                client.start()
+            time.sleep(0.3)
+            redis.pause()  # connections stay open; nothing is answered
+            before = sum(len(c.echoes) for c in clients)
+            time.sleep(1.0)
+            assert sum(len(c.echoes) for c in clients) - before >= 4 * 20  # 40/s each
+            started = time.monotonic()
+            with open_client(f"{a.ws}/{uuid.uuid4()}") as ws:  # fails open after 1 s
+                waited = time.monotonic() - started
+                ws.send("904:0")
+                assert ws.recv(timeout=5) == "904:0"
+            assert 0.8 <= waited < 3.0, waited
+            wait_for(lambda: a.get("/fleet")["store"] == "down", 5, "store seen down")
+            redis.resume()
+            wait_for(lambda: a.get("/fleet")["store"] == "up", 5, "store seen up")
+            for client in clients:
+                client.stop_sending()
+            expected = sum(c.sent for c in clients) + 1
+            wait_for(lambda: recorder.total >= expected, 10, "every message arrived")
+            check(clients, recorder)
+        finally:
+            for client in clients:
+                client.close()
+    assert "no answer from the store within 1s" in a.log[0] or \
+        "the store did not answer" in a.log[0]
+
+
 @pytest.mark.parametrize("garbage", ["not json", '{"state": "up", "weight": "heavy"}',
                                      '["up"]', "x" * 5000])
 def test_garbage_in_the_registry_is_logged_and_ignored(anyio_backend, garbage):
@@ -259,6 +297,53 @@ def test_garbage_in_the_registry_is_logged_and_ignored(anyio_backend, garbage):
             ws.send("903:0")
             assert ws.recv(timeout=5) == "903:0"
     assert "registry entry 'ws://127.0.0.1:1/bad' ignored" in a.log[0]
+
+
+def test_workers_share_the_port_and_the_store_and_a_killed_one_is_started_again(
+        anyio_backend):
+    recorder = Recorder()
+    port, admin_port = free_port(), free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    with redis_server() as redis, stopping([EchoBackend(recorder).start()]) as (b1,):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wspipe_anyio", "serve", "--workers", "2", "--store",
+             redis.url, "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{admin_port}",
+             "--backend", b1.url, "--instance-id", "host1", "--lease-ttl", "3",
+             "--ping-interval", "0", "--async-lib", anyio_backend, "--log-level", "info"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "WSPIPE_ADMIN_TOKEN": TOKEN})
+        sockets = []
+        try:
+            front = Instance("host1", proc, port, admin)
+            wait_for(lambda: front.get("/fleet")["members"] == 2, 20, "two workers")
+            for i in range(16):
+                ws = open_client(f"ws://127.0.0.1:{port}/{uuid.uuid4()}")
+                ws.send(f"{i}:0")
+                assert ws.recv(timeout=5) == f"{i}:0"
+                sockets.append(ws)
+            view = wait_for(lambda: (v := front.get("/fleet")) and sum(
+                i["pipes"] for i in v["instances"]) == 16 and v, 5, "16 pipes listed")
+            pipes = {i["instance"]: i["pipes"] for i in view["instances"]}
+            assert set(pipes) == {"host1-w0", "host1-w1"}
+            assert all(n > 0 for n in pipes.values()), pipes  # the kernel spread them
+            # A client id live on one worker is refused by the other (the store's lease).
+            client_id = str(uuid.uuid4())
+            held = open_client(f"ws://127.0.0.1:{port}/{client_id}")
+            sockets.append(held)
+            assert all(status_of(f"ws://127.0.0.1:{port}/{client_id}") == 409
+                       for _ in range(8))
+            # kill -9 one worker: the supervisor starts it again.
+            victim = next(i["pid"] for i in view["instances"] if i["instance"] == "host1-w1")
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: any(i["instance"] == "host1-w1" and i["pid"] != victim
+                                 for i in front.get("/fleet")["instances"]), 20,
+                     "worker 1 started again")
+        finally:
+            for ws in sockets:
+                ws.close_socket()
+            code, err = stop(proc)
+        assert code == 0, err[-3000:]
+        assert "worker 1 (pid" in err and "starting it again" in err
 
 
 def test_workers_need_a_store_and_say_so(anyio_backend):
