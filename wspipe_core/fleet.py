@@ -30,16 +30,64 @@ action and learns the answer from an event, never waiting on it.
 
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .actions import Action, CloseClient, PauseClient, ResumeClient, SendToClient
-from .events import ConnId, Event
+from .events import ConnId
+from .handover import SessionState, restore
 from .handshake import Upgrade, http_error
 from .info import BackendState
 from .pool import Pool
 from .stats import Stats
+from .store import (
+    ClaimResult,
+    EntryState,
+    FleetMembers,
+    HandoverArrived,
+    HandoverRequested,
+    RegistryEntry,
+    RegistrySnapshot,
+    StoreAction,
+    StoreClaim,
+    StoreClaimed,
+    StoreHandoff,
+    StoreHandover,
+    StoreHealth,
+    StorePark,
+    StorePublish,
+    StoreRelease,
+    StoreRenew,
+    StoreSeed,
+    StoreUnavailable,
+    StoreUnpark,
+)
+
+__all__ = [
+    "ClaimResult",
+    "EntryState",
+    "Fleet",
+    "FleetMembers",
+    "HandoverArrived",
+    "HandoverRequested",
+    "Plan",
+    "RegistryEntry",
+    "RegistrySnapshot",
+    "StoreAction",
+    "StoreClaim",
+    "StoreClaimed",
+    "StoreHandoff",
+    "StoreHandover",
+    "StoreHealth",
+    "StorePark",
+    "StorePublish",
+    "StoreRelease",
+    "StoreRenew",
+    "StoreSeed",
+    "StoreUnavailable",
+    "StoreUnpark",
+]
 
 log = logging.getLogger("wspipe")
 
@@ -49,129 +97,6 @@ RENEW_BATCH = 500
 EARLY_LIMIT = 64 * 1024
 
 
-class StoreUnavailable(Exception):
-    """A registry change was asked for while the store is unreachable (fail closed: 503)."""
-
-
-class ClaimResult(enum.Enum):
-    """The store's answer to a :class:`StoreClaim`."""
-
-    #: The lease is this instance's (new, or already ours).
-    OK = "ok"
-    #: Another instance holds a live lease on the client id: 409.
-    TAKEN = "taken"
-    #: The store did not answer in time, is down, or the request queue is full.
-    UNAVAILABLE = "unavailable"
-
-
-class EntryState(enum.Enum):
-    """What the registry says about a backend URL."""
-
-    #: Registered: every instance has it in its pool.
-    UP = "up"
-    #: Drained or removed: no new pipes anywhere; it leaves each pool once empty.
-    DRAINING = "draining"
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryEntry:
-    """One backend of the fleet-wide registry."""
-
-    url: str
-    state: EntryState
-    weight: float = 1.0
-    #: With ``DRAINING``: move its pipes to other backends (at the fleet's rate).
-    migrate: bool = False
-
-
-# ---------------------------------------------------------------- actions
-
-
-class StoreAction(Action):
-    """Base of the actions the driver's store executes (in order, off the relay's path)."""
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StoreClaim(StoreAction):
-    """Take the lease of ``client_id`` for ``holder`` unless another holder has it.
-
-    Report :class:`StoreClaimed`. (Redis: ``SET key holder NX PX lease_ttl``, or
-    ``PEXPIRE`` when the value is already ``holder``.)
-    """
-
-    client_id: str
-    holder: str
-    ttl: float
-
-
-@dataclass(frozen=True, slots=True)
-class StoreRenew(StoreAction):
-    """Extend these leases by ``ttl``; write any that the store lost. No answer is needed."""
-
-    client_ids: tuple[str, ...]
-    holder: str
-    ttl: float
-
-
-@dataclass(frozen=True, slots=True)
-class StoreRelease(StoreAction):
-    """Delete the lease of ``client_id`` if ``holder`` still holds it."""
-
-    client_id: str
-    holder: str
-
-
-@dataclass(frozen=True, slots=True)
-class StorePublish(StoreAction):
-    """Write ``entry`` into the registry and tell every instance (it changed)."""
-
-    entry: RegistryEntry
-
-
-@dataclass(frozen=True, slots=True)
-class StoreSeed(StoreAction):
-    """Write those of ``entries`` whose URL the registry does not have yet."""
-
-    entries: tuple[RegistryEntry, ...]
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class StoreClaimed(Event):
-    """The store answered the :class:`StoreClaim` of ``client_id``."""
-
-    client_id: str
-    result: ClaimResult
-    #: Who holds it, when ``TAKEN`` (for the log line).
-    holder: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class StoreHealth(Event):
-    """The store became reachable (``up``) or stopped answering."""
-
-    up: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RegistrySnapshot(Event):
-    """The whole registry, validated by the driver; ``version`` grows with each change."""
-
-    version: int
-    entries: tuple[RegistryEntry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class FleetMembers(Event):
-    """How many instances (this one included) are alive."""
-
-    instances: int
-
-
 # ---------------------------------------------------------------- the decisions
 
 
@@ -179,6 +104,9 @@ class FleetMembers(Event):
 class _Claim:
     upgrade: Upgrade
     deadline: float
+    #: Waiting for a handover from this instance (``PARKED``), or stealing after one.
+    handover_from: str | None = None
+    stealing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +127,12 @@ class Fleet:
     lease_ttl: float
     store_timeout: float
     stats: Stats
+    #: How long a handover may take before this instance starts a new session instead.
+    handover_timeout: float = 8.0
+    #: How long a parked session stays resumable (``resume_window``).
+    resume_window: float = 30.0
+    #: ``buffer_limit``: what an arriving session export may hold in each direction.
+    buffer_limit: int = 5 * 1024 * 1024
     #: Whether the store answered last time the driver looked (it starts unknown: down).
     store_up: bool = False
     #: Live instances, this one included.
@@ -210,6 +144,8 @@ class Fleet:
     _claims: dict[ConnId, _Claim] = field(default_factory=dict)
     _by_client_id: dict[str, ConnId] = field(default_factory=dict)
     _renew_at: float | None = None
+    #: Parked sessions being handed over (their link closing), to which instance.
+    handing: dict[Any, str] = field(default_factory=dict)
     #: Actions waiting for the next ``_finish`` of the core (from methods that return none).
     queued: list[Action] = field(default_factory=list)
 
@@ -269,7 +205,20 @@ class Fleet:
             return None
         self._drop(conn)
         up = claim.upgrade
-        if event.result is ClaimResult.TAKEN:
+        if event.result is ClaimResult.PARKED and not claim.stealing:
+            if event.principal is not None and up.principal != event.principal:
+                self._refuse(up, f"client id {up.client_id} belongs to another principal: "
+                             "its session cannot be resumed by this one", out, 403)
+                return None
+            self._claims[conn] = claim
+            self._by_client_id[up.client_id] = conn
+            claim.handover_from = event.holder
+            claim.deadline = now + self.handover_timeout
+            log.info("client id %s: its session is parked on instance %s; asking for it",
+                     up.client_id, event.holder)
+            out.append(StoreHandover(up.client_id, event.holder, self.instance))
+            return None
+        if event.result in (ClaimResult.TAKEN, ClaimResult.PARKED):
             self.stats.fleet_claims_taken += 1
             self._refuse(up, f"client id {up.client_id} is already connected "
                          f"(on instance {event.holder or 'another instance'})", out)
@@ -290,6 +239,53 @@ class Fleet:
         out.append(ResumeClient(up.conn))
         return up
 
+    def arrived(self, event: HandoverArrived, now: float,
+                out: list[Action]) -> tuple[Upgrade, SessionState] | Upgrade | None:
+        """A session export arrived: (upgrade, state) to adopt; an upgrade alone to open
+        as a new session (the export was garbage); ``None`` (nobody waits for it)."""
+        conn = self._by_client_id.get(event.client_id)
+        claim = self._claims.get(conn) if conn is not None else None
+        if conn is None or claim is None or claim.handover_from is None:
+            return None
+        self._drop(conn)
+        up = claim.upgrade
+        self.leases.add(up.client_id)  # (the handoff moved it to this instance)
+        if self._renew_at is None:
+            self._renew_at = now + self.lease_ttl / 3
+        out.append(ResumeClient(up.conn))
+        try:
+            state = restore(event.blob, up.client_id, self.buffer_limit)
+        except ValueError as exc:
+            self.stats.fleet_handovers_failed += 1
+            log.warning("client id %s: the session export from instance %s is garbage (%s): "
+                        "starting a new session", up.client_id, claim.handover_from, exc)
+            return up
+        self.stats.fleet_handovers_in += 1
+        return up, state
+
+    def requested(self, pipe: Any, target: str) -> None:
+        """``pipe`` (parked here) is being handed over to ``target``."""
+        self.handing[pipe] = target
+
+    def handed(self, pipe: Any, client_id: str, target: str, blob: bytes | None,
+               out: list[Action]) -> None:
+        """``pipe``'s link has closed and its session was exported (``None``: it ended)."""
+        del self.handing[pipe]
+        if blob is not None:
+            self.stats.fleet_handovers_out += 1
+            out.append(StoreHandoff(client_id, self.instance, target, blob, self.lease_ttl))
+
+    def parked(self, pipes: list[Any], out: list[Action]) -> None:
+        """These sessions were parked or resumed: tell the store which may move."""
+        for pipe in pipes:
+            if pipe.client_id not in self.leases:
+                continue
+            if pipe.parked_until is not None:
+                out.append(StorePark(pipe.client_id, self.instance, pipe.principal,
+                                     self.resume_window))
+            else:
+                out.append(StoreUnpark(pipe.client_id, self.instance))
+
     def released(self, client_ids: list[str], out: list[Action]) -> None:
         """These sessions ended: give their leases back."""
         for client_id in client_ids:
@@ -303,7 +299,17 @@ class Fleet:
         self.queued.clear()
         opened = []
         for conn, claim in list(self._claims.items()):
-            if now >= claim.deadline:
+            if now >= claim.deadline and claim.handover_from is not None:
+                log.warning("client id %s: instance %s did not hand its session over within "
+                            "%gs: starting a new session", claim.upgrade.client_id,
+                            claim.handover_from, self.handover_timeout)
+                self.stats.fleet_handovers_failed += 1
+                claim.handover_from = None
+                claim.stealing = True
+                claim.deadline = now + self.store_timeout
+                out.append(StoreClaim(claim.upgrade.client_id, self.instance, self.lease_ttl,
+                                      steal=True))
+            elif now >= claim.deadline:
                 self._drop(conn)
                 self._fail_open(claim.upgrade, f"no answer from the store within "
                                 f"{self.store_timeout:g}s")

@@ -29,6 +29,8 @@ from .fleet import EntryState as _Entry
 from .fleet import (
     Fleet,
     FleetMembers,
+    HandoverArrived,
+    HandoverRequested,
     RegistryEntry,
     RegistrySnapshot,
     StoreClaimed,
@@ -106,9 +108,14 @@ class Proxy:
             StoreHealth: self._on_store_health,
             RegistrySnapshot: self._on_registry,
             FleetMembers: self._on_members,
+            HandoverRequested: self._on_handover_requested,
+            HandoverArrived: self._on_handover_arrived,
         }
         #: Leases, store health and membership, with a store; ``None`` without one.
-        self.fleet = (Fleet(instance, config.lease_ttl, config.store_timeout, self.stats)
+        self.fleet = (Fleet(instance, config.lease_ttl, config.store_timeout, self.stats,
+                            handover_timeout=config.close_timeout + 2 * config.store_timeout
+                            + 1.0, resume_window=config.resume_window,
+                            buffer_limit=config.buffer_limit)
                       if instance is not None else None)
         for url in config.backends:
             self.pool.add(url)
@@ -162,11 +169,15 @@ class Proxy:
         flow = self._flow
         if flow.budget_freed:
             self._sessions.wake_budget_waiters(now)
-        freed = self._sessions.freed
+        sessions = self._sessions
+        if self.fleet is not None and (self.fleet.handing or sessions.parking):
+            self._fleet_sessions(now)
+        freed = sessions.freed
         if freed:
             if self.fleet is not None:
                 self.fleet.released(freed, flow.out)
             freed.clear()
+        sessions.parking.clear()
         if self.pool.changed or self._timers.touched:
             self._reschedule()
         out = flow.out
@@ -427,6 +438,36 @@ class Proxy:
             log.info("backend %s drained through the fleet registry%s", backend_id,
                      " (migrating its pipes)" if migrate else "")
             self._drain(self.pool.get(backend_id), migrate, now)
+
+    def _fleet_sessions(self, now: float) -> None:
+        fleet, sessions = self.fleet, self._sessions
+        assert fleet is not None
+        for pipe, target in list(fleet.handing.items()):
+            if sessions.link_closed(pipe):
+                fleet.handed(pipe, pipe.client_id, target, sessions.handed(pipe, target, now),
+                             self._flow.out)
+        if sessions.parking:
+            fleet.parked(sessions.parking, self._flow.out)
+
+    def _on_handover_requested(self, event: HandoverRequested, now: float) -> None:
+        if self.fleet is None:
+            return
+        pipe = self._sessions.hand_over(event.client_id, event.target, now)
+        if pipe is None:
+            log.info("instance %s asked for the session of client id %s: not parked here",
+                     event.target, event.client_id)
+        else:
+            self.fleet.requested(pipe, event.target)
+
+    def _on_handover_arrived(self, event: HandoverArrived, now: float) -> None:
+        if self.fleet is None:
+            return
+        arrived = self.fleet.arrived(event, now, self._flow.out)
+        if isinstance(arrived, tuple):
+            self._sessions.adopt(*arrived, now)
+        elif arrived is not None:
+            self._sessions.open(arrived, now)
+        self._timers.touch(self.fleet)
 
     def _on_members(self, event: FleetMembers, now: float) -> None:
         if self.fleet is not None:

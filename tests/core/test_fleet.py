@@ -13,6 +13,7 @@ from wspipe_core.fleet import (
     ClaimResult,
     EntryState,
     FleetMembers,
+    HandoverArrived,
     RegistryEntry,
     RegistrySnapshot,
     StoreClaim,
@@ -265,3 +266,134 @@ def test_shutdown_refuses_clients_waiting_for_their_claim_with_503():
     c = a.client(f"/{ID1}")
     a.apply(a.proxy.shutdown(a.now))
     assert c.status == 503
+
+
+# ---------------------------------------------------------------- resume across instances
+
+
+def shared_backend(a, b, url="ws://b1/", **kw):
+    backend = a.backend(url, **kw)
+    b.backends[url] = backend
+    b.sync_registry()
+    return backend
+
+
+def test_a_session_parked_on_one_instance_resumes_through_another():
+    store = MemoryStore()
+    a, b = fleet(store, "A", "B", resume_window=10)
+    b1 = shared_backend(a, b, echo=True)
+    c = a.client(f"/{ID1}")
+    c.send("1")
+    c.eof()  # vanished: parked on A
+    first = b1.links[0]
+    first.send("held for the client")
+    assert store.parked[ID1][0] == "A"
+    again = b.client(f"/{ID1}")
+    assert not again.accepted  # B asked A for the session
+    with first.holding() as answer:
+        a.poll_store()  # A: the handover request; its link closes like a migration
+    assert first.close is not None and first.close.code == 1001
+    first.send_raw(b"\x81\x0fafter our close")  # written before it saw our Close
+    assert not again.accepted and b.store.exports == {}  # A waits for the backend's Close
+    for data in answer:
+        first.send_raw(data)
+    b.poll_store()  # B: the export arrived
+    assert again.accepted
+    assert again.received == ["held for the client", "after our close"]
+    second = b1.links[1]
+    assert second.header("x-wspipe-session") == first.header("x-wspipe-session")
+    assert second.header("x-wspipe-link") == "2"
+    again.send("2")
+    assert b1.messages() == ["1", "2"]
+    assert a.proxy.pipes() == [] and store.holder(ID1, b.now) == "B"
+    assert a.proxy.stats.fleet_handovers_out == 1 and b.proxy.stats.fleet_handovers_in == 1
+    assert b.proxy.stats.client_resumes == 1
+
+
+def test_client_messages_waiting_on_the_first_instance_are_replayed_by_the_second():
+    store = MemoryStore()
+    a, b = fleet(store, "A", "B", resume_window=10, delivery="at-least-once")
+    b1 = shared_backend(a, b)
+    c = a.client(f"/{ID1}")
+    first = b1.links[0]
+    with first.holding():  # the backend does not answer pings: nothing is confirmed
+        c.send("m1")
+        c.send("m2")
+    c.eof()
+    again = b.client(f"/{ID1}")
+    a.poll_store()
+    b.poll_store()
+    second = b1.links[1]
+    assert [m for m in second.received] == ["m1", "m2"]  # unconfirmed: replayed in order
+    assert second.header("x-wspipe-replayed") == "2" and second.header("x-wspipe-seq") == "1"
+    again.send("m3")
+    assert second.received[-1] == "m3"
+
+
+def test_a_handover_that_does_not_come_starts_a_new_session(caplog):
+    store = MemoryStore()
+    a, b = fleet(store, "A", "B", resume_window=30, close_timeout=1.0)
+    shared_backend(a, b)
+    c = a.client(f"/{ID1}")
+    c.eof()
+    again = b.client(f"/{ID1}")  # A never polls (it is hung)
+    b.advance(1.0 + 2 * 1.0 + 1.0 - 0.01)
+    assert not again.accepted
+    b.advance(0.02)
+    assert again.accepted and "did not hand its session over" in caplog.text
+    assert store.holder(ID1, b.now) == "B" and b.proxy.stats.fleet_handovers_failed == 1
+    assert b.proxy.stats.client_resumes == 0  # a new session; A's stays parked till its end
+    assert a.proxy.pipes()[0].parked_until is not None
+
+
+@pytest.mark.parametrize("blob", [
+    b"not json", b"[" * 10, b'{"v": 1, "client_id": "other"}', b'{"v": 2}',
+    b'{"v":1,"client_id":"%s","session_id":"s","carried":1,"replaying":0,"delivery":"x",'
+    b'"next_seq":1,"to_backend":[],"to_client":[]}' % ID1.encode(),
+    b'{"v":1,"client_id":"%s","session_id":"s","carried":1,"replaying":0,'
+    b'"delivery":"at-most-once","next_seq":1,"to_backend":[[1,"b","!!"]],"to_client":[]}'
+    % ID1.encode(),
+    b"x" * (3 * 65536 + 65537)])
+def test_a_garbage_export_starts_a_new_session(caplog, blob):
+    store = MemoryStore()
+    a, b = fleet(store, "A", "B", resume_window=10, buffer_limit=65536,
+                 max_message_size=65536)
+    shared_backend(a, b)
+    c = a.client(f"/{ID1}")
+    c.eof()
+    again = b.client(f"/{ID1}")
+    assert not again.accepted
+    b.feed(HandoverArrived(ID1, blob))
+    assert again.accepted and "garbage" in caplog.text
+    assert b.proxy.stats.fleet_handovers_failed == 1
+
+
+def test_another_principal_cannot_take_a_parked_session_on_another_instance():
+    from wspipe_core import Accept, hookimpl
+
+    class Who:
+        @hookimpl
+        def wspipe_authenticate(self, request, client_id):
+            return Accept(principal=dict(request.headers).get("x-user"))
+
+    store = MemoryStore()
+    cfg = ProxyConfig(lease_ttl=6.0, resume_window=10)
+    a = Harness(cfg, instance="A", store=store, plugins=[Who()])
+    b = Harness(cfg, instance="B", store=store, plugins=[Who()])
+    shared_backend(a, b)
+    c = a.client(f"/{ID1}", headers=[("x-user", "alice")])
+    c.eof()
+    assert b.client(f"/{ID1}", headers=[("x-user", "mallory")]).status == 403
+    assert len(a.proxy.pipes()) == 1  # untouched
+
+
+def test_a_session_resumed_on_its_own_instance_is_no_longer_offered():
+    store = MemoryStore()
+    a, b = fleet(store, "A", "B", resume_window=10)
+    shared_backend(a, b)
+    c = a.client(f"/{ID1}")
+    c.eof()
+    assert ID1 in store.parked
+    assert a.client(f"/{ID1}").accepted
+    assert ID1 not in store.parked
+    assert b.client(f"/{ID1}").status == 409

@@ -12,10 +12,10 @@ from wsproto.events import Request
 from .. import actions as act
 from .. import events as ev
 from ..config import ProxyConfig
-from ..fleet import StoreAction, StoreHealth
 from ..hooks import make_plugin_manager
 from ..info import PipeInfo
 from ..proxy import Proxy
+from ..store import StoreAction, StoreHealth
 from .invariants import check_invariants
 from .peers import BackendLink, FakeBackend, FakeClient
 from .store import MemoryStore
@@ -80,6 +80,13 @@ class Harness:
         if self.proxy.fleet is not None:
             self.advance(0)  # a fleet publishes the registration
         return backend
+
+    def poll_store(self) -> None:
+        """Deliver what the store holds for this instance (handovers), as the driver's
+        poll does."""
+        assert self.store is not None and self.proxy.fleet is not None
+        for event in self.store.poll(self.proxy.fleet.instance):
+            self.feed(event)
 
     def sync_registry(self) -> None:
         """Deliver the store's registry to the proxy, as the driver's poll does."""

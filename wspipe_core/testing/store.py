@@ -14,16 +14,22 @@ from dataclasses import dataclass, field
 
 from ..actions import Action
 from ..events import Event
-from ..fleet import (
+from ..store import (
     ClaimResult,
+    HandoverArrived,
+    HandoverRequested,
     RegistryEntry,
     RegistrySnapshot,
     StoreClaim,
     StoreClaimed,
+    StoreHandoff,
+    StoreHandover,
+    StorePark,
     StorePublish,
     StoreRelease,
     StoreRenew,
     StoreSeed,
+    StoreUnpark,
 )
 
 
@@ -36,6 +42,27 @@ class MemoryStore:
     version: int = 0
     #: Answer nothing while set (a store that is down or a black hole).
     down: bool = False
+    #: Parked sessions: client id → (holder, principal, expiry).
+    parked: dict[str, tuple[str, str | None, float]] = field(default_factory=dict)
+    #: Handover requests waiting for their instance, and session exports for theirs.
+    inbox: dict[str, list[Event]] = field(default_factory=dict)
+    waiting: dict[str, set[str]] = field(default_factory=dict)
+    exports: dict[str, bytes] = field(default_factory=dict)
+
+    def poll(self, instance: str) -> list[Event]:
+        """What the driver's poll would deliver to ``instance`` now (handovers)."""
+        if self.down:
+            return []
+        events = self.inbox.pop(instance, [])
+        for client_id in sorted(self.waiting.get(instance, ())):
+            if client_id in self.exports:
+                self.waiting[instance].discard(client_id)
+                events.append(HandoverArrived(client_id, self.exports.pop(client_id)))
+        return events
+
+    def _parked(self, client_id: str, now: float) -> tuple[str, str | None] | None:
+        entry = self.parked.get(client_id)
+        return (entry[0], entry[1]) if entry is not None and entry[2] > now else None
 
     def holder(self, client_id: str, now: float) -> str | None:
         """Who holds a live lease on ``client_id`` at ``now``."""
@@ -57,12 +84,31 @@ class MemoryStore:
         if self.down:
             return []
         match action:
-            case StoreClaim(client_id, holder, ttl):
+            case StoreClaim(client_id, holder, ttl, steal):
                 current = self.holder(client_id, now)
+                parked = self._parked(client_id, now)
                 if current is not None and current != holder:
-                    return [StoreClaimed(client_id, ClaimResult.TAKEN, current)]
+                    if parked is None or parked[0] != current:
+                        return [StoreClaimed(client_id, ClaimResult.TAKEN, current)]
+                    if not steal:
+                        return [StoreClaimed(client_id, ClaimResult.PARKED, current, parked[1])]
+                    self.parked.pop(client_id, None)
                 self.leases[client_id] = (holder, now + ttl)
                 return [StoreClaimed(client_id, ClaimResult.OK)]
+            case StorePark(client_id, holder, principal, ttl):
+                if self.holder(client_id, now) == holder:
+                    self.parked[client_id] = (holder, principal, now + ttl)
+            case StoreUnpark(client_id, holder):
+                if (self._parked(client_id, now) or ("",))[0] == holder:
+                    del self.parked[client_id]
+            case StoreHandover(client_id, source, target):
+                self.inbox.setdefault(source, []).append(HandoverRequested(client_id, target))
+                self.waiting.setdefault(target, set()).add(client_id)
+            case StoreHandoff(client_id, holder, target, blob, ttl):
+                self.exports[client_id] = blob
+                if self.holder(client_id, now) == holder:
+                    self.leases[client_id] = (target, now + ttl)
+                self.parked.pop(client_id, None)
             case StoreRenew(client_ids, holder, ttl):
                 for client_id in client_ids:
                     if self.holder(client_id, now) in (None, holder):
@@ -70,6 +116,7 @@ class MemoryStore:
             case StoreRelease(client_id, holder):
                 if self.holder(client_id, now) == holder:
                     del self.leases[client_id]
+                    self.parked.pop(client_id, None)
             case StorePublish(entry):
                 self.registry[entry.url] = entry
                 self.version += 1
