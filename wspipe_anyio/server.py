@@ -42,8 +42,8 @@ from wspipe_core import (
 from wspipe_core import actions as act
 from wspipe_core import events as ev
 from wspipe_core.buffer import MemoryBudget
-from wspipe_core.fleet import StoreAction
 from wspipe_core.stats import Stats
+from wspipe_core.store import StoreAction
 
 from .connection import Channel
 from .metrics import Metrics

@@ -26,6 +26,12 @@ action and learns the answer from an event, never waiting on it.
 * **Members.** :class:`FleetMembers` says how many instances are alive; a drain's
   ``migrate_rate`` is for the fleet, so each instance moves ``migrate_rate / members``
   pipes a second.
+* **Handovers.** A parked session's lease is marked parked (:class:`StorePark`); a
+  claim that finds it ``PARKED`` elsewhere asks for it (:class:`StoreHandover`) and waits
+  ``handover_timeout``, then takes the lease and starts a new session; the holder
+  hands it over (:mod:`wspipe_core.handover`, :class:`StoreHandoff`).
+
+The actions and events are defined in :mod:`wspipe_core.store`.
 """
 
 from __future__ import annotations

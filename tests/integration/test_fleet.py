@@ -245,6 +245,45 @@ def test_redis_killed_and_restarted_under_streaming_clients(anyio_backend):
     assert "store unreachable" in a.log[0] and "fail open" in b.log[0]
 
 
+def test_a_client_that_drops_from_one_instance_resumes_its_session_through_another(
+        anyio_backend):
+    recorder = Recorder()
+    with redis_server() as redis, stopping([EchoBackend(recorder).start()]) as (b1,), \
+            instances(*[dict(name=n, store=redis.url, async_lib=anyio_backend,
+                             backends=[b1.url], args=["--resume-window", "20",
+                                                      "--delivery", "at-least-once"])
+                        for n in ("A", "B")]) as (a, b):
+        client_id = str(uuid.uuid4())
+        ws = open_client(f"{a.ws}/{client_id}")
+        for seq in range(5):
+            ws.send(f"0:{seq}")
+            assert ws.recv(timeout=5) == f"0:{seq}"
+        session = a.get("/pipes")[0]["session_id"]
+        ws.close_socket()  # a network blip: no Close
+        wait_for(lambda: a.get("/pipes")[0]["parked"], 5, "parked on A")
+        started = time.monotonic()
+        with open_client(f"{b.ws}/{client_id}") as again:
+            took = time.monotonic() - started
+            for seq in range(5, 10):
+                again.send(f"0:{seq}")
+                assert again.recv(timeout=5) == f"0:{seq}"
+            pipes = b.get("/pipes")
+            assert len(pipes) == 1 and pipes[0]["session_id"] == session
+            wait_for(lambda: a.get("/pipes") == [], 5, "A let go")
+            assert redis.command("GET", f"wspipe:lease:{client_id}") == b"B"
+            with b.http() as http:
+                text = http.get("/metrics").text
+            assert "wspipe_client_resumes_total 1.0" in text
+        assert took < 3.0, took
+        with recorder.lock:
+            delivered = [seq for link in sorted(recorder.links)
+                         for _, seq in recorder.links[link]]
+        assert delivered == list(range(10))  # every message once, in order, two links
+        assert len(recorder.links) == 2
+    assert "handing the parked session over to instance B" in a.log[0]
+    assert "taken over from another instance" in b.log[0]
+
+
 def test_a_store_that_stops_answering_never_blocks_the_relay(anyio_backend):
     recorder = Recorder()
     with redis_server() as redis, stopping([EchoBackend(recorder).start()]) as (b1,), \

@@ -46,7 +46,7 @@ from wspipe_core import (
     MigrationInfo,
     UnknownBackend,
 )
-from wspipe_core.fleet import StoreUnavailable
+from wspipe_core.store import StoreUnavailable
 
 from ..control import ProxyControl
 from ..logfmt import mask_url, mask_urls

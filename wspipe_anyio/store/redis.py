@@ -3,6 +3,9 @@
 Keys (all under ``prefix``, default ``wspipe:``):
 
 ``lease:<client id>``   the holder instance's id, ``PX lease_ttl``
+``parked:<client id>``  JSON ``{"instance", "principal"}`` while that session is parked
+``handover:<instance>`` list of handover requests for that instance (JSON, at most 1000)
+``export:<client id>``  a parked session's export on its way to another instance (30 s)
 ``registry``            hash: backend URL → JSON entry (``state``, ``weight``, ``migrate``)
 ``registry:version``    incremented with every registry change
 ``members``             sorted set: instance id → time of its last heartbeat (Redis's clock)
@@ -24,7 +27,7 @@ from typing import Any
 import coredis
 from coredis.retry import NoRetryPolicy
 
-from wspipe_core.fleet import ClaimResult, EntryState, RegistryEntry
+from wspipe_core.store import ClaimResult, EntryState, RegistryEntry
 
 from .address import StoreAddress
 
@@ -42,11 +45,60 @@ MAX_INSTANCES = 1000
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
 if cur == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {1, ''}
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return {1, '', ''}
 elseif cur == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, ''}
+  redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, '', ''}
 end
-return {0, cur}
+local parked = redis.call('GET', KEYS[2])
+if parked ~= false then
+  if ARGV[3] == '1' then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) redis.call('DEL', KEYS[2])
+    return {1, '', ''}
+  end
+  return {2, cur, parked}
+end
+return {0, cur, ''}
+"""
+_PARK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) return 1
+end
+return 0
+"""
+_UNPARK = """
+local parked = redis.call('GET', KEYS[1])
+if parked ~= false and cjson.decode(parked)['instance'] == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+_HANDOVER = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -1000, -1)
+redis.call('PEXPIRE', KEYS[1], 60000)
+return 1
+"""
+_HANDOFF = """
+redis.call('SET', KEYS[3], ARGV[3], 'PX', 30000)
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+_TAKE = """
+local v = redis.call('GET', KEYS[1])
+if v ~= false then redis.call('DEL', KEYS[1]) end
+return v
+"""
+_POP = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LPOP', KEYS[1])
+  if v == false then break end
+  out[i] = v
+end
+return out
 """
 _RENEW = """
 local lost = 0
@@ -59,7 +111,7 @@ end
 return lost
 """
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1], KEYS[2]) end
 return 0
 """
 _PUBLISH = """
@@ -147,13 +199,76 @@ class RedisStore:
 
     # -- leases
 
-    async def claim(self, client_id: str, holder: str, ttl: float) -> tuple[ClaimResult, str]:
-        """Take the lease unless another holder has it: (``OK``|``TAKEN``, holder)."""
-        ok, current = await self._eval(_CLAIM, [self._k("lease:" + client_id)],
-                                       [holder, _ms(ttl)])
+    async def claim(self, client_id: str, holder: str, ttl: float, *, steal: bool = False
+                    ) -> tuple[ClaimResult, str, str | None]:
+        """Take the lease unless another holder has it: (result, holder, principal).
+
+        ``PARKED``: the holder's session is parked (``steal`` takes it anyway).
+        """
+        ok, current, parked = await self._eval(
+            _CLAIM, [self._k("lease:" + client_id), self._k("parked:" + client_id)],
+            [holder, _ms(ttl), "1" if steal else "0"])
         if ok == 1:
-            return ClaimResult.OK, ""
-        return ClaimResult.TAKEN, str(current)[:200]
+            return ClaimResult.OK, "", None
+        if ok == 2:
+            try:
+                data = json.loads(parked) if len(parked) <= MAX_VALUE else None
+            except ValueError:
+                data = None
+            principal = data.get("principal") if isinstance(data, dict) else None
+            if not isinstance(data, dict) or not (principal is None or isinstance(principal, str)):
+                self.garbage += 1
+                log.warning("store: parked entry of client id %.60r is garbage: taken", client_id)
+                return ClaimResult.TAKEN, str(current)[:200], None
+            return ClaimResult.PARKED, str(current)[:200], principal
+        return ClaimResult.TAKEN, str(current)[:200], None
+
+    async def park(self, client_id: str, holder: str, principal: str | None,
+                   ttl: float) -> None:
+        """Mark ``holder``'s session of ``client_id`` parked for ``ttl`` seconds."""
+        value = json.dumps({"instance": holder, "principal": principal})
+        await self._eval(_PARK, [self._k("lease:" + client_id), self._k("parked:" + client_id)],
+                         [holder, value, _ms(ttl)])
+
+    async def unpark(self, client_id: str, holder: str) -> None:
+        """The session is no longer parked (if it was ``holder``'s)."""
+        await self._eval(_UNPARK, [self._k("parked:" + client_id)], [holder])
+
+    async def handover(self, client_id: str, source: str, target: str) -> None:
+        """Ask ``source`` for its parked session of ``client_id``, for ``target``."""
+        request = json.dumps({"client_id": client_id, "target": target})
+        await self._eval(_HANDOVER, [self._k("handover:" + source)], [request])
+
+    async def handoff(self, client_id: str, holder: str, target: str, blob: bytes,
+                      ttl: float) -> None:
+        """Write the session's export for ``target`` and move the lease to it."""
+        await self._eval(_HANDOFF, [self._k("lease:" + client_id),
+                                    self._k("parked:" + client_id),
+                                    self._k("export:" + client_id)],
+                         [holder, target, blob.decode("utf-8"), _ms(ttl)])
+
+    async def handovers(self, instance: str, count: int = 100) -> list[tuple[str, str]]:
+        """Take up to ``count`` handover requests for ``instance``: (client id, target)."""
+        raw = await self._eval(_POP, [self._k("handover:" + instance)], [count])
+        out = []
+        for item in raw or ():
+            try:
+                data = json.loads(item) if len(item) <= MAX_VALUE else None
+            except (TypeError, ValueError):
+                data = None
+            if (isinstance(data, dict) and isinstance(data.get("client_id"), str)
+                    and isinstance(data.get("target"), str)):
+                out.append((data["client_id"][:MAX_URL], data["target"][:200]))
+            else:
+                self.garbage += 1
+                log.warning("store: handover request %.100r ignored: not "
+                            '{"client_id", "target"}', item)
+        return out
+
+    async def take_export(self, client_id: str) -> bytes | None:
+        """The export of ``client_id``'s session, removed from the store, if it is there."""
+        value = await self._eval(_TAKE, [self._k("export:" + client_id)], [])
+        return value.encode("utf-8") if isinstance(value, str) else None
 
     async def renew(self, client_ids: Sequence[str], holder: str, ttl: float) -> int:
         """Extend (or write back) these leases; how many another holder has now."""
@@ -163,7 +278,8 @@ class RedisStore:
 
     async def release(self, client_id: str, holder: str) -> None:
         """Delete the lease if ``holder`` still holds it."""
-        await self._eval(_RELEASE, [self._k("lease:" + client_id)], [holder])
+        await self._eval(_RELEASE, [self._k("lease:" + client_id),
+                                    self._k("parked:" + client_id)], [holder])
 
     async def holder(self, client_id: str) -> str | None:
         """Who holds the lease of ``client_id`` (tests, ``GET /fleet``)."""

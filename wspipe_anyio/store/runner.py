@@ -20,18 +20,24 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from wspipe_core.events import Event
-from wspipe_core.fleet import (
+from wspipe_core.store import (
     ClaimResult,
     FleetMembers,
+    HandoverArrived,
+    HandoverRequested,
     RegistrySnapshot,
     StoreAction,
     StoreClaim,
     StoreClaimed,
+    StoreHandoff,
+    StoreHandover,
     StoreHealth,
+    StorePark,
     StorePublish,
     StoreRelease,
     StoreRenew,
     StoreSeed,
+    StoreUnpark,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +47,9 @@ log = logging.getLogger("wspipe")
 
 #: Store actions waiting to be executed, at most.
 QUEUE_SIZE = 4096
+#: Session exports this instance waits for, at most, and for how long.
+MAX_AWAITED = 10_000
+AWAIT_FOR = 30.0
 
 
 class StoreRunner:
@@ -83,7 +92,8 @@ class StoreRunner:
         self._viewed = float("-inf")
         self._version: int | None = None
         self._reload = True
-        self._idle = anyio.Event()
+        #: Client ids whose session export this instance asked for, and until when.
+        self._awaited: dict[str, float] = {}
 
     def submit(self, action: StoreAction) -> None:
         """Queue ``action`` (from the synchronous dispatch; never blocks)."""
@@ -123,9 +133,20 @@ class StoreRunner:
     async def _execute(self, action: StoreAction) -> None:
         store = self.store
         match action:
-            case StoreClaim(client_id, holder, ttl):
-                result, current = await store.claim(client_id, holder, ttl)
-                self._feed(StoreClaimed(client_id, result, current))
+            case StoreClaim(client_id, holder, ttl, steal):
+                result, current, principal = await store.claim(client_id, holder, ttl,
+                                                               steal=steal)
+                self._feed(StoreClaimed(client_id, result, current, principal))
+            case StorePark(client_id, holder, principal, ttl):
+                await store.park(client_id, holder, principal, ttl)
+            case StoreUnpark(client_id, holder):
+                await store.unpark(client_id, holder)
+            case StoreHandover(client_id, source, target):
+                if len(self._awaited) < MAX_AWAITED:
+                    self._awaited[client_id] = anyio.current_time() + AWAIT_FOR
+                await store.handover(client_id, source, target)
+            case StoreHandoff(client_id, holder, target, blob, ttl):
+                await store.handoff(client_id, holder, target, blob, ttl)
             case StoreRenew(client_ids, holder, ttl):
                 lost = await store.renew(client_ids, holder, ttl)
                 if lost:
@@ -166,6 +187,16 @@ class StoreRunner:
         if now - self._viewed >= self.view_every:
             self._viewed = now
             self.instances = await self.store.instances()
+        for client_id, target in await self.store.handovers(self.instance):
+            self._feed(HandoverRequested(client_id, target))
+        for client_id, until in list(self._awaited.items()):
+            if now > until:
+                del self._awaited[client_id]
+                continue
+            blob = await self.store.take_export(client_id)
+            if blob is not None:
+                del self._awaited[client_id]
+                self._feed(HandoverArrived(client_id, blob))
         if self._reload or version != self._version or version < 0:
             self._reload = False
             entries = await self.store.registry()
