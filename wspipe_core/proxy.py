@@ -169,15 +169,17 @@ class Proxy:
         flow = self._flow
         if flow.budget_freed:
             self._sessions.wake_budget_waiters(now)
-        sessions = self._sessions
-        if self.fleet is not None and (self.fleet.handing or sessions.parking):
-            self._fleet_sessions(now)
-        freed = sessions.freed
-        if freed:
-            if self.fleet is not None:
-                self.fleet.released(freed, flow.out)
-            freed.clear()
-        sessions.parking.clear()
+        sessions, fleet = self._sessions, self.fleet
+        if fleet is not None and fleet.handing:
+            self._handovers(fleet, now)
+        if sessions.parking:
+            if fleet is not None:
+                fleet.parked(sessions.parking, flow.out)
+            sessions.parking.clear()
+        if sessions.freed:
+            if fleet is not None:
+                fleet.released(sessions.freed, flow.out)
+            sessions.freed.clear()
         if self.pool.changed or self._timers.touched:
             self._reschedule()
         out = flow.out
@@ -439,15 +441,12 @@ class Proxy:
                      " (migrating its pipes)" if migrate else "")
             self._drain(self.pool.get(backend_id), migrate, now)
 
-    def _fleet_sessions(self, now: float) -> None:
-        fleet, sessions = self.fleet, self._sessions
-        assert fleet is not None
+    def _handovers(self, fleet: Fleet, now: float) -> None:
+        sessions = self._sessions
         for pipe, target in list(fleet.handing.items()):
             if sessions.link_closed(pipe):
                 fleet.handed(pipe, pipe.client_id, target, sessions.handed(pipe, target, now),
                              self._flow.out)
-        if sessions.parking:
-            fleet.parked(sessions.parking, self._flow.out)
 
     def _on_handover_requested(self, event: HandoverRequested, now: float) -> None:
         if self.fleet is None:

@@ -17,7 +17,6 @@ import sys
 import time
 import uuid
 
-import pytest
 from fleet import (
     TOKEN,
     Instance,
@@ -319,23 +318,30 @@ def test_a_store_that_stops_answering_never_blocks_the_relay(anyio_backend):
         "the store did not answer" in a.log[0]
 
 
-@pytest.mark.parametrize("garbage", ["not json", '{"state": "up", "weight": "heavy"}',
-                                     '["up"]', "x" * 5000])
-def test_garbage_in_the_registry_is_logged_and_ignored(anyio_backend, garbage):
+GARBAGE = ["not json", '{"state": "up", "weight": "heavy"}', '["up"]', "x" * 5000,
+           '{"state": "gone"}', '{"state": "up", "migrate": "yes"}']
+
+
+def test_garbage_in_the_registry_is_logged_and_ignored(anyio_backend):
     recorder = Recorder()
     with redis_server() as redis, stopping([EchoBackend(recorder).start(),
                                             EchoBackend(recorder).start()]) as (b1, b2), \
             instances(dict(name="A", store=redis.url, async_lib=anyio_backend,
                            backends=[b1.url])) as (a,):
-        redis.command("HSET", "wspipe:registry", "ws://127.0.0.1:1/bad", garbage)
+        for i, garbage in enumerate(GARBAGE):
+            redis.command("HSET", "wspipe:registry", f"ws://127.0.0.1:1/bad{i}", garbage)
         redis.command("HSET", "wspipe:registry", b2.url, '{"state":"up","weight":1}')
         redis.command("INCR", "wspipe:registry:version")
         wait_for(lambda: len(a.get("/backends")) == 2, 3, "the good entry applied")
-        assert "ws://127.0.0.1:1/bad" not in [x["url"] for x in a.get("/backends")]
+        assert [x["url"] for x in a.get("/backends")] == [b1.url, b2.url]
         with open_client(f"{a.ws}/{uuid.uuid4()}") as ws:
             ws.send("903:0")
             assert ws.recv(timeout=5) == "903:0"
-    assert "registry entry 'ws://127.0.0.1:1/bad' ignored" in a.log[0]
+        with a.http() as http:
+            text = http.get("/metrics").text
+        assert f"wspipe_fleet_store_garbage_total {float(len(GARBAGE))}" in text
+    for i in range(len(GARBAGE)):
+        assert f"registry entry 'ws://127.0.0.1:1/bad{i}' ignored" in a.log[0]
 
 
 def test_workers_share_the_port_and_the_store_and_a_killed_one_is_started_again(
