@@ -134,6 +134,9 @@ def test_migrate_rate_is_a_core_key_that_works_without_admin(tmp_path: Path) -> 
     ([], "max_connections = 'many'", "max_connections"),
     ([], "listen = 8080", "listen must be HOST:PORT"),
     ([], "plugins = [1]", "'plugins' must be a list"),
+    (["--backend-allow", "10.0.0.0/8", "--backend", "ws://evil.example/"], None,
+     "host 'evil.example' is not on backend_allow"),
+    (["--backend-allow", "10.0.0.0/33"], None, "backend_allow: '10.0.0.0/33'"),
 ])
 def test_bad_input_exits_2_with_one_line(
     argv: list[str], config: str | None, message: str, tmp_path: Path,

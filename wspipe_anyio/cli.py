@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--subprotocol", dest="subprotocols", action="append", metavar="NAME",
         help="a subprotocol clients may ask for, repeatable (default: any, the backend "
              "chooses)")
+    add("--backend-allow", dest="backend_allow", action="append", metavar="HOST|CIDR",
+        help="a host name (*.domain for names below it), address or network backend URLs "
+             "may point at, repeatable (default: any)")
     add("--max-pending-per-peer", type=int, metavar="N",
         help="upgrade requests in progress from one address before its oldest gets 408 (64)")
     add("--max-pending-handshakes", type=int, metavar="N",

@@ -90,6 +90,7 @@ class ProxyControl(Protocol):
         """Register a backend; pipes waiting for one retry now.
 
         :raises InvalidBackendURL: Not a ``ws://``/``wss://`` URL, or a bad weight.
+        :raises BackendNotAllowed: Its host is not on ``backend_allow``.
         :raises BackendAlreadyRegistered: The URL is in the pool already.
         """
         ...

@@ -13,6 +13,7 @@ from .config import ProxyConfig
 from .errors import (
     BackendAlreadyRegistered,
     BackendError,
+    BackendNotAllowed,
     ConfigError,
     InvalidBackendURL,
     UnknownBackend,
@@ -45,6 +46,7 @@ __all__ = [
     "BackendError",
     "BackendHealth",
     "BackendInfo",
+    "BackendNotAllowed",
     "BackendRequest",
     "BackendState",
     "BufferFullAction",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .allowlist import BackendAllowList
 from .codes import Delivery
 from .errors import ConfigError
 
@@ -28,6 +29,9 @@ class ProxyConfig:
 
     #: Backend URLs registered at start-up.
     backends: tuple[str, ...] = ()
+    #: Hosts backend URLs may point at: names (``*.internal`` for any name below one),
+    #: addresses or CIDR networks (:mod:`wspipe_core.allowlist`); empty allows any.
+    backend_allow: tuple[str, ...] = ()
     #: Open pipes beyond which new clients get HTTP 503.
     max_connections: int = 10_000
     #: Per-pipe limit on buffered plus in-progress client message bytes.
@@ -183,7 +187,7 @@ class ProxyConfig:
             raise ConfigError("buffer_limit must not exceed memory_budget")
         if self.max_errors is not None and self.max_errors <= 0:
             raise ConfigError(f"max_errors must be a positive integer, got {self.max_errors!r}")
-        for name in ("backends", "subprotocols", "forward_headers"):
+        for name in ("backends", "backend_allow", "subprotocols", "forward_headers"):
             # A bare string would be searched by substring ("chat" allows "ha").
             value = getattr(self, name)
             if value is None and name == "subprotocols":
@@ -191,6 +195,7 @@ class ProxyConfig:
             if (not isinstance(value, tuple | list)
                     or not all(isinstance(item, str) for item in value)):
                 raise ConfigError(f"{name} must be a list of strings, got {value!r}")
+        BackendAllowList.parse(self.backend_allow)
         if not isinstance(self.interruption_codes, frozenset | set):
             raise ConfigError(
                 f"interruption_codes must be a set of close codes, got {self.interruption_codes!r}")

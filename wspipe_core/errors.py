@@ -23,6 +23,10 @@ class InvalidBackendURL(BackendError):
     """The URL is not a valid ``ws://`` or ``wss://`` URL."""
 
 
+class BackendNotAllowed(BackendError):
+    """The URL's host is not on the ``backend_allow`` list."""
+
+
 class BackendAlreadyRegistered(BackendError):
     """The URL is already in the pool."""
 

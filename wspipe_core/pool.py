@@ -8,8 +8,9 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from .allowlist import BackendAllowList
 from .config import ProxyConfig
-from .errors import BackendAlreadyRegistered, InvalidBackendURL, UnknownBackend
+from .errors import BackendAlreadyRegistered, BackendNotAllowed, InvalidBackendURL, UnknownBackend
 from .info import BackendInfo, BackendState
 
 log = logging.getLogger("wspipe.pool")
@@ -89,6 +90,7 @@ class Pool:
 
     def __init__(self, config: ProxyConfig) -> None:
         self._config = config
+        self._allow = BackendAllowList.parse(config.backend_allow)
         self._backends: dict[str, Backend] = {}
         self._next_id = 1
         #: Set when an ejection starts or ends: the owner re-reads :meth:`next_deadline`.
@@ -101,8 +103,16 @@ class Pool:
         return len(self._backends)
 
     def add(self, url: str, weight: float = 1.0) -> Backend:
-        """Register ``url``; registering a URL twice is an error (as in the original)."""
+        """Register ``url``; registering a URL twice is an error (as in the original).
+
+        :raises InvalidBackendURL: not a backend URL, or a bad weight.
+        :raises BackendNotAllowed: its host is not on ``backend_allow``.
+        :raises BackendAlreadyRegistered: it points where a registered backend does.
+        """
         address = parse_backend_url(url)
+        if not self._allow.allows(address.host):
+            raise BackendNotAllowed(
+                f"backend {url}: host {address.host!r} is not on backend_allow")
         if (not isinstance(weight, int | float) or isinstance(weight, bool)
                 or not math.isfinite(weight) or weight <= 0):
             raise InvalidBackendURL(

@@ -200,6 +200,7 @@ class Proxy:
         """Register a backend (``AddConnectionToPool``); pipes waiting for one retry now.
 
         :raises InvalidBackendURL: not a ``ws://``/``wss://`` URL, or a bad weight.
+        :raises BackendNotAllowed: its host is not on ``backend_allow``.
         :raises BackendAlreadyRegistered: the URL is in the pool already.
         :raises StoreUnavailable: in a fleet, the store is unreachable (fail closed).
         """

@@ -8,7 +8,9 @@ import pytest
 
 from wspipe_core import (
     BackendAlreadyRegistered,
+    BackendNotAllowed,
     BackendState,
+    ConfigError,
     InvalidBackendURL,
     PipeState,
     ProxyConfig,
@@ -230,3 +232,41 @@ def test_cool_down_ends_on_time_with_no_traffic_so_readiness_recovers():
     assert h.proxy.next_deadline() is None
 
 
+
+
+@pytest.mark.parametrize(("allow", "host", "allowed"), [
+    ((), "anything.example", True),
+    (("10.0.0.0/8",), "10.1.2.3", True),
+    (("10.0.0.0/8",), "11.1.2.3", False),
+    (("10.0.0.0/8",), "ten.internal", False),  # a network never admits a name
+    (("127.0.0.1",), "127.0.0.1", True),
+    (("fd00::/8",), "fd12::1", True),
+    (("fd00::/8",), "fe80::1", False),
+    (("*.internal",), "api.internal", True),
+    (("*.internal",), "a.b.internal", True),
+    (("*.internal",), "internal", False),
+    (("*.internal",), "evilinternal", False),
+    (("API.Internal",), "api.internal", True),
+    (("api.internal",), "api.internal.evil.example", False),
+])
+def test_backend_allow_decides_by_the_urls_host(allow, host, allowed):
+    h = harness(backend_allow=allow)
+    url = f"ws://{'[' + host + ']' if ':' in host else host}:8000/"
+    if allowed:
+        assert h.proxy.add_backend(url, now=h.now).url == url
+    else:
+        with pytest.raises(BackendNotAllowed, match="not on backend_allow"):
+            h.proxy.add_backend(url, now=h.now)
+        assert all(b.url != url for b in h.proxy.backends())
+
+
+def test_a_config_backend_off_the_allow_list_is_refused_at_start():
+    with pytest.raises(BackendNotAllowed, match=r"'evil\.example'"):
+        harness(backends=("ws://10.0.0.1/", "ws://evil.example/"), backend_allow=("10.0.0.0/8",))
+
+
+@pytest.mark.parametrize("entry", ["", "10.0.0.0/33", "10.0.0.1/8/9", "bad host", "*.", "a..b",
+                                   "::zz", "-" * 64])
+def test_bad_backend_allow_entries_are_config_errors(entry):
+    with pytest.raises(ConfigError, match="backend_allow"):
+        ProxyConfig(backend_allow=(entry,))

@@ -47,12 +47,12 @@ def bearer(token: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def proxy_and_admin(tmp_path: Path, backends: list[str], *, token: str | None = None,
-                          **admin_kwargs: Any
+                          backend_allow: tuple[str, ...] = (), **admin_kwargs: Any
                           ) -> AsyncIterator[tuple[ProxyServer, AdminServer, httpx.AsyncClient]]:
     """A proxy and its admin API; without ``token`` the admin generates one into
     ``tmp_path``. The HTTP client sends no token by itself."""
     config = ProxyConfig(backends=tuple(backends), ping_interval=0, backoff_base=0.05,
-                         migrate_rate=100)
+                         migrate_rate=100, backend_allow=backend_allow)
     server = ProxyServer(config, listen=[("127.0.0.1", 0)], shutdown_grace=2.0,
                          close_linger=0.5)
     tmp_path.chmod(0o700)
@@ -210,6 +210,35 @@ async def test_a_foreign_host_can_neither_read_the_pipes_nor_migrate_them(
     assert any(line.startswith("admin DELETE /backends/b1 from 127.0.0.1 -> 421: Host "
                                f"'evil.example:{port}' is not a name") for line in lines)
     assert TOKEN not in caplog.text
+
+
+async def test_a_token_holder_cannot_register_a_backend_off_the_allow_list(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="wspipe")
+    recorder = Recorder()
+    with anyio.fail_after(30), stopping([EchoBackend(recorder).start()]) as (b1,):
+        async with proxy_and_admin(tmp_path, [b1.url], token=TOKEN,
+                                   backend_allow=("127.0.0.0/8", "*.internal")
+                                   ) as (server, _, http):
+            ws = await connect_client(server)
+            assert await echo(ws, "1:0") == "1:0"
+            for url in (f"ws://evil.example:{b1.port}/?token={SECRET}",
+                        f"ws://[::1]:{b1.port}/", "ws://internal/",
+                        f"ws://localhost:{b1.port}/"):  # a name, not the network's address
+                r = await http.post("/backends", json={"url": url}, headers=bearer(TOKEN))
+                assert r.status_code == 403, url
+                assert "is not on backend_allow" in r.json()["detail"]
+                assert SECRET not in r.text
+            assert [b.id for b in server.backends()] == ["b1"]
+            r = await http.post("/backends", json={"url": "ws://api.internal:9/"},
+                                headers=bearer(TOKEN))
+            assert r.status_code == 201
+            assert await echo(ws, "1:1") == "1:1"  # the session never noticed
+            assert len(recorder.links) == 1
+            await anyio.to_thread.run_sync(ws.close)
+    refused = [line for line in refusals(caplog) if line.startswith("admin: backend refused")]
+    assert len(refused) == 4 and "host 'evil.example' is not on backend_allow" in refused[0]
+    assert SECRET not in caplog.text
 
 
 async def test_a_request_without_host_is_refused_but_a_probe_is_not(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from urllib.parse import parse_qsl
 from wspipe_core import (
     BackendAlreadyRegistered,
     BackendInfo,
+    BackendNotAllowed,
     BackendState,
     InvalidBackendURL,
     MigrationInfo,
@@ -256,6 +257,9 @@ class AdminRoutes:
             info = self.control.add_backend(url, weight=weight)
         except InvalidBackendURL as exc:
             raise error(400, _masked(str(exc), url)) from None
+        except BackendNotAllowed as exc:
+            log.warning("admin: backend refused: %s", _masked(str(exc), url))
+            raise error(403, _masked(str(exc), url)) from None
         except BackendAlreadyRegistered as exc:
             raise error(409, _masked(str(exc), url)) from None
         except StoreUnavailable as exc:
