@@ -397,3 +397,12 @@ def test_a_session_resumed_on_its_own_instance_is_no_longer_offered():
     assert a.client(f"/{ID1}").accepted
     assert ID1 not in store.parked
     assert b.client(f"/{ID1}").status == 409
+
+
+def test_a_registry_entry_off_this_instances_backend_allow_list_is_refused(caplog):
+    store = MemoryStore()
+    (a,) = fleet(store, "A", backend_allow=("10.0.0.0/8",))
+    a.feed(RegistrySnapshot(1, (RegistryEntry("ws://evil.example/", EntryState.UP),
+                                RegistryEntry("ws://10.0.0.7/", EntryState.UP))))
+    assert [x.url for x in a.proxy.backends()] == ["ws://10.0.0.7/"]
+    assert a.proxy.stats.fleet_registry_rejected == 1 and "backend_allow" in caplog.text
