@@ -29,18 +29,20 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 class RedisServer:
     """A ``redis-server`` process on 127.0.0.1 that the test owns."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def __init__(self, password: str | None = None) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.password = password
+
     def start(self, timeout: float = 10) -> RedisServer:
+        auth = ["--requirepass", self.password] if self.password else []
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes"],
+             "--appendonly", "no", "--protected-mode", "yes", *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -55,9 +57,21 @@ class RedisServer:
         """Send one command (RESP) and return the first line of the answer."""
         payload = f"*{len(words)}\r\n" + "".join(f"${len(w.encode())}\r\n{w}\r\n"
                                                   for w in words)
+        if self.password:
+            auth = f"*2\r\n$4\r\nAUTH\r\n${len(self.password)}\r\n{self.password}\r\n"
+            payload = auth + payload
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
             sock.sendall(payload.encode())
             data = b""
+            if self.password:  # skip the +OK of AUTH
+                while not data.startswith(b"+OK\r\n") or len(data) < 5:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                    if data.startswith(b"-"):
+                        return data.split(b"\r\n", 1)[0]
+                data = data[5:]
             while b"\r\n" not in data:
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -90,8 +104,8 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
+def redis_server(password: str | None = None) -> Iterator[RedisServer]:
+    server = RedisServer(password).start()
     try:
         yield server
     finally:
@@ -123,7 +137,7 @@ class Instance:
 
 
 def start_instance(name: str, store: str, async_lib: str, *, backends: Sequence[str] = (),
-                   args: Sequence[str] = ()) -> Instance:
+                   args: Sequence[str] = (), env: dict[str, str] | None = None) -> Instance:
     port, admin_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "wspipe_anyio", "serve", "--listen", f"127.0.0.1:{port}",
            "--admin", f"127.0.0.1:{admin_port}", "--store", store, "--instance-id", name,
@@ -132,7 +146,7 @@ def start_instance(name: str, store: str, async_lib: str, *, backends: Sequence[
     for backend in backends:
         cmd += ["--backend", backend]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "WSPIPE_ADMIN_TOKEN": TOKEN})
+                            env={**os.environ, "WSPIPE_ADMIN_TOKEN": TOKEN, **(env or {})})
     instance = Instance(name, proc, port, f"http://127.0.0.1:{admin_port}")
     wait_healthy(instance.admin, proc, timeout=20)
     return instance

@@ -148,6 +148,10 @@ def test_a_backend_registered_on_one_instance_reaches_clients_of_another(anyio_b
             ws.send("901:0")
             assert ws.recv(timeout=5) == "901:0"
         assert recorder.total == 1
+        # An instance that starts later loads the registry.
+        with instances(dict(name="C", store=redis.url, async_lib=anyio_backend)) as (c,):
+            wait_for(lambda: [x["url"] for x in c.get("/backends")] == [b1.url], 3,
+                     "C loaded the registry")
 
 
 def test_drain_with_migrate_on_one_instance_moves_the_pipes_of_all_at_the_fleet_rate(
@@ -391,6 +395,21 @@ def test_workers_share_the_port_and_the_store_and_a_killed_one_is_started_again(
         assert "worker 1 (pid" in err and "starting it again" in err
 
 
+def test_the_store_password_comes_from_the_environment_and_is_never_logged(anyio_backend):
+    secret = "s3cret-store-pw"
+    recorder = Recorder()
+    with redis_server(password=secret) as redis, \
+            stopping([EchoBackend(recorder).start()]) as (b1,), \
+            instances(dict(name="A", store=redis.url, async_lib=anyio_backend,
+                           backends=[b1.url], args=["--log-level", "debug"],
+                           env={"WSPIPE_STORE_PASSWORD": secret})) as (a,):
+        client_id = str(uuid.uuid4())
+        with open_client(f"{a.ws}/{client_id}"):
+            assert redis.command("GET", f"wspipe:lease:{client_id}") == b"A"
+        assert a.get("/fleet")["store"] == "up"
+    assert a.log[0] and secret not in a.log[0]
+
+
 def test_workers_need_a_store_and_say_so(anyio_backend):
     done = subprocess.run([sys.executable, "-m", "wspipe_anyio", "serve", "--workers", "2",
                            "--async-lib", anyio_backend], capture_output=True, text=True,
@@ -398,4 +417,15 @@ def test_workers_need_a_store_and_say_so(anyio_backend):
     assert done.returncode == 2
     assert done.stderr == ("wspipe: error: --workers needs --store: the workers share "
                            "client-id leases and the pool registry through it\n")
+    env = {k: v for k, v in os.environ.items() if k != "WSPIPE_ADMIN_TOKEN"}
+    done = subprocess.run([sys.executable, "-m", "wspipe_anyio", "serve", "--workers", "2",
+                           "--store", "redis://127.0.0.1:1/0", "--admin", "127.0.0.1:0",
+                           "--async-lib", anyio_backend], capture_output=True, text=True,
+                          timeout=30, check=False, env=env)
+    assert done.returncode == 2 and "--workers with --admin needs a token" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "wspipe_anyio", "serve", "--store",
+                           "http://:pw-in-url@127.0.0.1/0"], capture_output=True, text=True,
+                          timeout=30, check=False)
+    assert done.returncode == 2 and "redis:// or rediss://" in done.stderr
+    assert "pw-in-url" not in done.stderr and "***" in done.stderr
 
