@@ -252,6 +252,10 @@ class Fleet:
         conn = self._by_client_id.get(event.client_id)
         claim = self._claims.get(conn) if conn is not None else None
         if conn is None or claim is None or claim.handover_from is None:
+            log.warning("client id %s: its session arrived after its client left: the "
+                        "session ends", event.client_id)
+            self.stats.fleet_handovers_failed += 1
+            out.append(StoreRelease(event.client_id, self.instance))
             return None
         self._drop(conn)
         up = claim.upgrade
@@ -268,6 +272,11 @@ class Fleet:
             return up
         self.stats.fleet_handovers_in += 1
         return up, state
+
+    def leaving(self, client_id: str) -> bool:
+        """Whether the session of ``client_id`` is being handed to another instance (a
+        connection here meanwhile gets 409, as for a live session)."""
+        return bool(self.handing) and any(p.client_id == client_id for p in self.handing)
 
     def requested(self, pipe: Any, target: str) -> None:
         """``pipe`` (parked here) is being handed over to ``target``."""

@@ -37,7 +37,7 @@ from .fleet import (
     StoreHealth,
 )
 from .flow import Flow
-from .handshake import Handshakes, PendingClient
+from .handshake import Claim, Handshakes, PendingClient
 from .health import BackendHealth, HealthChecks
 from .hooks import Hooks, make_plugin_manager
 from .info import BackendInfo, BackendState, MigrationInfo, PipeInfo, PipeState
@@ -349,7 +349,9 @@ class Proxy:
         upgrade = self._handshakes.admit(
             client, *received, pipes=len(sessions.by_id) + (len(fleet) if fleet else 0),
             shutting_down=self._shutting_down,
-            claim=lambda client_id: sessions.claim(client_id, now))
+            claim=lambda client_id: (
+                (Claim.BUSY, None) if fleet is not None and fleet.leaving(client_id)
+                else sessions.claim(client_id, now)))
         if upgrade is None:
             return
         if fleet is not None and not upgrade.resumes:

@@ -406,3 +406,49 @@ def test_a_registry_entry_off_this_instances_backend_allow_list_is_refused(caplo
                                 RegistryEntry("ws://10.0.0.7/", EntryState.UP))))
     assert [x.url for x in a.proxy.backends()] == ["ws://10.0.0.7/"]
     assert a.proxy.stats.fleet_registry_rejected == 1 and "backend_allow" in caplog.text
+
+
+def test_a_connection_on_the_instance_handing_a_session_over_gets_409():
+    store = MemoryStore()
+    a, b = fleet(store, "A", "B", resume_window=10)
+    b1 = shared_backend(a, b)
+    c = a.client(f"/{ID1}")
+    c.eof()
+    b.client(f"/{ID1}")
+    with b1.links[0].holding():
+        a.poll_store()  # handing over: the link is closing
+    assert a.client(f"/{ID1}").status == 409
+
+
+def test_a_session_that_arrives_after_its_client_left_ends_and_gives_the_lease_back(caplog):
+    store = MemoryStore()
+    a, b = fleet(store, "A", "B", resume_window=10)
+    shared_backend(a, b)
+    c = a.client(f"/{ID1}")
+    c.eof()
+    again = b.client(f"/{ID1}")
+    a.poll_store()
+    again.eof()  # gone before the export arrives
+    b.poll_store()
+    assert store.holder(ID1, b.now) is None and "arrived after its client left" in caplog.text
+    assert b.proxy.pipes() == [] and b.proxy.stats.fleet_handovers_failed == 1
+
+
+def test_a_url_registered_again_while_still_draining_here_is_added_once_it_has_left():
+    store = MemoryStore()
+    (a,) = fleet(store, "A")
+    b1 = a.backend("ws://b1/")
+    a.backend("ws://b2/")
+    c = a.client(f"/{ID1}")
+    assert a.pipe(c).backend_id == "b1"
+    a.feed(RegistrySnapshot(5, (RegistryEntry("ws://b1/", EntryState.DRAINING),)))
+    snapshot = RegistrySnapshot(6, (RegistryEntry("ws://b1/", EntryState.UP),))
+    a.feed(snapshot)  # still draining here (it has a pipe): nothing yet
+    assert a.proxy.backends()[0].state.value == "draining"
+    c.close_ws(1000)
+    a.advance(1)
+    assert "ws://b1/" not in [x.url for x in a.proxy.backends()]
+    a.feed(snapshot)  # the same registry read again (the driver reloads it every 2 s)
+    assert [x.url for x in a.proxy.backends() if x.state.value == "up"] == ["ws://b2/",
+                                                                            "ws://b1/"]
+    assert b1 is a.backends["ws://b1/"]

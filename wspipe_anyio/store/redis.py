@@ -173,8 +173,10 @@ class RedisStore:
     def __init__(self, address: StoreAddress, *, prefix: str = "wspipe:",
                  timeout: float = 1.0) -> None:
         self.prefix = prefix
-        #: Garbage read from the store (entries or descriptions that failed validation).
+        #: Garbage read from the store (entries or descriptions that failed validation);
+        #: a registry entry counts (and is logged) once until its value changes.
         self.garbage = 0
+        self._bad: dict[str, str] = {}
         context = ssl.create_default_context() if address.tls else None
         self._client: coredis.Redis[str] = coredis.Redis(
             host=address.host, port=address.port, db=address.db, username=address.username,
@@ -312,12 +314,16 @@ class RedisStore:
                         MAX_ENTRIES)
             return ()
         out = []
+        bad: dict[str, str] = {}
         for url, value in raw.items():
             try:
                 out.append(parse_entry(url, value))
             except ValueError as exc:  # (json.JSONDecodeError is one)
-                self.garbage += 1
-                log.warning("store: registry entry %.100r ignored: %s", url, exc)
+                bad[url] = value
+                if self._bad.get(url) != value:
+                    self.garbage += 1
+                    log.warning("store: registry entry %.100r ignored: %s", url, exc)
+        self._bad = bad
         return tuple(out)
 
     # -- members

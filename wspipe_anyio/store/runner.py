@@ -90,6 +90,11 @@ class StoreRunner:
         self.instances: list[dict[str, Any]] = []
         self.view_every = 1.0
         self._viewed = float("-inf")
+        #: The registry is read whole this often even when its version did not move (a
+        #: change a pool could not take yet, such as re-adding a URL still draining here,
+        #: applies once it can).
+        self.reload_every = 2.0
+        self._loaded = float("-inf")
         self._version: int | None = None
         self._reload = True
         #: Client ids whose session export this instance asked for, and until when.
@@ -197,8 +202,10 @@ class StoreRunner:
             if blob is not None:
                 del self._awaited[client_id]
                 self._feed(HandoverArrived(client_id, blob))
-        if self._reload or version != self._version or version < 0:
+        if (self._reload or version != self._version or version < 0
+                or now - self._loaded >= self.reload_every):
             self._reload = False
+            self._loaded = now
             entries = await self.store.registry()
             self._version = version
             self._feed(RegistrySnapshot(version, entries))
