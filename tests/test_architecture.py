@@ -133,3 +133,19 @@ def test_the_behaviour_table_of_architecture_md_names_files_that_exist():
         for name in re.findall(r"`([\w/]+\.py)`", tests):
             assert (ROOT / name).exists(), f"{behaviour}: {name}"
         assert re.search(r"`tests/", tests) or tests.startswith("—"), behaviour
+
+
+#: Driver modules that read and compare configuration only: no event loop, no sockets,
+#: so ``wspipe config --show`` and a reload's validation run anywhere, and the reload
+#: plan stays the core's (``wspipe_core.reconfigure``), not theirs.
+CONFIG_ONLY = ("wspipe_anyio.settings", "wspipe_anyio.reload")
+
+
+@pytest.mark.parametrize("name", CONFIG_ONLY)
+def test_settings_and_reload_do_no_io_and_no_planning(name):
+    path = _modules("wspipe_anyio")[name]
+    imports = _imports(name, path)
+    io = {m for m in imports if m.split(".")[0] in {"anyio", "asyncio", "trio", "socket",
+                                                     "ssl", "threading"}}
+    assert io == set(), f"{name} imports {io}"
+    assert "wspipe_anyio.server" not in imports and "wspipe_core.proxy" not in imports

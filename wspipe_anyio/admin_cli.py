@@ -7,6 +7,7 @@
     wspipe backends drain b3 [--migrate] [--wait [--wait-timeout SECONDS]]
     wspipe pipes list
     wspipe fleet
+    wspipe reload
 
 Each takes ``--admin URL`` (``http://HOST:PORT`` or ``HOST:PORT``; default
 ``$WSPIPE_ADMIN``, else ``127.0.0.1:9090``), ``--admin-token TOKEN`` or
@@ -47,7 +48,7 @@ from .admin.tokens import find_token, read_token_file
 #: Default admin address when neither ``--admin`` nor ``$WSPIPE_ADMIN`` is given.
 DEFAULT_ADMIN = "127.0.0.1:9090"
 #: The top-level commands this module adds.
-ADMIN_COMMANDS = frozenset({"backends", "pipes", "fleet"})
+ADMIN_COMMANDS = frozenset({"backends", "pipes", "fleet", "reload"})
 #: Seconds to wait for the admin API.
 DEFAULT_TIMEOUT = 10.0
 #: ``drain --wait``: longest wait for the backend to leave the pool, by default.
@@ -117,6 +118,13 @@ def add_admin_subcommands(subparsers: Any) -> None:
                     "pipes and health, through the admin API of one of them.")
     fleet.set_defaults(admin_action=None)
     _common(fleet)
+    reload = subparsers.add_parser(
+        "reload", help="make the proxy re-read its configuration (admin API client)",
+        description="POST /reload: the proxy re-reads its configuration as SIGHUP does "
+                    "and prints what it applied and what needs a restart; exit 1 if the "
+                    "configuration cannot be applied (nothing changed).")
+    reload.set_defaults(admin_action="")
+    _common(reload)
 
 
 def admin_base_url(value: str | None) -> str:
@@ -331,6 +339,13 @@ def run_admin_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
                      + format_table(rows, ["me", "instance", "host", "pid", "listen", "pipes",
                                            "connections", "backends_up", "store",
                                            "stopping"]))
+        elif action == ("reload", ""):
+            result = call("POST", "/reload", {})
+            lines = [f"applied: {', '.join(result['applied']) or 'nothing'}"]
+            lines += [f"added: {url}" for url in result["backends_added"]]
+            lines += [f"draining (migrate): {url}" for url in result["backends_removed"]]
+            lines += [f"needs a restart: {line}" for line in result["restart_required"]]
+            table = "\n".join(lines)
         elif action == ("pipes", "list"):
             result = call("GET", "/pipes")
             now = time.time()

@@ -16,14 +16,14 @@ exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import logging
 import signal
 import ssl
 import sys
-import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import anyio
@@ -31,6 +31,7 @@ import anyio
 from wspipe_core import BackendError, ConfigError, Proxy, ProxyConfig, make_plugin_manager
 from wspipe_core.hooks import available_plugins, describe_plugins
 
+from . import settings as settings_mod
 from . import tls
 from .admin import (
     ADMIN_DEFAULTS,
@@ -41,9 +42,11 @@ from .admin import (
     admin_options,
     open_admin,
 )
+from .admin.console import installed_version
 from .admin_cli import ADMIN_COMMANDS, add_admin_subcommands, run_admin_command
 from .fleet_cli import FLEET_DEFAULTS, FLEET_KEYS, FleetOptions, add_fleet_flags, fleet_options
 from .logfmt import setup_logging
+from .reload import Loaded, Reloader, ReloadFailed
 from .server import Address, ProxyServer
 from .units import parse_address, parse_duration, parse_size
 
@@ -57,7 +60,7 @@ DURATION_KEYS = frozenset({"handshake_timeout", "link_timeout", "race_after", "r
                            "max_interruption", "close_timeout", "eject_base", "eject_max",
                            "backoff_base", "backoff_max",
                            "health_check_interval", "health_check_timeout",
-                           "lease_ttl", "store_timeout",
+                           "lease_ttl", "store_timeout", "discovery_interval",
                            "shutdown_grace", "connect_timeout", "close_linger"})
 #: Keys of the driver (everything else goes to ProxyConfig).
 DRIVER_KEYS = frozenset({"listen", "async_lib", "plugin_modules", "load_entrypoints",
@@ -99,6 +102,9 @@ def _duration(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``wspipe`` command."""
     parser = _Parser(prog="wspipe", description="Interruption-resistant WebSocket proxy.")
+    parser.add_argument("--version", action="version",
+                        version=f"wspipe {installed_version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     serve = sub.add_parser("serve", help="run the proxy",
                            description="Run the proxy until SIGTERM or SIGINT.")
@@ -181,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a plugin module or entry-point name, repeatable")
     plugins.add_argument("--no-entrypoints", dest="load_entrypoints", action="store_const",
                          const=False, help="do not load entry-point plugins")
+    config = sub.add_parser(
+        "config", help="print the effective configuration serve would run with",
+        description="Merge flags > $WSPIPE_* > config file > defaults exactly as serve "
+        "does and print the result as TOML, each key with its source, secrets masked. "
+        "Takes every serve flag.")
+    config.add_argument("--show", action="store_true", required=True,
+                        help="print the merged effective configuration")
     add_admin_subcommands(sub)
     return parser
 
@@ -189,60 +202,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_config_file(path: str) -> dict[str, Any]:
-    """Read a TOML config file into a flat dict of ``_`` keys.
+    """Read a TOML config file into a flat dict of ``_`` keys (:func:`.settings.read_file`).
 
     :raises UsageFailure: Unreadable or invalid file.
     """
     try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise UsageFailure(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageFailure(f"invalid config file {path}: {exc}") from None
-    out = {key.replace("-", "_"): value for key, value in data.items()}
-    if "plugins" in out:
-        # ``plugins = [...]`` lists plugins to load; a ``[plugins]`` table holds their
-        # settings (``[plugins.NAME]``) and may list them too (``load = [...]``).
-        plugins = out.pop("plugins")
-        if isinstance(plugins, dict):
-            load = plugins.pop("load", [])
-            out["plugin_settings"] = plugins
-        else:
-            load = plugins
-        if not isinstance(load, list) or not all(isinstance(m, str) for m in load):
-            raise UsageFailure(f"{path}: 'plugins' must be a list of plugin names or modules, "
-                               "or a table of [plugins.NAME] settings")
-        if load:
-            existing = out.get("plugin_modules", [])
-            out["plugin_modules"] = ([existing] if isinstance(existing, str)
-                                     else list(existing)) + load
-    return out
+        return settings_mod.read_file(path)
+    except settings_mod.SettingsError as exc:
+        raise UsageFailure(str(exc)) from None
+
+
+#: The keys ``serve`` knows, for the environment and ``config --show``.
+SCHEMA = settings_mod.Schema(driver_defaults=DRIVER_DEFAULTS, sizes=SIZE_KEYS,
+                             durations=DURATION_KEYS)
+
+
+def merge_layers(args: argparse.Namespace, environ: Mapping[str, str] | None = None
+                 ) -> settings_mod.Merged:
+    """Flags over ``$WSPIPE_*`` over the config file, with the source of each key
+    (:mod:`.settings`)."""
+    flags = {key: value for key, value in vars(args).items()
+             if key not in ("command", "config", "show") and value is not None}
+    try:
+        return settings_mod.merge(flags, SCHEMA, config_path=args.config, environ=environ,
+                                  warn=settings_mod.warn_stderr, flag_names=_flag_names())
+    except settings_mod.SettingsError as exc:
+        raise UsageFailure(str(exc)) from None
+
+
+def _flag_names() -> dict[str, str]:
+    """``serve``'s flag of each key (``backends`` → ``--backend``)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {action.dest: action.option_strings[0]
+            for action in sub.choices["serve"]._actions if action.option_strings}
 
 
 def merge_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The file's settings, overridden by the flags given, with units parsed."""
-    settings: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for key, value in vars(args).items():
-        if key in ("command", "config") or value is None:
-            continue
-        settings[key] = value
-    for key in SIZE_KEYS & settings.keys():
-        settings[key] = _convert(key, settings[key], parse_size)
-    for key in DURATION_KEYS & settings.keys():
-        if settings[key] is not None:
-            settings[key] = _convert(key, settings[key], parse_duration)
-    for key in ("listen", "backends", "plugin_modules"):
-        if isinstance(settings.get(key), str):
-            settings[key] = [settings[key]]
-    return settings
-
-
-def _convert(key: str, value: Any, parse: Callable[[Any], Any]) -> Any:
-    try:
-        return parse(value)
-    except (ValueError, TypeError) as exc:
-        raise UsageFailure(f"{key}: {exc}") from None
+    """The merged settings (flags > environment > file), with units parsed."""
+    return merge_layers(args).values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,11 +263,20 @@ class ServeOptions:
     fleet: FleetOptions | None = None
 
 
-def build_options(settings: dict[str, Any]) -> ServeOptions:
+def build_options(settings: dict[str, Any],
+                  merged: settings_mod.Merged | None = None) -> ServeOptions:
     """Validate merged settings into :class:`ServeOptions`.
 
-    :raises UsageFailure: Any invalid value, with one line saying which.
+    :raises UsageFailure: Any invalid value, with one line saying which (and, given
+        ``merged``, where it came from: ``(from $WSPIPE_MAX_CONNECTIONS)``).
     """
+    try:
+        return _build_options(settings)
+    except UsageFailure as exc:
+        raise UsageFailure(merged.blame(str(exc)) if merged else str(exc)) from None
+
+
+def _build_options(settings: dict[str, Any]) -> ServeOptions:
     driver = {**DRIVER_DEFAULTS, **{k: v for k, v in settings.items() if k in DRIVER_KEYS}}
     core = {k: v for k, v in settings.items() if k not in DRIVER_KEYS}
     try:
@@ -285,7 +292,7 @@ def build_options(settings: dict[str, Any]) -> ServeOptions:
     try:
         listen = tuple(parse_address(item) for item in driver["listen"])
     except ValueError as exc:
-        raise UsageFailure(str(exc)) from None
+        raise UsageFailure(f"listen: {exc}") from None
     if not listen:
         raise UsageFailure("listen: at least one address is needed")
     if driver["async_lib"] not in ("asyncio", "trio"):
@@ -345,15 +352,33 @@ def run_async(func: Callable[[], Any], async_lib: str) -> Any:
     return anyio.run(func, backend=async_lib, backend_options=options)
 
 
-async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cancels."""
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with server, open_admin(server, admin, reuse_port=server.reuse_port), \
+async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None = None,
+                                reloader: Reloader | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal cancels.
+
+    SIGHUP reloads the configuration with ``reloader`` (:mod:`.reload`); without one
+    it is logged and ignored (it never stops the proxy).
+    """
+    reload_json = (lambda: reloader.reload().json()) if reloader is not None else None
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with server, open_admin(server, admin, reload_json,
+                                       reuse_port=server.reuse_port) as admin_server, \
                 anyio.create_task_group() as tg:
+            if reloader is not None:
+                reloader.admin = admin_server
+
             async def watch() -> None:
                 shutting_down = False
-                async for signum in signals:  # bounded: the second signal returns
+                async for signum in signals:  # ends: the second SIGTERM/SIGINT returns
                     name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP:
+                        if reloader is None:
+                            log.warning("SIGHUP: no configuration to reload; ignored")
+                        else:
+                            log.info("SIGHUP: reloading the configuration")
+                            with contextlib.suppress(ReloadFailed):  # logged, nothing changed
+                                reloader.reload()
+                        continue
                     if shutting_down:
                         log.warning("%s again: stopping now", name)
                         tg.cancel_scope.cancel()
@@ -368,9 +393,26 @@ async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None 
             tg.cancel_scope.cancel()
 
 
+def loaded(options: ServeOptions, merged: settings_mod.Merged) -> Loaded:
+    """What a reload compares: the core's config, the configured admin token, driver keys."""
+    driver = {**DRIVER_DEFAULTS, **{k: v for k, v in merged.values.items() if k in DRIVER_KEYS}}
+    token = options.admin.token if options.admin and not options.admin.generated else None
+    return Loaded(options.config, token, driver)
+
+
+def reload_settings(args: argparse.Namespace) -> Loaded:
+    """Read the configuration again, as ``serve`` did at start-up (same flags).
+
+    :raises UsageFailure: Anything invalid.
+    """
+    merged = merge_layers(args)
+    return loaded(build_options(merged.values, merged), merged)
+
+
 def cmd_serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """``wspipe serve``."""
-    options = build_options(merge_settings(args))
+    merged = merge_layers(args)
+    options = build_options(merged.values, merged)
     secrets = [options.admin.token] if options.admin and options.admin.token else []
     fleet = options.fleet
     if fleet is not None and fleet.address.password:
@@ -390,10 +432,13 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
             store=fleet.store(options.config) if fleet is not None else None,
             instance=fleet.instance if fleet is not None else None,
             reuse_port=fleet is not None and fleet.worker)
-    except (ConfigError, BackendError) as exc:
+    except (ConfigError, BackendError, ValueError) as exc:
         raise UsageFailure(str(exc)) from None
+    reloader = Reloader(server, lambda: reload_settings(args), loaded(options, merged),
+                        on_result=lambda result: server.metrics.reloads.labels(result).inc())
     try:
-        run_async(lambda: serve_until_signalled(server, options.admin), options.async_lib)
+        run_async(lambda: serve_until_signalled(server, options.admin, reloader),
+                  options.async_lib)
     except OSError as exc:
         print(f"wspipe: error: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -419,6 +464,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(serve_flags: Sequence[str]) -> int:
+    """``wspipe config --show [serve flags]``: the effective configuration, masked."""
+    serve_args = build_parser().parse_args(["serve", *serve_flags])
+    merged = merge_layers(serve_args)
+    options = build_options(merged.values, merged)  # validated exactly as serve would
+    driver = {**DRIVER_DEFAULTS,
+              **{k: v for k, v in merged.values.items() if k in DRIVER_KEYS}}
+    print(settings_mod.render(options.config, driver, merged), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """``wspipe demo``."""
     from .demo import run_demo
@@ -431,6 +487,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wspipe`` console script and ``python -m wspipe_anyio``."""
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if argv[:1] == ["config"]:  # config --show takes every serve flag
+            args, serve_flags = build_parser().parse_known_args(argv)
+            return cmd_config(serve_flags)
         args = build_parser().parse_args(argv)
         if args.command == "serve":
             return cmd_serve(args, argv)

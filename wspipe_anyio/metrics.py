@@ -141,6 +141,14 @@ class ProxyCollector(Collector):
         yield closed
         yield from self._fleet(source, stats)
 
+        resolutions = CounterMetricFamily(
+            "wspipe_discovery_resolutions", "Answers to backend discovery queries, by "
+            "result (failed: error, timeout or no address; the members stay).",
+            labels=["result"])
+        for result in ("ok", "failed"):
+            resolutions.add_metric([result], stats.resolutions[result])
+        yield resolutions
+
         live = source.pipes()
         by_state = Counter(p.state for p in live)
         pipes = GaugeMetricFamily("wspipe_pipes", "Live pipes by state.", labels=["state"])
@@ -352,6 +360,11 @@ class Metrics:
         self.failover_duration = Histogram(
             "wspipe_failover_duration_seconds", "Time from an interruption to the new link, "
             "by reason.", ["reason"], buckets=FAILOVER_BUCKETS, registry=self.registry)
+        self.reloads = PromCounter(
+            "wspipe_reloads", "Configuration reloads (SIGHUP, POST /reload), by result "
+            "(failed: nothing changed).", ["result"], registry=self.registry)
+        for result in ("applied", "failed"):
+            self.reloads.labels(result)
         self.resume_gap = Histogram(
             "wspipe_client_resume_gap_seconds", "Time a client was away before it resumed "
             "its session.", buckets=FAILOVER_BUCKETS, registry=self.registry)

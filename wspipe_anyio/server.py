@@ -42,10 +42,12 @@ from wspipe_core import (
 from wspipe_core import actions as act
 from wspipe_core import events as ev
 from wspipe_core.buffer import MemoryBudget
+from wspipe_core.reconfigure import Plan
 from wspipe_core.stats import Stats
 from wspipe_core.store import StoreAction
 
 from .connection import Channel
+from .discovery import RESOLVE_TIMEOUT, DnsResolver, ResolveError, Resolver
 from .metrics import Metrics
 from .store.runner import StoreRunner
 
@@ -119,6 +121,8 @@ class ProxyServer:
         (see :mod:`wspipe_anyio.store`); ``None``: a self-contained proxy.
     :param instance: This instance's id in the fleet (default: host, pid and a random tag).
     :param reuse_port: Bind the listeners with ``SO_REUSEPORT`` (``--workers``).
+    :param resolver: Answers discovery queries of ``dns+``/``srv+`` backend entries
+        (default :class:`~wspipe_anyio.discovery.DnsResolver`).
     :raises ConfigError: A plugin cannot be loaded or a start-up backend URL is invalid.
     """
 
@@ -140,6 +144,7 @@ class ProxyServer:
         store: RedisStore | None = None,
         instance: str | None = None,
         reuse_port: bool = False,
+        resolver: Resolver | None = None,
     ) -> None:
         if pm is None:
             pm = make_plugin_manager(config, plugins=plugins, load_entrypoints=load_entrypoints,
@@ -165,6 +170,7 @@ class ProxyServer:
         self._clients: dict[int, Channel] = {}
         self._links: dict[int, Channel] = {}
         self._probes: dict[int, _Probe] = {}
+        self._resolver: Resolver = resolver if resolver is not None else DnsResolver()
         self._conn_ids = itertools.count(1)
         self._listeners: list[SocketListener] = []
         self._timers: TimerLoop | None = None
@@ -249,6 +255,18 @@ class ProxyServer:
     def migrate_pipe(self, pipe_id: str) -> None:
         """Move one pipe to another backend now (its buffer is replayed there)."""
         self.execute(self.proxy.migrate_pipe(pipe_id, now=anyio.current_time()))
+
+    def reconfigure(self, config: ProxyConfig) -> Plan:
+        """Apply a reloaded configuration (:meth:`wspipe_core.Proxy.reconfigure`): new
+        backends registered, removed ones drained with migrate, live keys changed;
+        restart-only keys keep their values (the plan lists them).
+
+        :raises ConfigError: It cannot be applied; nothing changed.
+        """
+        change, actions = self.proxy.reconfigure(config, now=anyio.current_time())
+        self.config = change.config
+        self.execute(actions)
+        return change
 
     def backends(self) -> list[BackendInfo]:
         """Snapshots of the pool's backends."""
@@ -418,6 +436,9 @@ class ProxyServer:
                 case StoreAction():
                     if self._runner is not None:
                         self._runner.submit(action)
+                case act.ResolveBackends():
+                    assert self._tg is not None
+                    self._tg.start_soon(self._resolve, action)
                 case _:
                     raise RuntimeError(f"unexpected action: {action!r}")
 
@@ -636,6 +657,25 @@ class ProxyServer:
                       error: str | None) -> None:
         probe.reported = True
         self._feed(ev.ProbeResult(probe_id, data, error))
+
+    # Discovery: resolve a name for the core.
+
+    async def _resolve(self, query: act.ResolveBackends) -> None:
+        addresses: tuple[tuple[str, int], ...] = ()
+        error = None
+        try:
+            with anyio.fail_after(RESOLVE_TIMEOUT):
+                found = await self._resolver.resolve(query)
+            addresses = tuple((str(host), int(port)) for host, port in found)
+        except TimeoutError:
+            error = f"no answer within {RESOLVE_TIMEOUT:g}s"
+        except (ResolveError, OSError) as exc:
+            error = str(exc) or repr(exc)
+        except Exception as exc:
+            self.internal_errors += 1
+            log.exception("resolver raised for %s", query.name)
+            error = f"resolver failed: {exc!r}"
+        self._feed(ev.BackendsResolved(query.query, addresses, error))
 
     def _backend_context(self) -> ssl.SSLContext:
         if self._backend_ssl_context is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .events import ConnId, LinkId, ProbeId
+from .events import ConnId, LinkId, ProbeId, QueryId
 
 
 class Action:
@@ -120,3 +120,18 @@ class CloseProbe(Action):
 
     probe: ProbeId
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveBackends(Action):
+    """Resolve a discovered backend entry and report
+    :class:`wspipe_core.events.BackendsResolved` (see :mod:`wspipe_core.discovery`).
+
+    ``kind`` is ``a`` (A and AAAA records of ``name``; every address takes ``port``)
+    or ``srv`` (SRV records of ``name``: each target's addresses with its port).
+    """
+
+    query: QueryId
+    kind: str
+    name: str
+    port: int | None

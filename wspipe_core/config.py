@@ -27,8 +27,11 @@ class ProxyConfig:
     offending one. ``from_mapping`` builds one from a config-file table.
     """
 
-    #: Backend URLs registered at start-up.
+    #: Backend URLs registered at start-up; ``dns+ws://NAME:PORT/…`` and
+    #: ``srv+ws://NAME/…`` (or ``wss``) entries are discovered (see ``discovery.py``).
     backends: tuple[str, ...] = ()
+    #: Seconds between two resolutions of each discovered (``dns+``/``srv+``) backend.
+    discovery_interval: float = 10.0
     #: Hosts backend URLs may point at: names (``*.internal`` for any name below one),
     #: addresses or CIDR networks (:mod:`wspipe_core.allowlist`); empty allows any.
     backend_allow: tuple[str, ...] = ()
@@ -158,7 +161,7 @@ class ProxyConfig:
                 f"buffer_message_overhead must be an integer >= 0, got {overhead!r}")
         positive_times = ("handshake_timeout", "link_timeout", "max_interruption",
                           "close_timeout", "eject_base", "eject_max", "backoff_max",
-                          "lease_ttl", "store_timeout")
+                          "lease_ttl", "store_timeout", "discovery_interval")
         rate = self.migrate_rate
         if (not isinstance(rate, int | float) or isinstance(rate, bool)
                 or not 0 < rate < float("inf")):

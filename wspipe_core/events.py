@@ -14,6 +14,7 @@ from dataclasses import dataclass
 ConnId = int
 LinkId = int
 ProbeId = int
+QueryId = int
 
 
 class Event:
@@ -106,4 +107,14 @@ class ProbeResult(Event):
 
     probe: ProbeId
     data: bytes = b""
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendsResolved(Event):
+    """A :class:`wspipe_core.actions.ResolveBackends` query ended: the ``(host, port)``
+    addresses it found, or ``error`` saying why there are none."""
+
+    query: QueryId
+    addresses: tuple[tuple[str, int], ...] = ()
     error: str | None = None

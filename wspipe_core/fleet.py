@@ -37,15 +37,17 @@ The actions and events are defined in :mod:`wspipe_core.store`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .actions import Action, CloseClient, PauseClient, ResumeClient, SendToClient
-from .events import ConnId
+from .errors import BackendError
+from .events import ConnId, Event
 from .handover import SessionState, restore
 from .handshake import Upgrade, http_error
 from .info import BackendState
-from .pool import Pool
+from .pool import Backend, Pool
 from .stats import Stats
 from .store import (
     ClaimResult,
@@ -70,7 +72,13 @@ from .store import (
     StoreUnpark,
 )
 
+if TYPE_CHECKING:
+    from .flow import Flow
+    from .migration import Migrations
+    from .session import Sessions
+
 __all__ = [
+    "FLEET_EVENTS",
     "ClaimResult",
     "EntryState",
     "Fleet",
@@ -395,6 +403,10 @@ class Fleet:
             out.append(RegistryEntry(backend.url, state, backend.weight))
         return out
 
+    def seed(self, entry: RegistryEntry) -> None:
+        """Queue writing ``entry`` into the registry unless it has that URL already."""
+        self.queued.append(StoreSeed((entry,)))
+
     def publish(self, entry: RegistryEntry) -> None:
         """Queue a registry change made on this instance."""
         self.queued.append(StorePublish(entry))
@@ -418,3 +430,66 @@ class Fleet:
         """Record the fleet's size; the share of ``migrate_rate`` this instance may use."""
         self.members = max(1, event.instances)
         return 1.0 / self.members
+
+    # ------------------------------------------------------------ routing (from the Proxy)
+
+    def bind(self, sessions: Sessions, pool: Pool, flow: Flow, migrations: Migrations,
+             add: Callable[[str, float, float], Any],
+             drain: Callable[[Backend, bool, float], None]) -> None:
+        """The parts of the core the store's answers act on."""
+        self._sessions, self._pool, self._flow, self._migrations = (
+            sessions, pool, flow, migrations)
+        self._add, self._drain_backend = add, drain
+
+    def on_event(self, event: Event, now: float, migrate_rate: float) -> None:
+        """One of :data:`FLEET_EVENTS`, routed here by the proxy."""
+        sessions, out = self._sessions, self._flow.out
+        if isinstance(event, StoreClaimed):
+            if (upgrade := self.claimed(event, now, out)) is not None:
+                sessions.open(upgrade, now)
+        elif isinstance(event, StoreHealth):
+            self.health(event, self._pool, now)
+        elif isinstance(event, RegistrySnapshot):
+            self._apply(self.plan(event, self._pool), now)
+        elif isinstance(event, FleetMembers):
+            self._migrations.rate = migrate_rate * self.members_changed(event)
+        elif isinstance(event, HandoverRequested):
+            pipe = sessions.hand_over(event.client_id, event.target, now)
+            if pipe is None:
+                log.info("instance %s asked for the session of client id %s: not parked "
+                         "here", event.target, event.client_id)
+            else:
+                self.requested(pipe, event.target)
+        elif isinstance(event, HandoverArrived):
+            arrived = self.arrived(event, now, out)
+            if isinstance(arrived, tuple):
+                sessions.adopt(*arrived, now)
+            elif arrived is not None:
+                sessions.open(arrived, now)
+
+    def _apply(self, plan: Plan, now: float) -> None:
+        for url, weight in plan.add:
+            try:
+                info = self._add(url, weight, now)
+            except BackendError as exc:
+                self.stats.fleet_registry_rejected += 1
+                log.warning("registry entry %r ignored: %s", url, exc)
+            else:
+                log.info("backend %s (%s) registered through the fleet registry", info.id, url)
+        for backend_id, migrate in plan.drain:
+            log.info("backend %s drained through the fleet registry%s", backend_id,
+                     " (migrating its pipes)" if migrate else "")
+            self._drain_backend(self._pool.get(backend_id), migrate, now)
+
+    def handovers(self, now: float) -> None:
+        """Export the sessions being handed over whose links have closed."""
+        sessions = self._sessions
+        for pipe, target in list(self.handing.items()):
+            if sessions.link_closed(pipe):
+                self.handed(pipe, pipe.client_id, target, sessions.handed(pipe, target, now),
+                            self._flow.out)
+
+
+#: The events :meth:`Fleet.on_event` takes.
+FLEET_EVENTS = (StoreClaimed, StoreHealth, RegistrySnapshot, FleetMembers, HandoverRequested,
+                HandoverArrived)

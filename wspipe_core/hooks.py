@@ -286,6 +286,17 @@ class Hooks:
         builtins_last(self.pm)
         check_plugins(self.pm)
 
+    def reconfigure(self, config: ProxyConfig) -> None:
+        """Call every ``wspipe_reconfigure``; one that raises is logged, the rest run."""
+        self._config = config
+        for impl in list(self._hook.wspipe_reconfigure.get_hookimpls()):
+            kwargs = {"config": config, "pm": self.pm}
+            try:
+                impl.function(*(kwargs[name] for name in impl.argnames))
+            except Exception:
+                log.exception("wspipe_reconfigure of %s raised; it keeps its settings",
+                              impl.plugin_name)
+
     def client_id(self, request: RequestInfo) -> str | None:
         try:
             result = self._hook.wspipe_client_id(request=request)

@@ -59,6 +59,26 @@ def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
     """
 
 
+@hookspec
+def wspipe_reconfigure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
+    """Take new settings on a reload (SIGHUP, ``POST /reload``), without a restart.
+
+    Every implementation is called. A plugin that holds settings it can change live
+    (tokens, key files) re-reads its ``[plugins.NAME]`` table here; one that cannot
+    leaves it: a restart applies it.
+
+    :param config: The reloaded configuration; a plugin's own settings are in
+        ``config.plugin_settings.get(NAME, {})``.
+    :param pm: The proxy's plugin manager (find the object ``wspipe_configure``
+        registered with ``pm.get_plugin(name)``).
+
+    Called: on every reload (so files named in the settings are re-read even when
+    the settings did not change), inside the core, between two events. An exception
+    is logged with the plugin's name and the other implementations still run. Must
+    not block: read small files only.
+    """
+
+
 @hookspec(firstresult=True)
 def wspipe_client_id(request: RequestInfo) -> str | None:
     """Extract the client id from the client's upgrade request.

@@ -12,6 +12,7 @@ decides what (handshake, session, link, relay, flow, keepalive, pool, migration)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -24,18 +25,15 @@ from .actions import Action
 from .buffer import MemoryBudget
 from .config import ProxyConfig
 from .deadlines import Timers
-from .errors import BackendError, UsageError
-from .fleet import EntryState as _Entry
-from .fleet import (
-    Fleet,
-    FleetMembers,
-    HandoverArrived,
-    HandoverRequested,
-    RegistryEntry,
-    RegistrySnapshot,
-    StoreClaimed,
-    StoreHealth,
+from .discovery import Discovery, is_discovered, parse_target
+from .errors import (
+    BackendAlreadyRegistered,
+    BackendNotAllowed,
+    UnknownBackend,
+    UsageError,
 )
+from .fleet import FLEET_EVENTS, Fleet, RegistryEntry
+from .fleet import EntryState as _Entry
 from .flow import Flow
 from .handshake import Claim, Handshakes, PendingClient
 from .health import BackendHealth, HealthChecks
@@ -46,11 +44,12 @@ from .link import Link, Links, LinkState
 from .migration import Migrations, Move
 from .pipe import Pipe
 from .pool import Backend, Pool
+from .reconfigure import Plan, plan
 from .relay import Relay
 from .session import Sessions
 from .stats import Stats
 
-log = logging.getLogger("wspipe")
+log = logging.getLogger("wspipe.proxy")
 
 
 class Proxy:
@@ -104,12 +103,8 @@ class Proxy:
             ev.LinkEOF: self._on_link_eof,
             ev.LinkDataSent: self._on_link_sent,
             ev.ProbeResult: self._on_probe_result,
-            StoreClaimed: self._on_store_claimed,
-            StoreHealth: self._on_store_health,
-            RegistrySnapshot: self._on_registry,
-            FleetMembers: self._on_members,
-            HandoverRequested: self._on_handover_requested,
-            HandoverArrived: self._on_handover_arrived,
+            **dict.fromkeys(FLEET_EVENTS, self._on_fleet),
+            ev.BackendsResolved: self._on_backends_resolved,
         }
         #: Leases, store health and membership, with a store; ``None`` without one.
         self.fleet = (Fleet(instance, config.lease_ttl, config.store_timeout, self.stats,
@@ -117,8 +112,17 @@ class Proxy:
                             + 1.0, resume_window=config.resume_window,
                             buffer_limit=config.buffer_limit)
                       if instance is not None else None)
+        if self.fleet is not None:
+            self.fleet.bind(self._sessions, self.pool, self._flow, self.migrations,
+                            self._add, self._drain)
+        #: Discovered backend entries (``dns+``/``srv+``), first resolved at once.
+        self.discovery = Discovery(config.discovery_interval)
         for url in config.backends:
-            self.pool.add(url)
+            if is_discovered(url):
+                self.discovery.add(parse_target(url), float("-inf"))
+            else:
+                self.pool.add(url)
+        self._timers.touch(self.discovery)
         #: Active health checks of the pool's backends (off unless configured).
         self.health = HealthChecks(config, self.pool)
         self._timers.touch(self.health)
@@ -163,6 +167,9 @@ class Proxy:
                 for upgrade in obj.fire(now, self._flow.out):
                     sessions.open(upgrade, now)
                 self._timers.touch(obj)
+            elif obj is self.discovery:
+                self._flow.out.extend(self.discovery.fire(now))
+                self._timers.touch(self.discovery)
         return self._finish(now)
 
     def _finish(self, now: float) -> list[Action]:
@@ -171,7 +178,7 @@ class Proxy:
             self._sessions.wake_budget_waiters(now)
         sessions, fleet = self._sessions, self.fleet
         if fleet is not None and fleet.handing:
-            self._handovers(fleet, now)
+            fleet.handovers(now)
         if sessions.parking:
             if fleet is not None:
                 fleet.parked(sessions.parking, flow.out)
@@ -280,11 +287,58 @@ class Proxy:
                 migrations.done(backend_id, Move.MOVED, now)
         self._timers.touch(migrations)
 
+    def reconfigure(self, config: ProxyConfig, *, now: float) -> tuple[Plan, list[Action]]:
+        """Take a newly read configuration: change what can change live, leave the rest.
+
+        The plan (:func:`wspipe_core.reconfigure.plan`) says what changes: new
+        backend entries are registered (or discovered), removed ones drained with
+        migrate, the live keys take their new values, plugins get
+        ``wspipe_reconfigure`` (to re-read tokens and key files), and keys that need a
+        restart keep their running values (the plan lists them).
+
+        :raises ConfigError: The new configuration cannot be applied; nothing changed.
+        """
+        change = plan(self.config, config)
+        self.config = cfg = change.config
+        # The parts that read their settings where they use them (see LIVE_KEYS).
+        for part in (self._handshakes, self._sessions, self.pool, self.hooks):
+            part._config = cfg
+        self.health.config = cfg
+        self.migrations.rate = cfg.migrate_rate
+        self.budget.limit = cfg.memory_budget
+        self.discovery.interval = cfg.discovery_interval
+        self._timers.touch(self.health)
+        self._timers.touch(self.discovery)
+        for url in change.add_backends:
+            with contextlib.suppress(BackendAlreadyRegistered):  # registered at runtime
+                info = self._add(url, 1.0, now)
+                if self.fleet is not None:  # like the start-up config: seeds the registry
+                    self.fleet.seed(RegistryEntry(info.url, _Entry.UP, info.weight))
+                    self._timers.touch(self.fleet)
+        drain = list(change.remove_backends)
+        for entry in change.add_discovered:
+            self.discovery.add(parse_target(entry), now)
+        for entry in change.remove_discovered:
+            drain += self.discovery.remove(entry)
+        for url in drain:
+            self._drain_member(url, now)
+        self.hooks.reconfigure(cfg)  # every time: plugins re-read their key files
+        return change, self._finish(now)
+
+    def _drain_member(self, url: str, now: float) -> None:
+        """Drain ``url`` with migrate if it is still in the pool."""
+        # Gone already, when drained by hand or removed after max_errors.
+        with contextlib.suppress(UnknownBackend):
+            # (Local: in a fleet, every instance reloads or resolves for itself.)
+            self._drain(self.pool.get(url), True, now)
+
     def shutdown(self, now: float) -> list[Action]:
         """Stop accepting; close every client with 1001 and every link."""
         self._shutting_down = True
         if self.fleet is not None:
             self.fleet.shutdown(self._flow.out)
+        self.discovery.shutdown()
+        self._timers.touch(self.discovery)
         self._flow.out.extend(self.health.shutdown())
         self._timers.touch(self.health)
         self._handshakes.shutdown()
@@ -408,70 +462,29 @@ class Proxy:
             if link.congested:
                 self._flow.written(link)
 
+    def _on_backends_resolved(self, event: ev.BackendsResolved, now: float) -> None:
+        answer = self.discovery.resolved(event, now)
+        self._timers.touch(self.discovery)
+        if answer is None:
+            return
+        self.stats.resolutions["failed" if answer.failed else "ok"] += 1
+        for url in answer.add:
+            try:
+                self._add(url, 1.0, now)  # (local: in a fleet, each instance resolves)
+            except BackendAlreadyRegistered:
+                continue  # still draining from an earlier answer: the next one retries
+            except BackendNotAllowed as exc:
+                log.warning("discovery: %s; not added", exc)
+                continue
+            self.discovery.joined(answer.entry, url)
+        for url in answer.drain:
+            self._drain_member(url, now)
+
+    def _on_fleet(self, event: ev.Event, now: float) -> None:
+        if self.fleet is not None:
+            self.fleet.on_event(event, now, self.config.migrate_rate)
+            self._timers.touch(self.fleet)
+
     def _on_probe_result(self, event: ev.ProbeResult, now: float) -> None:
         self._flow.out.extend(self.health.result(event, now))
         self._timers.touch(self.health)
-
-    # ------------------------------------------------------------------ the fleet's store
-
-    def _on_store_claimed(self, event: StoreClaimed, now: float) -> None:
-        if self.fleet is None:
-            return
-        upgrade = self.fleet.claimed(event, now, self._flow.out)
-        if upgrade is not None:
-            self._sessions.open(upgrade, now)
-        self._timers.touch(self.fleet)
-
-    def _on_store_health(self, event: StoreHealth, now: float) -> None:
-        if self.fleet is not None:
-            self.fleet.health(event, self.pool, now)
-            self._timers.touch(self.fleet)
-
-    def _on_registry(self, event: RegistrySnapshot, now: float) -> None:
-        if self.fleet is None:
-            return
-        plan = self.fleet.plan(event, self.pool)
-        for url, weight in plan.add:
-            try:
-                info = self._add(url, weight, now)
-            except BackendError as exc:
-                self.stats.fleet_registry_rejected += 1
-                log.warning("registry entry %r ignored: %s", url, exc)
-            else:
-                log.info("backend %s (%s) registered through the fleet registry", info.id, url)
-        for backend_id, migrate in plan.drain:
-            log.info("backend %s drained through the fleet registry%s", backend_id,
-                     " (migrating its pipes)" if migrate else "")
-            self._drain(self.pool.get(backend_id), migrate, now)
-
-    def _handovers(self, fleet: Fleet, now: float) -> None:
-        sessions = self._sessions
-        for pipe, target in list(fleet.handing.items()):
-            if sessions.link_closed(pipe):
-                fleet.handed(pipe, pipe.client_id, target, sessions.handed(pipe, target, now),
-                             self._flow.out)
-
-    def _on_handover_requested(self, event: HandoverRequested, now: float) -> None:
-        if self.fleet is None:
-            return
-        pipe = self._sessions.hand_over(event.client_id, event.target, now)
-        if pipe is None:
-            log.info("instance %s asked for the session of client id %s: not parked here",
-                     event.target, event.client_id)
-        else:
-            self.fleet.requested(pipe, event.target)
-
-    def _on_handover_arrived(self, event: HandoverArrived, now: float) -> None:
-        if self.fleet is None:
-            return
-        arrived = self.fleet.arrived(event, now, self._flow.out)
-        if isinstance(arrived, tuple):
-            self._sessions.adopt(*arrived, now)
-        elif arrived is not None:
-            self._sessions.open(arrived, now)
-        self._timers.touch(self.fleet)
-
-    def _on_members(self, event: FleetMembers, now: float) -> None:
-        if self.fleet is not None:
-            share = self.fleet.members_changed(event)
-            self.migrations.rate = self.config.migrate_rate * share

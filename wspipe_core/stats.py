@@ -53,6 +53,9 @@ class Stats:
     link_failures: Counter[str] = field(default_factory=Counter)
     #: Clients refused before the upgrade, by HTTP status.
     clients_rejected: Counter[int] = field(default_factory=Counter)
+    #: Answers to backend discovery queries, by result (``ok``; ``failed``: an error,
+    #: a timeout or no address, which leave the members as they were).
+    resolutions: Counter[str] = field(default_factory=Counter)
     #: Clients accepted.
     clients_accepted: int = 0
     #: With a store: client ids refused because another instance holds their lease, new

@@ -143,6 +143,15 @@ class Guard:
         self._hosts = allowed_hosts(hosts)
         self._origins = allowed_origins(origins)
 
+    def rotate(self, token: str) -> None:
+        """Accept ``token`` from now on; the previous one gets 403 (a reload).
+
+        :raises AdminConfigError: An empty token.
+        """
+        if not token.strip():
+            raise AdminConfigError("the admin token is empty")
+        self._token = token.encode()
+
     def check(self, request: Request) -> None:
         """Host, then Origin, then the token.
 

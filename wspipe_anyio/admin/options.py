@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,8 +130,12 @@ def admin_options(settings: Mapping[str, Any],
     address = settings.get("admin")
     if address is None or address == "":
         return None
+    text = str(address).strip()
+    if text.startswith("http://"):
+        # The admin CLI's $WSPIPE_ADMIN may be a URL; serve reads the same variable.
+        text = text.removeprefix("http://").rstrip("/")
     try:
-        host, port = parse_address(str(address), default_port=DEFAULT_PORT)
+        host, port = parse_address(text, default_port=DEFAULT_PORT)
     except ValueError as exc:
         raise AdminConfigError(f"admin: {exc}") from None
     token = load_token(settings.get("admin_token"), settings.get("admin_token_file"))
@@ -153,11 +157,13 @@ def admin_options(settings: Mapping[str, Any],
 
 
 @contextlib.asynccontextmanager
-async def open_admin(control: ProxyControl, options: AdminOptions | None, *,
+async def open_admin(control: ProxyControl, options: AdminOptions | None,
+                     reloader: Callable[[], dict[str, Any]] | None = None, *,
                      reuse_port: bool = False) -> AsyncIterator[AdminServer | None]:
     """Serve the admin API of a started proxy for the duration of the block.
 
-    Yields ``None`` (and does nothing) when ``options`` is ``None``.
+    Yields ``None`` (and does nothing) when ``options`` is ``None``. ``reloader``
+    answers ``POST /reload``.
     """
     if options is None:
         yield None
@@ -166,5 +172,5 @@ async def open_admin(control: ProxyControl, options: AdminOptions | None, *,
                            token=options.token, token_file_dir=options.token_dir,
                            allowed_hosts=options.allowed_hosts,
                            allowed_origins=options.allowed_origins,
-                           reuse_port=reuse_port) as admin:
+                           reloader=reloader, reuse_port=reuse_port) as admin:
         yield admin

@@ -15,6 +15,10 @@
     GET    /summary?offset=&limit=&state=&backend=
                                          everything the console shows (pool with health,
                                          totals, one page of pipes)
+    POST   /reload                       re-read the configuration (SIGHUP does the same):
+                                         200 {applied, restart_required, backends_added,
+                                         backends_removed} | 422 unreadable or invalid
+                                         (nothing changed) | 404 no configuration to reload
     GET    / , /status, /console.js, /console.css
                                          the console page (no token; Host and Origin checked)
 
@@ -33,6 +37,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -51,6 +56,7 @@ from wspipe_core.store import StoreUnavailable
 
 from ..control import ProxyControl
 from ..logfmt import mask_url, mask_urls
+from ..reload import ReloadFailed
 from .console import ASSETS, Assets, summary_json
 from .errors import AdminConfigError
 from .guard import Guard
@@ -143,9 +149,12 @@ class AdminRoutes:
         console's page and assets need no token).
     """
 
-    def __init__(self, control: ProxyControl, guard: Guard) -> None:
+    def __init__(self, control: ProxyControl, guard: Guard,
+                 reloader: Callable[[], dict[str, Any]] | None = None) -> None:
         self.control = control
         self.guard = guard
+        #: Re-reads the configuration (``wspipe serve``'s :class:`~..reload.Reloader`).
+        self.reloader = reloader
         self.assets = Assets()
         #: Wall-clock time minus the proxy's monotonic time (for ``since``).
         self.wall_offset = time.time() - control.now()
@@ -186,6 +195,8 @@ class AdminRoutes:
             return self.pipes, _GET
         if path in ("/fleet", "/fleet/"):
             return self.fleet, _GET
+        if path == "/reload" and self.reloader is not None:
+            return self.reload, frozenset({"POST"})
         head, _, rest = path.lstrip("/").partition("/")
         if rest and "/" not in rest:
             if head == "backends":
@@ -303,6 +314,15 @@ class AdminRoutes:
     def fleet(self, request: Request) -> Reply:
         """``GET /fleet``: the instances of the fleet, their pipes and health."""
         return Reply(200, self.control.fleet())
+    def reload(self, request: Request) -> Reply:
+        """``POST /reload``: re-read the configuration, as SIGHUP does."""
+        assert self.reloader is not None
+        try:
+            report = self.reloader()
+        except ReloadFailed as exc:
+            raise error(422, f"reload failed, nothing changed: {mask_urls(str(exc))}") from None
+        log.info("admin: configuration reloaded")
+        return Reply(200, report)
 
     def pipes(self, request: Request) -> Reply:
         """``GET /pipes``: every live pipe."""
@@ -339,6 +359,8 @@ class AdminServer(HttpServer):
         token is written there too (``wspipe serve`` generates its token earlier).
     :param allowed_hosts: More ``Host`` names to answer to (``name`` or ``name:port``).
     :param allowed_origins: Origins allowed besides the request's own.
+    :param reloader: What ``POST /reload`` calls (returns the answer, raises
+        :class:`~..reload.ReloadFailed`); without one ``/reload`` is 404.
     :raises AdminConfigError: Non-loopback ``host`` without a token, an empty token,
         a malformed allowed host or origin, or no directory for a generated token.
     """
@@ -348,7 +370,9 @@ class AdminServer(HttpServer):
                  allowed_hosts: tuple[str, ...] = (), allowed_origins: tuple[str, ...] = (),
                  max_body: int = MAX_BODY, request_timeout: float = REQUEST_TIMEOUT,
                  head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS, reuse_port: bool = False) -> None:
+                 max_connections: int = MAX_CONNECTIONS,
+                 reloader: Callable[[], dict[str, Any]] | None = None,
+                 reuse_port: bool = False) -> None:
         if token is None and not is_loopback(host):
             raise AdminConfigError(
                 f"refusing to serve the admin API on non-loopback address {host} without a "
@@ -357,7 +381,8 @@ class AdminServer(HttpServer):
         #: The bearer token (generated when none was given).
         self.token = generate_token() if token is None else token
         self.routes = AdminRoutes(control, Guard(self.token, bind_host=host,
-                                                 hosts=allowed_hosts, origins=allowed_origins))
+                                                 hosts=allowed_hosts, origins=allowed_origins),
+                                  reloader)
         self.control = control
         if token_file_dir is None and generated:
             token_file_dir = prepare_token_directory()
@@ -371,6 +396,12 @@ class AdminServer(HttpServer):
 
     def __repr__(self) -> str:  # never show the token
         return f"AdminServer(host={self.host!r}, token=***)"
+
+    def rotate_token(self, token: str) -> None:
+        """Accept ``token`` from now on and refuse the previous one (a reload)."""
+        self.routes.guard.rotate(token)
+        self.token = token
+        log.info("admin API token rotated: the previous token is refused from now on")
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()

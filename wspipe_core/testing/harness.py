@@ -61,6 +61,13 @@ class Harness:
         self.actions: list[act.Action] = []
         #: Every health check the proxy made (see :meth:`FakeBackend.probe_answer`).
         self.probes: list[act.ProbeBackend] = []
+        #: The answers of discovery queries (:class:`~wspipe_core.actions.ResolveBackends`)
+        #: by name: a list of (host, port), or a string (the error). A name not here
+        #: fails with "no such name"; set ``hold_resolutions`` to answer by hand.
+        self.dns: dict[str, list[tuple[str, int]] | str] = {}
+        #: Every discovery query the proxy made.
+        self.resolutions: list[act.ResolveBackends] = []
+        self.hold_resolutions = False
         #: Unacknowledged bytes per ("c"|"l", id) when ``auto_ack`` is off.
         self.unacked: dict[tuple[str, int], int] = {}
         self._queue: deque[ev.Event] = deque()
@@ -72,13 +79,18 @@ class Harness:
     # -- peers
 
     def backend(self, url: str, *, echo: bool = False, mode: str = "accept",
-                weight: float = 1.0, subprotocols: Sequence[str] | None = None) -> FakeBackend:
-        """Register ``url`` in the pool and return its fake backend (see :class:`FakeBackend`)."""
+                weight: float = 1.0, subprotocols: Sequence[str] | None = None,
+                register: bool = True) -> FakeBackend:
+        """Register ``url`` in the pool and return its fake backend (see :class:`FakeBackend`).
+
+        ``register=False`` only starts the fake backend (discovery or a reload adds it).
+        """
         backend = FakeBackend(self, url, echo=echo, mode=mode, subprotocols=subprotocols)
         self.backends[url] = backend
-        self.proxy.add_backend(url, weight=weight, now=self.now)
-        if self.proxy.fleet is not None:
-            self.advance(0)  # a fleet publishes the registration
+        if register:
+            self.proxy.add_backend(url, weight=weight, now=self.now)
+            if self.proxy.fleet is not None:
+                self.advance(0)  # a fleet publishes the registration
         return backend
 
     def poll_store(self) -> None:
@@ -92,6 +104,14 @@ class Harness:
         """Deliver the store's registry to the proxy, as the driver's poll does."""
         assert self.store is not None
         self.feed(self.store.snapshot())
+
+    def resolve(self, query: act.ResolveBackends) -> None:
+        """Answer a discovery query from :attr:`dns` (with ``hold_resolutions``)."""
+        answer = self.dns.get(query.name, "no such name")
+        if isinstance(answer, str):
+            self.feed(ev.BackendsResolved(query.query, error=answer))
+        else:
+            self.feed(ev.BackendsResolved(query.query, tuple(answer)))
 
     def client(self, path: str | None = None, *, subprotocols: Sequence[str] = (),
                headers: Sequence[tuple[str, str]] = (), peer: str = "127.0.0.1") -> FakeClient:
@@ -239,6 +259,13 @@ class Harness:
         elif isinstance(action, StoreAction):
             if self.store is not None:
                 self._queue.extend(self.store.execute(action, self.now))
+        elif isinstance(action, act.ResolveBackends):
+            self.resolutions.append(action)
+            if not self.hold_resolutions:
+                found = self.dns.get(action.name, "no such name")
+                self._queue.append(
+                    ev.BackendsResolved(action.query, error=found) if isinstance(found, str)
+                    else ev.BackendsResolved(action.query, tuple(found)))
         else:  # pragma: no cover
             raise RuntimeError(f"unknown action {action!r}")
 

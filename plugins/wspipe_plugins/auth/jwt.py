@@ -257,4 +257,20 @@ def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
     activate(pm, NAME, from_settings(Settings.of(config, NAME)))
 
 
+@hookimpl
+def wspipe_reconfigure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
+    """Take the reloaded ``[plugins.jwt]`` table: a re-read ``secret_file`` or
+    ``public_key_file`` (key rotation), new algorithms, audience, issuer, claims.
+
+    Tokens signed with a key no longer configured are refused from the next client on;
+    clients already connected stay. A table that cannot be read keeps the running one.
+    """
+    running = pm.get_plugin(f"{NAME}:{JWTAuth.__name__}")
+    if isinstance(running, JWTAuth):
+        fresh = from_settings(Settings.of(config, NAME))
+        for name in ("key", "algorithms", "audience", "issuer", "leeway", "require",
+                     "client_id_claim", "principal_claim", "source"):
+            setattr(running, name, getattr(fresh, name))
+
+
 __all__ = ["InvalidToken", "JWTAuth", "check_algorithms", "from_settings"]

@@ -74,11 +74,26 @@ class OriginAllowList:
         return None
 
 
-@hookimpl
-def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
-    """Register an :class:`OriginAllowList` configured from ``[plugins.origin]``."""
-    settings = Settings.of(config, NAME)
+def from_settings(settings: Settings) -> OriginAllowList:
+    """An :class:`OriginAllowList` from a ``[plugins.origin]`` table."""
     plugin = OriginAllowList(settings.strings("allowed"),
                              allow_missing=settings.flag("allow_missing", False))
     settings.done()
-    activate(pm, NAME, plugin)
+    return plugin
+
+
+@hookimpl
+def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
+    """Register an :class:`OriginAllowList` configured from ``[plugins.origin]``."""
+    activate(pm, NAME, from_settings(Settings.of(config, NAME)))
+
+
+@hookimpl
+def wspipe_reconfigure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
+    """Take the reloaded ``[plugins.origin]`` table (a table that cannot be read keeps
+    the running list)."""
+    running = pm.get_plugin(f"{NAME}:{OriginAllowList.__name__}")
+    if isinstance(running, OriginAllowList):
+        fresh = from_settings(Settings.of(config, NAME))
+        running.exact, running.wildcards = fresh.exact, fresh.wildcards
+        running.allow_missing = fresh.allow_missing

@@ -105,3 +105,16 @@ def from_settings(settings: Settings) -> TokenAuth:
 def wspipe_configure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
     """Register a :class:`TokenAuth` configured from ``[plugins.token]``."""
     activate(pm, NAME, from_settings(Settings.of(config, NAME)))
+
+
+@hookimpl
+def wspipe_reconfigure(config: ProxyConfig, pm: pluggy.PluginManager) -> None:
+    """Take the reloaded ``[plugins.token]`` table: new tokens, a re-read ``tokens_file``.
+
+    Tokens that are no longer listed are refused from the next client on; clients
+    already connected stay. A table that cannot be read keeps the running tokens.
+    """
+    running = pm.get_plugin(f"{NAME}:{TokenAuth.__name__}")
+    if isinstance(running, TokenAuth):
+        fresh = from_settings(Settings.of(config, NAME))
+        running._digests, running.source = fresh._digests, fresh.source
