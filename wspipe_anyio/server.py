@@ -580,7 +580,8 @@ class ProxyServer:
                         if action.tls:
                             stream = await anyio.connect_tcp(
                                 action.host, action.port, ssl_context=self._backend_context(),
-                                tls_hostname=action.host, tls_standard_compatible=False)
+                                tls_hostname=action.server_name or action.host,
+                                tls_standard_compatible=False)
                         else:
                             stream = await anyio.connect_tcp(action.host, action.port)
                 except (*_CONNECT_ERRORS, TimeoutError) as exc:
@@ -616,7 +617,8 @@ class ProxyServer:
                         if action.tls:
                             stream = await anyio.connect_tcp(
                                 action.host, action.port, ssl_context=self._backend_context(),
-                                tls_hostname=action.host, tls_standard_compatible=False)
+                                tls_hostname=action.server_name or action.host,
+                                tls_standard_compatible=False)
                         else:
                             stream = await anyio.connect_tcp(action.host, action.port)
                 except (*_CONNECT_ERRORS, TimeoutError) as exc:

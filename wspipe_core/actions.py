@@ -61,6 +61,9 @@ class OpenLink(Action):
     tls: bool
     #: The backend URL, for logs and for TLS server-name checks.
     url: str
+    #: The TLS server name to send and verify, when not ``host`` (a discovered member
+    #: is dialed by address but known by its entry's name).
+    server_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,8 @@ class ProbeBackend(Action):
     request: bytes
     #: Seconds the core gives the whole probe.
     timeout: float
+    #: The TLS server name, when not ``host`` (see :class:`OpenLink`).
+    server_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,8 @@ class Answer:
     """What an answer means for the pool: members to add and members to drain."""
 
     entry: str
+    #: The entry's name: what its members are known by (TLS server name, ``Host``).
+    name: str
     add: tuple[str, ...] = ()
     drain: tuple[str, ...] = ()
     #: The resolution failed (or found nothing): the members stay as they were.
@@ -188,7 +190,7 @@ class Discovery:
             why = event.error or "no addresses"
             log.warning("discovery: resolving %s failed (%s); keeping its %d member(s)",
                         target.name, why, len(state.members))
-            return Answer(target.entry, failed=True)
+            return Answer(target.entry, target.name, failed=True)
         wanted = {target.member_url(host, port) for host, port in event.addresses}
         gone = sorted(state.members - wanted)
         state.members -= set(gone)
@@ -196,4 +198,4 @@ class Discovery:
         if new or gone:
             log.info("discovery: %s now has %d address(es): %d new, %d gone",
                      target.name, len(wanted), len(new), len(gone))
-        return Answer(target.entry, tuple(new), tuple(gone))
+        return Answer(target.entry, target.name, tuple(new), tuple(gone))

@@ -167,7 +167,7 @@ class HealthChecks:
         schedule.probe = probe
         schedule.next_at = now + cfg.health_check_interval
         return ProbeBackend(probe.id, address.host, address.port, address.tls, backend.url,
-                            request, cfg.health_check_timeout)
+                            request, cfg.health_check_timeout, address.server_name)
 
     def result(self, event: ProbeResult, now: float) -> list[Action]:
         """Read what the driver found; record a success or a failure on the pool."""

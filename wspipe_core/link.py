@@ -151,7 +151,8 @@ class Link(Endpoint):
     def open_action(self) -> OpenLink:
         """The action that makes the driver dial the backend."""
         address = self.backend.address
-        return OpenLink(self.ident, address.host, address.port, address.tls, self.backend.url)
+        return OpenLink(self.ident, address.host, address.port, address.tls, self.backend.url,
+                        address.server_name)
 
     def handshake(self, request: BackendRequest, flow: Flow) -> None:
         """The TCP (and TLS) connection is up: send the upgrade request."""

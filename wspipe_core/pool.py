@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Collection, Iterator
@@ -25,10 +26,13 @@ class BackendAddress:
     tls: bool
     #: Path and query of the URL (``/`` when empty).
     target: str
+    #: The name a discovered member is known by (its entry's DNS name): the TLS server
+    #: name and the ``Host`` header, while :attr:`host` is the address dialed.
+    server_name: str | None = None
 
     @property
     def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.server_name or (f"[{self.host}]" if ":" in self.host else self.host)
         default = 443 if self.tls else 80
         return host if self.port == default else f"{host}:{self.port}"
 
@@ -102,7 +106,7 @@ class Pool:
     def __len__(self) -> int:
         return len(self._backends)
 
-    def add(self, url: str, weight: float = 1.0) -> Backend:
+    def add(self, url: str, weight: float = 1.0, server_name: str | None = None) -> Backend:
         """Register ``url``; registering a URL twice is an error (as in the original).
 
         :raises InvalidBackendURL: not a backend URL, or a bad weight.
@@ -110,6 +114,8 @@ class Pool:
         :raises BackendAlreadyRegistered: it points where a registered backend does.
         """
         address = parse_backend_url(url)
+        if server_name is not None:  # a discovered member: dialed by address, known by name
+            address = dataclasses.replace(address, server_name=server_name)
         if not self._allow.allows(address.host):
             raise BackendNotAllowed(
                 f"backend {url}: host {address.host!r} is not on backend_allow")

@@ -203,8 +203,12 @@ class Proxy:
 
     # ------------------------------------------------------------------ pool operations
 
-    def add_backend(self, url: str, *, weight: float = 1.0, now: float) -> BackendInfo:
+    def add_backend(self, url: str, *, weight: float = 1.0, now: float,
+                    server_name: str | None = None) -> BackendInfo:
         """Register a backend (``AddConnectionToPool``); pipes waiting for one retry now.
+
+        ``server_name`` is the name a discovered member is known by (TLS server name,
+        ``Host``) when ``url`` names its address.
 
         :raises InvalidBackendURL: not a ``ws://``/``wss://`` URL, or a bad weight.
         :raises BackendNotAllowed: its host is not on ``backend_allow``.
@@ -213,15 +217,16 @@ class Proxy:
         """
         if self.fleet is not None:
             self.fleet.check()
-        info = self._add(url, weight, now)
+        info = self._add(url, weight, now, server_name)
         if self.fleet is not None:
             self.fleet.publish(RegistryEntry(info.url, _Entry.UP, info.weight))
             self._timers.touch(self.fleet)
             self._reschedule()
         return info
 
-    def _add(self, url: str, weight: float, now: float) -> BackendInfo:
-        backend = self.pool.add(url, weight)
+    def _add(self, url: str, weight: float, now: float,
+             server_name: str | None = None) -> BackendInfo:
+        backend = self.pool.add(url, weight, server_name)
         self._sessions.retry_now(now)
         self._timers.touch(self.health)  # its first health check is due at once
         self._reschedule()
@@ -470,7 +475,8 @@ class Proxy:
         self.stats.resolutions["failed" if answer.failed else "ok"] += 1
         for url in answer.add:
             try:
-                self._add(url, 1.0, now)  # (local: in a fleet, each instance resolves)
+                # (Local: in a fleet, each instance resolves for itself.)
+                self._add(url, 1.0, now, answer.name)
             except BackendAlreadyRegistered:
                 continue  # still draining from an earlier answer: the next one retries
             except BackendNotAllowed as exc:

@@ -4,6 +4,8 @@ discovery_interval, each address a pool member, vanished ones drained with migra
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from wspipe_core import InvalidBackendURL
 from wspipe_core import actions as act
@@ -157,3 +159,80 @@ def test_backend_allow_bounds_what_discovery_can_add(caplog):
     h.advance(0)
     assert urls(h) == [M1]
     assert "host '10.9.9.9' is not on backend_allow; not added" in caplog.text
+
+
+ADDRESSES = [f"10.0.0.{i}" for i in range(1, 5)]
+#: One step of a random run: an answer (a set of addresses), or a failed lookup (None).
+answers = st.lists(st.one_of(st.none(), st.sets(st.sampled_from(ADDRESSES))),
+                   min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=answers)
+def test_members_follow_any_sequence_of_answers_and_no_message_is_lost(steps):
+    """Whatever DNS answers, in any order (addresses coming, going, coming back, lookups
+    failing or finding nothing): once an answer has held for two intervals the pool is
+    exactly its addresses (a failed or empty one changes nothing), no client is closed,
+    and every message reaches exactly one backend, across every migration."""
+    h = discovering(migrate_rate=1000)
+    fakes = {a: h.backend(f"ws://{a}:8000/ws", register=False) for a in ADDRESSES}
+    h.dns["svc.local"] = [(ADDRESSES[0], 8000)]
+    h.advance(0)
+    clients = [h.client() for _ in range(3)]
+    expected = {ADDRESSES[0]}
+    sent: list[str] = []
+    for number, answer in enumerate(steps):
+        if answer is None:
+            h.dns["svc.local"] = "temporary failure"
+        else:
+            h.dns["svc.local"] = [(a, 8000) for a in sorted(answer)]
+            if answer:
+                expected = set(answer)
+        for client in clients:
+            message = f"{number}:{client.conn}"
+            client.send(message)
+            sent.append(message)
+        h.advance(2 * 5.0 + 1)  # two resolutions, then the drains finish
+        assert set(urls(h)) == {f"ws://{a}:8000/ws" for a in expected}
+        assert all(c.close is None for c in clients)
+    received = [m for fake in fakes.values() for m in fake.messages()]
+    assert sorted(received) == sorted(sent)
+
+
+def test_an_address_back_while_its_old_member_drains_is_added_once_that_one_has_left():
+    h = discovering(discovery_interval=4.0, migrate_rate=0.1)  # one pipe moves per 10 s
+    h.backend(M1, register=False)
+    h.backend(M2, register=False)
+    h.dns["svc.local"] = [("10.0.0.1", 8000)]
+    h.advance(0)
+    clients = [h.client() for _ in range(2)]  # both on M1
+    h.dns["svc.local"] = [("10.0.0.2", 8000)]
+    h.advance(4)  # t=4: M2 added, M1 drained: one pipe moves now, the other at t=14
+    assert [(b.url, b.state.value) for b in h.proxy.backends()] == [
+        (M1, "draining"), (M2, "up")]
+    h.dns["svc.local"] = [("10.0.0.1", 8000), ("10.0.0.2", 8000)]
+    h.advance(8)  # t=8 and t=12: M1 is in the answers but still draining: not added
+    assert [(b.url, b.state.value) for b in h.proxy.backends()] == [
+        (M1, "draining"), (M2, "up")]
+    h.advance(2)  # t=14: its last pipe moves, it leaves the pool
+    assert urls(h) == [M2]
+    h.advance(2)  # t=16: the next answer adds it again, as a new member
+    assert [(b.url, b.state.value) for b in h.proxy.backends()] == [(M2, "up"), (M1, "up")]
+    assert all(c.close is None for c in clients)
+
+
+def test_members_are_dialed_by_address_and_known_by_the_entry_name():
+    """TLS server name and Host are the entry's name (a certificate names the service,
+    virtual hosts route by it); the address is only where to connect."""
+    h = discovering(backends=("dns+wss://svc.local:8443/ws",))
+    member = "wss://10.0.0.1:8443/ws"
+    b1 = h.backend(member, register=False)
+    h.dns["svc.local"] = [("10.0.0.1", 8443)]
+    h.advance(0)
+    h.client()
+    (dial,) = [a for a in h.actions if isinstance(a, act.OpenLink)]
+    assert (dial.host, dial.port, dial.tls, dial.server_name) == ("10.0.0.1", 8443, True,
+                                                                  "svc.local")
+    assert b1.links[0].request.host == "svc.local:8443"
+    static = Harness(config(backends=("wss://10.0.0.2:8443/",)))
+    assert static.proxy.backends()[0].url == "wss://10.0.0.2:8443/"

@@ -177,3 +177,45 @@ async def test_srv_records_give_members_with_their_ports(anyio_backend: str) -> 
                 await resolver.resolve(ResolveBackends(2, "srv", "_x._tcp.nowhere.test", None))
     finally:
         server.stop()
+
+
+class NameResolver:
+    """Answers A queries of one name with one address (a stand-in for DNS)."""
+
+    def __init__(self, name: str, address: tuple[str, int]) -> None:
+        self.name, self.address = name, address
+
+    async def resolve(self, query: ResolveBackends) -> Sequence[tuple[str, int]]:
+        if query.name != self.name:
+            raise ResolveError(f"{query.name}: no such name")
+        return [self.address]
+
+
+async def test_a_wss_member_is_dialed_by_address_and_verified_by_name(
+        anyio_backend: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The backend's certificate names the service only (no IP address): the member
+    verifies because TLS uses the entry's name, and the backend sees it as Host."""
+    import ssl
+
+    import trustme
+    from peers import Backend, Client, client_path, running_backends, running_proxy
+
+    from wspipe_anyio import backend_context
+
+    ca = trustme.CA()
+    backend_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("chat.backends.test").configure_cert(backend_tls)
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    async with running_backends(Backend(ssl_context=backend_tls), timeout=15) as (backend,):
+        resolver = NameResolver("chat.backends.test", ("127.0.0.1", backend.port))
+        async with running_proxy(
+                [f"dns+wss://chat.backends.test:{backend.port}/ws"],
+                server_kwargs={"resolver": resolver,
+                               "backend_ssl_context": backend_context(str(ca_pem))}) as server:
+            client = await Client.connect(f"ws://127.0.0.1:{server.port}{client_path()}")
+            await client.send("over tls")
+            assert await client.recv() == "over tls"
+            assert [b.url for b in server.backends()] == [f"wss://127.0.0.1:{backend.port}/ws"]
+            assert backend.requests[0].headers["Host"] == f"chat.backends.test:{backend.port}"
+            await client.close()
