@@ -52,6 +52,12 @@ from wspipe_core import Proxy, ProxyConfig
 from wspipe_core import actions as act
 from wspipe_core import events as ev
 
+try:  # the frame layer the server runs on (C masking); older commits have none
+    from wspipe_anyio.speedups import fast_wire
+    WIRE: dict[str, object] = {"wire": fast_wire()}
+except ImportError:
+    WIRE = {}
+
 BACKEND_URL = "ws://127.0.0.1:9000/"
 CHUNK = 64 * 1024
 DIRECTIONS = ("c2b", "b2c")
@@ -127,7 +133,7 @@ class CoreRig:
 def make_core(config: ProxyConfig | None = None, delivery: str = "at-most-once") -> CoreRig:
     """A proxy with one pipe whose link to the backend is open."""
     config = config or ProxyConfig(backends=(BACKEND_URL,), delivery=delivery)
-    proxy = Proxy(config)
+    proxy = Proxy(config, **WIRE)
     conn = 1
     client_ws = WSConnection(ConnectionType.CLIENT)
     backend_ws = WSConnection(ConnectionType.SERVER)

@@ -16,6 +16,15 @@ Every party is its own process, all on 127.0.0.1:
   ``floor-trio``      the same on trio
   ``wspipe-asyncio-alo``, ``wspipe-trio-alo``  wspipe with ``--delivery at-least-once``,
                       compared with the same wspipe target at most once (opt-in targets)
+  ``websockets``      ``benchmarks/websockets_relay.py``: a naive proxy written with
+                      ``websockets`` (asyncio + uvloop, C framing and masking) — opt-in
+  ``nginx``           nginx (one worker process, ``master_process off``) proxying the
+                      upgrade — opt-in, when ``nginx`` is installed
+  ``before-asyncio``, ``before-trio``  wspipe from another tree (``--before DIR``, e.g.
+                      a ``git archive`` of main), compared with ``wspipe-*`` — opt-in
+
+``--pin CPU`` runs every target under ``taskset -c CPU`` (one core for the proxy;
+the load generator and the backend share the rest).
 
 Sections (``--sections``, default all):
 
@@ -72,7 +81,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 HOST = "127.0.0.1"
 ALL_TARGETS = ("direct", "wspipe-asyncio", "wspipe-trio", "floor-asyncio", "floor-trio",
-               "wspipe-asyncio-alo", "wspipe-trio-alo")
+               "wspipe-asyncio-alo", "wspipe-trio-alo", "websockets", "nginx",
+               "before-asyncio", "before-trio")
 PROXIES = ALL_TARGETS[1:]
 
 # ----------------------------------------------------------------------------- helpers
@@ -327,14 +337,15 @@ class Procs:
     logs: dict[str, Path] = field(default_factory=dict)
 
     def start(self, name: str, cmd: list[str], port: int, *, stdin: bool = False,
-              wait: bool = True) -> Proc:
+              wait: bool = True, cwd: Path = ROOT, env: dict[str, str] | None = None) -> Proc:
         self.log_dir.mkdir(exist_ok=True)
         path = self.log_dir / f"{name.replace(':', '-')}-{port}.log"
         self.logs[path.name] = path
         with path.open("w") as err:
             popen = subprocess.Popen(
-                cmd, cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=err,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+                cmd, cwd=cwd, text=True, stdout=subprocess.DEVNULL, stderr=err,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                env=None if env is None else {**os.environ, **env})
         proc = Proc(name, popen, port)
         self.items.append(proc)
         if wait:
@@ -353,10 +364,59 @@ def start_backend(procs: Procs, port: int | None = None, tag: bool = False) -> P
     return procs.start(f"backend:{port}", cmd + (["--tag"] if tag else []), port)
 
 
+#: ``--pin CPU``: the ``taskset`` prefix of every target's command.
+PIN: list[str] = []
+#: ``--before DIR``: the tree the ``before-*`` targets run.
+BEFORE: Path | None = None
+
+NGINX_CONF = """worker_processes 1; master_process off; daemon off; worker_rlimit_nofile 65536;
+pid {dir}/nginx-{port}.pid; error_log stderr warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/nginx-body; proxy_temp_path {dir}/nginx-proxy;
+  fastcgi_temp_path {dir}/nginx-fcgi; uwsgi_temp_path {dir}/nginx-uwsgi;
+  scgi_temp_path {dir}/nginx-scgi;
+  server {{
+    listen {host}:{port} backlog=4096;
+    location / {{
+      proxy_pass {backend};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout 3600s;
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
 def start_target(procs: Procs, target: str, backends: list[str],
                  profile_to: str | None = None) -> Proc:
     port = free_port()
-    python = [sys.executable, *(["-m", "cProfile", "-o", profile_to] if profile_to else [])]
+    python = [*PIN, sys.executable,
+              *(["-m", "cProfile", "-o", profile_to] if profile_to else [])]
+    if target.startswith("before-"):
+        if BEFORE is None:
+            raise SystemExit("the before-* targets need --before DIR")
+        cmd = [*python, "-m", "wspipe_anyio", "serve", "--listen", f"{HOST}:{port}",
+               "--async-lib", target.split("-")[1], "--log-level", "warning",
+               "--no-entrypoints", "--max-connections", "20000"]
+        for url in backends:
+            cmd += ["--backend", url]
+        return procs.start(target, cmd, port, cwd=BEFORE, env={"PYTHONPATH": str(BEFORE)})
+    if target == "websockets":
+        cmd = [*python, str(HERE / "websockets_relay.py"), "--listen", f"{HOST}:{port}",
+               "--backend", backends[0]]
+        return procs.start(target, cmd, port)
+    if target == "nginx":
+        procs.log_dir.mkdir(exist_ok=True)
+        conf = procs.log_dir / f"nginx-{port}.conf"
+        conf.write_text(NGINX_CONF.format(dir=procs.log_dir, host=HOST, port=port,
+                                          backend=backends[0].replace("ws://", "http://")))
+        return procs.start(target, [*PIN, "nginx", "-e", "stderr", "-p", str(procs.log_dir),
+                                    "-c", str(conf)], port)
     if target.startswith("wspipe-"):
         cmd = [*python, "-m", "wspipe_anyio", "serve", "--listen", f"{HOST}:{port}",
                "--async-lib", target.split("-")[1], "--log-level", "warning",
@@ -485,6 +545,12 @@ def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str,
             # An -alo target is priced against the same proxy at most once; others
             # against the floor relay of their library.
             floor = runs.get(f"wspipe-{lib}" if target.endswith("-alo") else f"floor-{lib}")
+            before = runs.get(f"before-{lib}")
+            if target.startswith("wspipe-") and not target.endswith("-alo") and before:
+                row["vs_before"] = statistics.median(
+                    w["rate"] / b["rate"] for w, b in zip(runs[target], before, strict=True))
+                row["cpu_vs_before"] = statistics.median(
+                    w["cpu_us"] / b["cpu_us"] for w, b in zip(runs[target], before, strict=True))
             if target.startswith("wspipe-") and floor:
                 # Paired by repetition (the same minute of machine load), then the median.
                 row["vs_floor"] = statistics.median(
@@ -509,7 +575,9 @@ def section_idle(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]
             before = rss_kib(proxy.pid)
             idle = subprocess.Popen(
                 [sys.executable, str(HERE / "e2e.py"), "_idle", "--url",
-                 target_url(target, {target: proxy}, 0, PER_CLIENT), "--conns", str(args.idle)],
+                 target_url(target, {target: proxy}, 0, PER_CLIENT), "--conns", str(args.idle),
+                 # under wspipe's max_pending_per_peer (64): all clients come from 127.0.0.1
+                 "--concurrency", "32"],
                 cwd=ROOT, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             procs.items.append(Proc("idle-clients", idle, 0))
             assert idle.stdout is not None and idle.stdin is not None
@@ -655,18 +723,21 @@ def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any
         print(f"\n### Throughput and latency ({args.connections} connections, closed loop, "
               f"binary messages, median of {args.repeat} x {args.duration:g} s)\n")
         print("| size | target | msgs/s | vs floor | p50 ms | p99 ms | target CPU us/msg "
-              "| CPU vs floor |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+              "| CPU vs floor | msgs/s vs before | CPU vs before |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             vs = f"{r['vs_floor']:.0%}" if "vs_floor" in r else ""
             cpu_vs = f"{r['cpu_vs_floor']:.0%}" if "cpu_vs_floor" in r else ""
+            vb = f"{r['vs_before']:.0%}" if "vs_before" in r else ""
+            cb = f"{r['cpu_vs_before']:.0%}" if "cpu_vs_before" in r else ""
             print(f"| {size_label(r['size'])} | {r['target']} | {r['rate']:,.0f} | {vs} | "
-                  f"{r['p50'] * 1e3:.2f} | {r['p99'] * 1e3:.2f} | {r['cpu_us']:.0f} | "
-                  f"{cpu_vs} |")
+                  f"{r['p50'] * 1e3:.3f} | {r['p99'] * 1e3:.3f} | {r['cpu_us']:.1f} | "
+                  f"{cpu_vs} | {vb} | {cb} |")
         print("\nvs floor: wspipe msgs/s over the floor relay's on the same library; CPU vs floor: "
               "the floor's CPU per round trip over wspipe's. Both are paired by repetition "
               "(measured back to back), then the median. For an -alo target (at-least-once "
-              "delivery) both compare with the same wspipe target at most once instead.")
+              "delivery) both compare with the same wspipe target at most once instead. "
+              "vs before: wspipe-X over before-X, paired the same way (CPU: after / before).")
     if "idle" in results:
         print(f"\n### RSS per idle pipe ({args.idle} idle clients, each linked)\n")
         print("| target | RSS before KiB | RSS after KiB | KiB per idle pipe |")
@@ -756,6 +827,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--top", type=int, default=30, help="profile rows (default 30)")
     parser.add_argument("--summarize", nargs="+", metavar="JSON",
                         help="instead of measuring: summarize --json results of earlier runs")
+    parser.add_argument("--pin", metavar="CPU", type=int,
+                        help="run every target under taskset -c CPU")
+    parser.add_argument("--before", metavar="DIR",
+                        help="the source tree the before-* targets run (git archive of main)")
     parser.add_argument("--quick", action="store_true",
                         help="1 s cells, 1 repeat, 300 idle clients, 3 failover trials (< 60 s)")
     args = parser.parse_args(argv)
@@ -764,6 +839,11 @@ def main(argv: list[str]) -> int:
         args.warmup, args.settle = 0.2, 0.3
     args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    global BEFORE
+    if args.pin is not None:
+        PIN[:] = ["taskset", "-c", str(args.pin)]
+    if args.before:
+        BEFORE = Path(args.before).resolve()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [t for t in args.targets if t not in ALL_TARGETS] + [
         s for s in sections if s not in ("throughput", "idle", "failover")]

@@ -43,7 +43,8 @@ async def measure(args: argparse.Namespace, backend_port: int) -> None:
 
         def spawn(n: int) -> subprocess.Popen[str]:
             return subprocess.Popen(
-                [sys.executable, str(HERE / "e2e.py"), "_idle", "--url", url, "--conns", str(n)],
+                [sys.executable, str(HERE / "e2e.py"), "_idle", "--url", url, "--conns", str(n),
+                 "--concurrency", "32"],  # under max_pending_per_peer (64)
                 text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
         async def ready(child: subprocess.Popen[str]) -> None:
@@ -65,6 +66,7 @@ async def measure(args: argparse.Namespace, backend_port: int) -> None:
         await anyio.sleep(0.5)
         gc.collect()
         rss0 = e2e.rss_kib(_pid())
+        types0 = _types()
         snap0 = tracemalloc.take_snapshot()
         child = spawn(args.clients)
         await ready(child)
@@ -72,6 +74,7 @@ async def measure(args: argparse.Namespace, backend_port: int) -> None:
         gc.collect()
         snap1 = tracemalloc.take_snapshot()
         rss1 = e2e.rss_kib(_pid())
+        types1 = _types()
         pipes = len(server.pipes())
         await finish(child)
     n = args.clients
@@ -87,6 +90,20 @@ async def measure(args: argparse.Namespace, backend_port: int) -> None:
         where = f"{_short(frame.filename)}:{frame.lineno}" if args.group == "line" else _short(
             frame.filename)
         print(f"| {stat.size_diff / n:,.0f} | {stat.count_diff / n:.1f} | {where} |")
+    print("\n| live objects per pipe | type |")
+    print("|---:|---|")
+    grown = sorted(((types1[t] - types0.get(t, 0)) / n, t) for t in types1)
+    for count, name in reversed(grown[-args.top:]):
+        print(f"| {count:.1f} | {name} |")
+
+
+def _types() -> dict[str, int]:
+    """Live objects tracked by the garbage collector, by type."""
+    counts: dict[str, int] = {}
+    for obj in gc.get_objects():
+        name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _pid() -> int:

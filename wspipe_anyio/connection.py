@@ -5,17 +5,28 @@ WebSocket: bytes read go to ``on_data``, bytes written are reported to
 ``on_sent``, and the end of the socket to ``on_eof``. The outbox holds what the
 core asked to send, in order; only the core's accounting bounds it (it pauses the
 other side above its high-water mark, from the ``*DataSent`` reports).
+
+Where the socket allows it (a plain TCP socket on trio: anyio's ``raw_socket`` is
+a real ``socket.socket``), the bytes one read produced for a socket — the relayed
+messages, a pong — are written by the reader task right after ``on_data``
+returns, with one non-blocking ``send`` and no switch to the writer task
+(:class:`InlineWrites`); what the kernel does not take at once goes to the writer
+task as before. asyncio hands out a ``TransportSocket`` that refuses ``send``
+and a transport that owns the descriptor, and anyio's ``send`` may wait for the
+transport to drain (which would stop the reader short of the core's high-water
+mark): there, and under TLS, the writer task writes everything, as before.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import socket
 from collections import deque
 from collections.abc import Callable
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSStream
 
 log = logging.getLogger("wspipe.driver")
@@ -29,6 +40,28 @@ MAX_WRITE = 256 * 1024
 SOCKET_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
+class InlineWrites:
+    """The channels that got bytes while a reader task dispatched one read.
+
+    Shared by every channel of a server. ``active`` only while a reader task is
+    inside ``on_data`` (dispatch is synchronous, so no other task queues bytes
+    meanwhile); bytes queued at any other time (timers, write reports, the admin
+    API) wake the writer task as before.
+    """
+
+    __slots__ = ("active", "ready")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.ready: list[Channel] = []
+
+    def flush(self) -> None:
+        """Write what each ready channel queued: one ``send`` per channel, in order."""
+        ready, self.ready = self.ready, []
+        for channel in ready:
+            channel.write_now()
+
+
 class Channel:
     """One socket's outbox, writer and pausable reader.
 
@@ -38,6 +71,8 @@ class Channel:
     :param on_eof: Called once when the socket reaches EOF or fails, with why.
     :param linger: After ``close()``, the longest time spent flushing the outbox
         and waiting for the peer's EOF before the socket is closed anyway.
+    :param inline: The server's :class:`InlineWrites`; ``None``: the writer task
+        writes everything.
     """
 
     def __init__(
@@ -48,13 +83,20 @@ class Channel:
         on_sent: Callable[[int], None],
         on_eof: Callable[[str], None],
         linger: float,
+        inline: InlineWrites | None = None,
     ) -> None:
         self.name = name
+        self._inline = inline
+        #: The socket the reader task may write to without blocking (see the module).
+        self._raw: socket.socket | None = None
+        #: Waiting in ``inline.ready`` for the reader task that queued it.
+        self.inline_queued = False
         self._on_data = on_data
         self._on_sent = on_sent
         self._on_eof = on_eof
         self._linger = linger
-        self._outbox: deque[bytes] = deque()
+        #: What to write, in order; ``None`` while empty (an idle socket holds no deque).
+        self._outbox: deque[bytes] | None = None
         #: Bytes queued or being written, not yet reported to ``on_sent``.
         self._unsent = 0
         self._closing = False
@@ -63,10 +105,15 @@ class Channel:
         # Created only while a task waits (memory per idle connection counts).
         self._writer_wakeup: anyio.Event | None = None
         self._reader_wakeup: anyio.Event | None = None
-        self._reader_done = anyio.Event()
+        #: The reader task ended; the event is made only if someone waits for it.
+        self._reader_finished = False
+        self._reader_done: anyio.Event | None = None
         #: Cancels everything about this channel (connecting, handshaking, relaying).
         self.scope = anyio.CancelScope()
-        self._write_scope = anyio.CancelScope()
+        #: When the writer and the reader give up (``close()`` plus ``linger``), and
+        #: the scope of both once :meth:`run` started them (one scope less per socket).
+        self._deadline = math.inf
+        self._run_scope: anyio.CancelScope | None = None
         self._stream: ByteStream | None = None
 
     @property
@@ -81,8 +128,19 @@ class Channel:
         if self._closing:
             log.debug("%s: dropping %d bytes queued after close", self.name, len(data))
             return
+        if self._outbox is None:
+            self._outbox = deque()
         self._outbox.append(data)
         self._unsent += len(data)
+        if self.inline_queued:
+            return
+        inline = self._inline
+        if inline is not None and inline.active and self._raw is not None \
+                and self._writer_wakeup is not None:
+            # The writer is idle: the reader task that is dispatching writes it.
+            self.inline_queued = True
+            inline.ready.append(self)
+            return
         self._wake_writer()
 
     def close(self) -> None:
@@ -93,10 +151,15 @@ class Channel:
         if self._stream is None:
             self.scope.cancel()
             return
-        self._write_scope.deadline = min(self._write_scope.deadline,
-                                         anyio.current_time() + self._linger)
+        self._set_deadline(anyio.current_time() + self._linger)
         self._wake_writer()
         self._wake_reader()
+
+    def _set_deadline(self, deadline: float) -> None:
+        if deadline < self._deadline:
+            self._deadline = deadline
+            if self._run_scope is not None:
+                self._run_scope.deadline = deadline
 
     def pause(self) -> None:
         """Stop reading until :meth:`resume`."""
@@ -125,12 +188,19 @@ class Channel:
     async def run(self, stream: ByteStream) -> None:
         """Move bytes until the channel is closed or the socket fails; then close it."""
         self._stream = stream
+        if self._inline is not None and not isinstance(stream, TLSStream):
+            raw = stream.extra(SocketAttribute.raw_socket, None)
+            if type(raw) is socket.socket:  # trio; asyncio's refuses send()
+                self._raw = raw
         try:
             async with anyio.create_task_group() as tg:
+                self._run_scope = tg.cancel_scope
+                tg.cancel_scope.deadline = self._deadline
                 tg.start_soon(self._read_loop)
-                with self._write_scope:
-                    await self._write_loop(stream)
-                    await self._half_close(stream)
+                await self._write_loop(stream)
+                await self._half_close(stream)
+                if not self._reader_finished:
+                    self._reader_done = anyio.Event()
                     await self._reader_done.wait()
                 tg.cancel_scope.cancel()
         finally:
@@ -159,12 +229,56 @@ class Channel:
                 except SOCKET_ERRORS as exc:
                     self._report_eof(f"read failed: {exc!r}")
                     return
-                if not self._closing:  # after close() the core has forgotten us
+                if self._closing:  # after close() the core has forgotten us
+                    continue
+                inline = self._inline
+                if inline is None:
                     self._on_data(data)
+                    continue
+                inline.active = True
+                try:
+                    self._on_data(data)
+                finally:
+                    inline.active = False
+                    if inline.ready:
+                        inline.flush()
         finally:
-            self._reader_done.set()
+            self._reader_finished = True
+            if self._reader_done is not None:
+                self._reader_done.set()
             # A socket at EOF is done: write what is queued, then close it.
             self.close()
+
+    def write_now(self) -> None:
+        """Write the outbox from the reader task that queued it, without blocking.
+
+        What the kernel does not take at once stays first in the outbox for the
+        writer task; the writer task is idle meanwhile (it waits for a wake-up).
+        """
+        self.inline_queued = False
+        raw = self._raw
+        if raw is None or self._writer_wakeup is None or not self._outbox or self._closing:
+            self._wake_writer()
+            return
+        chunk = self._take()
+        try:
+            sent = raw.send(chunk)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._requeue(chunk)  # the writer task meets the error again
+            log.debug("%s: inline write failed: %r", self.name, exc)
+            self._wake_writer()
+            return
+        if sent < len(chunk):
+            self._requeue(chunk[sent:])
+        if self._outbox:
+            # The kernel did not take it all, or there was more than one write's worth
+            # (MAX_WRITE): the writer task goes on.
+            self._wake_writer()
+        if sent:
+            self._unsent -= sent
+            self._on_sent(sent)
 
     async def _write_loop(self, stream: ByteStream) -> None:
         while True:
@@ -179,24 +293,33 @@ class Channel:
                 await stream.send(chunk)
             except SOCKET_ERRORS as exc:
                 self._report_eof(f"write failed: {exc!r}")
-                self._outbox.clear()
+                self._outbox = None
                 self._unsent = 0
-                self._write_scope.deadline = -math.inf
+                self._set_deadline(-math.inf)
                 return
             self._unsent -= len(chunk)
             self._on_sent(len(chunk))
 
     def _take(self) -> bytes:
-        first = self._outbox.popleft()
-        if not self._outbox or len(first) >= MAX_WRITE:
-            return first
-        parts = [first]
-        size = len(first)
-        while self._outbox and size + len(self._outbox[0]) <= MAX_WRITE:
-            part = self._outbox.popleft()
-            parts.append(part)
-            size += len(part)
-        return b"".join(parts)
+        outbox = self._outbox
+        assert outbox is not None
+        first = outbox.popleft()
+        if outbox and len(first) < MAX_WRITE:
+            parts = [first]
+            size = len(first)
+            while outbox and size + len(outbox[0]) <= MAX_WRITE:
+                part = outbox.popleft()
+                parts.append(part)
+                size += len(part)
+            first = b"".join(parts)
+        if not outbox:
+            self._outbox = None
+        return first
+
+    def _requeue(self, chunk: bytes) -> None:
+        if self._outbox is None:
+            self._outbox = deque()
+        self._outbox.appendleft(chunk)
 
     async def _half_close(self, stream: ByteStream) -> None:
         # Send FIN and let the peer read our last bytes before we close: closing a

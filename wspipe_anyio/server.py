@@ -46,9 +46,10 @@ from wspipe_core.reconfigure import Plan
 from wspipe_core.stats import Stats
 from wspipe_core.store import StoreAction
 
-from .connection import Channel
+from .connection import Channel, InlineWrites
 from .discovery import RESOLVE_TIMEOUT, DnsResolver, ResolveError, Resolver
 from .metrics import Metrics
+from .speedups import fast_wire
 from .store.runner import StoreRunner
 
 if TYPE_CHECKING:
@@ -154,13 +155,16 @@ class ProxyServer:
             instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         #: This instance's id in the fleet (``None`` without a store).
         self.instance = instance if store is not None else None
-        self.proxy = Proxy(config, pm=pm, rng=rng, instance=self.instance)
+        self.proxy = Proxy(config, pm=pm, rng=rng, wire=fast_wire(),
+                           instance=self.instance)
         self._store = store
         self._runner = (StoreRunner(store, instance, self._feed_safely, self.describe,
                                     member_ttl=config.lease_ttl, timeout=config.store_timeout)
                         if store is not None and instance is not None else None)
         self._reuse_port = reuse_port
         self._started_at = time.time()
+        #: Writes a reader task does itself after dispatching a read (connection.py).
+        self._inline = InlineWrites()
         self._listen = tuple(listen)
         self._ssl_context = ssl_context
         self._backend_ssl_context = backend_ssl_context
@@ -524,6 +528,7 @@ class ProxyServer:
             on_sent=lambda n: self._feed(ev.ClientDataSent(conn, n)),
             on_eof=lambda why: self._feed(ev.ClientEOF(conn)),
             linger=self._close_linger,
+            inline=self._inline,
         )
         self._clients[conn] = channel
         log.debug("%s: accepted from %s", name, peer)
@@ -565,6 +570,7 @@ class ProxyServer:
             on_sent=lambda n: self._feed(ev.LinkDataSent(link, n)),
             on_eof=lambda why: self._feed(ev.LinkEOF(link, why)),
             linger=self._close_linger,
+            inline=self._inline,
         )
         self._links[link] = channel
         self._tg.start_soon(self._run_link, action, channel)

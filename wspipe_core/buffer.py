@@ -103,6 +103,8 @@ class MemoryBudget:
 
 #: One held message: its sequence number in the pipe, the message, its payload bytes.
 Item = tuple[int, Message, int]
+#: The items of every empty buffer (never appended to: ``append`` replaces it).
+_EMPTY: deque[Item] = deque(maxlen=0)
 
 
 class ReplayBuffer:
@@ -117,7 +119,8 @@ class ReplayBuffer:
     __slots__ = ("_items", "bytes", "overhead")
 
     def __init__(self, overhead: int = 0) -> None:
-        self._items: deque[Item] = deque()
+        #: Created with the first message: most buffers of idle pipes never hold one.
+        self._items: deque[Item] = _EMPTY
         self.bytes = 0
         #: Bytes charged per message on top of its payload.
         self.overhead = overhead
@@ -142,6 +145,8 @@ class ReplayBuffer:
 
     def append(self, message: Message, size: int | None = None, seq: int = 0) -> None:
         size = payload_size(message) if size is None else size
+        if self._items is _EMPTY:
+            self._items = deque()
         self._items.append((seq, message, size))
         self.bytes += size
 
@@ -152,12 +157,16 @@ class ReplayBuffer:
     def drain(self) -> list[Item]:
         """Remove and return every message, oldest first."""
         items = list(self._items)
-        self._items.clear()
+        self._items = _EMPTY
         self.bytes = 0
         return items
 
     def prepend(self, items: list[Item]) -> None:
         """Put ``items`` (oldest first) before everything held."""
+        if not items:
+            return
+        if self._items is _EMPTY:
+            self._items = deque()
         self._items.extendleft(reversed(items))
         self.bytes += sum(size for _, _, size in items)
 

@@ -51,6 +51,7 @@ from .pipe import Pipe
 from .pool import Backend, Pool
 from .relay import Relay, Verdict
 from .stats import Stats
+from .wire import Wire
 
 _ENDED = (PipeState.CLOSING, PipeState.CLOSED)
 _DIALING = (LinkState.DIALING, LinkState.HANDSHAKING)
@@ -61,8 +62,10 @@ class Failover(abc.ABC):
 
     def __init__(self, config: ProxyConfig, hooks: Hooks, rng: random.Random, pool: Pool,
                  flow: Flow, relay: Relay, keepalive: Keepalive, timers: Timers, links: Links,
-                 stats: Stats) -> None:
+                 stats: Stats, wire: Wire | None = None) -> None:
         self._config = config
+        #: Frames the data phase of every open connection (client and link).
+        self._wire = wire if wire is not None else Wire()
         self._hooks = hooks
         self._rng = rng
         self._pool = pool
@@ -124,7 +127,7 @@ class Failover(abc.ABC):
         pipe: Pipe = link.owner
         self._timers.touch(link)
         relay = self._relay
-        for item in link.receive(data, self._keepalive, self._flow, now):
+        for item in link.receive(data, self._keepalive, self._flow, now, self._wire):
             # Exact types: wsproto events are ABCs, so isinstance is slow per message.
             if type(item) is TextMessage or type(item) is BytesMessage:
                 if pipe.state in _ENDED:

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .actions import Action, CloseClient, PauseClient, ResumeClient, SendToClient
+from .config import ProxyConfig
 from .errors import BackendError
 from .events import ConnId, Event
 from .handover import SessionState, restore
@@ -57,7 +58,6 @@ from .store import (
     HandoverRequested,
     RegistryEntry,
     RegistrySnapshot,
-    StoreAction,
     StoreClaim,
     StoreClaimed,
     StoreHandoff,
@@ -77,31 +77,6 @@ if TYPE_CHECKING:
     from .migration import Migrations
     from .session import Sessions
 
-__all__ = [
-    "FLEET_EVENTS",
-    "ClaimResult",
-    "EntryState",
-    "Fleet",
-    "FleetMembers",
-    "HandoverArrived",
-    "HandoverRequested",
-    "Plan",
-    "RegistryEntry",
-    "RegistrySnapshot",
-    "StoreAction",
-    "StoreClaim",
-    "StoreClaimed",
-    "StoreHandoff",
-    "StoreHandover",
-    "StoreHealth",
-    "StorePark",
-    "StorePublish",
-    "StoreRelease",
-    "StoreRenew",
-    "StoreSeed",
-    "StoreUnavailable",
-    "StoreUnpark",
-]
 
 log = logging.getLogger("wspipe")
 
@@ -432,6 +407,13 @@ class Fleet:
         return 1.0 / self.members
 
     # ------------------------------------------------------------ routing (from the Proxy)
+
+    @classmethod
+    def of(cls, config: ProxyConfig, instance: str, stats: Stats) -> Fleet:
+        """The fleet state of ``instance`` with ``config``'s timings and limits."""
+        return cls(instance, config.lease_ttl, config.store_timeout, stats,
+                   config.close_timeout + 2 * config.store_timeout + 1.0,
+                   config.resume_window, config.buffer_limit)
 
     def bind(self, sessions: Sessions, pool: Pool, flow: Flow, migrations: Migrations,
              add: Callable[[str, float, float], Any],

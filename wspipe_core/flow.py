@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from wsproto.connection import Connection
 
     from .config import ProxyConfig
+    from .wire import WireConnection
 
 
 class Hold(enum.IntFlag):
@@ -60,7 +61,8 @@ class Endpoint:
     __slots__ = ("assembler", "confirmed", "congested", "holds", "ident", "owner", "peer",
                  "pending", "ping_at", "ping_mark", "pong_deadline", "written", "ws")
 
-    def __init__(self, ident: int, ws: Connection | WSConnection, owner: Any) -> None:
+    def __init__(self, ident: int, ws: Connection | WSConnection | WireConnection,
+                 owner: Any) -> None:
         #: The id the driver knows it by (``conn`` or ``link``).
         self.ident = ident
         self.ws = ws

@@ -38,6 +38,7 @@ from .flow import Endpoint, Flow, Hold
 from .info import BackendRequest
 from .keepalive import Keepalive
 from .pool import Backend
+from .wire import Wire
 
 _OPENISH = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
@@ -126,7 +127,8 @@ class Link(Endpoint):
     RESUME = ResumeLink
     INBOUND = False
 
-    __slots__ = ("backend", "confirm_asked", "confirming", "deadline", "proven", "state")
+    __slots__ = ("backend", "confirm_asked", "confirming", "deadline", "head", "proven",
+                 "state")
 
     def __init__(self, ident: LinkId, backend: Backend, owner: Any, deadline: float) -> None:
         super().__init__(ident, WSConnection(ConnectionType.CLIENT), owner)
@@ -142,6 +144,9 @@ class Link(Endpoint):
         #: pong is still to come (at-least-once).
         self.confirm_asked = 0
         self.confirming = False
+        #: What the backend sent while handshaking: the frames after its 101 are
+        #: handed to the wire (wsproto's h11 keeps them to itself).
+        self.head = b""
 
     @property
     def id(self) -> LinkId:
@@ -174,15 +179,18 @@ class Link(Endpoint):
         return Lost(InterruptionCause.EOF, f"connection lost: {error}")
 
     def receive(self, data: bytes, keepalive: Keepalive,
-                flow: Flow, now: float) -> Iterator[Message | Outcome]:
+                flow: Flow, now: float, wire: Wire) -> Iterator[Message | Outcome]:
         """Bytes from the backend: yield its messages (fragments) and the outcomes.
 
         The caller stops iterating to stop reading frames (what is left stays
-        buffered in wsproto). Pings are answered here.
+        buffered unparsed). Pings are answered here.
         """
-        if self.state is LinkState.DIALING:
+        state = self.state
+        if state is LinkState.DIALING:
             return
         ws = self.ws
+        if state is LinkState.HANDSHAKING:
+            self.head += data
         try:
             ws.receive_data(data)
         except RemoteProtocolError as exc:
@@ -190,8 +198,30 @@ class Link(Endpoint):
             return
         except LocalProtocolError:
             return  # data after the close handshake: nothing to do with it
+        if state is LinkState.HANDSHAKING:
+            yield from self._handshake_events(keepalive, flow, now, wire)
+        else:
+            yield from self._frames(keepalive, flow)
+
+    def _handshake_events(self, keepalive: Keepalive, flow: Flow, now: float,
+                          wire: Wire) -> Iterator[Message | Outcome]:
         try:
-            for event in ws.events():
+            for event in self.ws.events():
+                if isinstance(event, AcceptConnection):
+                    yield self._opened(event, keepalive, now, wire)
+                    yield from self._frames(keepalive, flow)
+                    return
+                if isinstance(event, RejectConnection):
+                    status = event.status_code
+                    cause = LinkFailure.REFUSED if 400 <= status < 500 else LinkFailure.HANDSHAKE
+                    yield Failed(cause, f"handshake rejected with HTTP {status}", status)
+                    return
+        except RemoteProtocolError as exc:
+            yield Failed(LinkFailure.HANDSHAKE, f"bad handshake response: {exc}")
+
+    def _frames(self, keepalive: Keepalive, flow: Flow) -> Iterator[Message | Outcome]:
+        try:
+            for event in self.ws.events():
                 # Exact types: wsproto events are ABCs, so isinstance is slow per message.
                 if type(event) is TextMessage or type(event) is BytesMessage:
                     if not self.proven:
@@ -208,23 +238,19 @@ class Link(Endpoint):
                     payload = bytes(event.payload)
                     if payload.startswith(CONFIRM_PREFIX) and payload[8:].isdigit():
                         yield Confirmed(int(payload[8:]))
-                elif isinstance(event, AcceptConnection):
-                    yield self._opened(event, keepalive, now)
-                elif isinstance(event, RejectConnection):
-                    status = event.status_code
-                    cause = LinkFailure.REFUSED if 400 <= status < 500 else LinkFailure.HANDSHAKE
-                    yield Failed(cause, f"handshake rejected with HTTP {status}", status)
-                    return
                 elif isinstance(event, CloseConnection):
                     yield self._close_received(event, flow, keepalive)
                     return
         except RemoteProtocolError as exc:
             yield Failed(LinkFailure.HANDSHAKE, f"bad handshake response: {exc}")
 
-    def _opened(self, event: AcceptConnection, keepalive: Keepalive, now: float) -> Opened:
+    def _opened(self, event: AcceptConnection, keepalive: Keepalive, now: float,
+                wire: Wire) -> Opened:
         self.state = LinkState.OPEN
-        if isinstance(self.ws, WSConnection) and self.ws.connection is not None:
-            self.ws = self.ws.connection  # drop the handshake state (memory per idle link)
+        # The data phase is the wire's; the handshake state goes (memory per idle link).
+        # The response head is the first blank line: h11 reads nothing before a 101.
+        head, self.head = self.head, b""
+        self.ws = wire.connection(True, head[head.index(b"\r\n\r\n") + 4:])
         keepalive.start(self, now)
         return Opened(event.subprotocol)
 

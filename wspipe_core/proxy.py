@@ -32,8 +32,7 @@ from .errors import (
     UnknownBackend,
     UsageError,
 )
-from .fleet import FLEET_EVENTS, Fleet, RegistryEntry
-from .fleet import EntryState as _Entry
+from .fleet import FLEET_EVENTS, Fleet
 from .flow import Flow
 from .handshake import Claim, Handshakes, PendingClient
 from .health import BackendHealth, HealthChecks
@@ -48,6 +47,9 @@ from .reconfigure import Plan, plan
 from .relay import Relay
 from .session import Sessions
 from .stats import Stats
+from .store import EntryState as _Entry
+from .store import RegistryEntry
+from .wire import Wire
 
 log = logging.getLogger("wspipe.proxy")
 
@@ -63,6 +65,9 @@ class Proxy:
     :param instance: This instance's id in a fleet sharing a store; the core then
         claims client ids and publishes registry changes through store actions
         (see :mod:`wspipe_core.fleet`). ``None``: a self-contained proxy.
+    :param wire: Parses and builds the frames of open connections: ``Wire(mask)``
+        with the fastest masker there is (the driver passes a C one; pure Python if
+        omitted).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class Proxy:
         pm: pluggy.PluginManager | None = None,
         rng: random.Random | None = None,
         instance: str | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.config = config = config or ProxyConfig()
         self.pm = pm if pm is not None else make_plugin_manager(config)
@@ -89,7 +95,8 @@ class Proxy:
         relay = Relay(config, flow, self.budget, self.hooks, self.stats)
         self._handshakes = Handshakes(config, self.hooks, flow, self._timers, self.stats)
         self._sessions = Sessions(config, self.hooks, self.rng, self.pool, flow, relay,
-                                  keepalive, self._timers, self._links, self.stats)
+                                  keepalive, self._timers, self._links, self.stats,
+                                  wire)
         relay.evict = self._sessions.evict
         self._shutting_down = False
         self._handlers: dict[type, Callable[[Any, float], None]] = {
@@ -107,11 +114,7 @@ class Proxy:
             ev.BackendsResolved: self._on_backends_resolved,
         }
         #: Leases, store health and membership, with a store; ``None`` without one.
-        self.fleet = (Fleet(instance, config.lease_ttl, config.store_timeout, self.stats,
-                            handover_timeout=config.close_timeout + 2 * config.store_timeout
-                            + 1.0, resume_window=config.resume_window,
-                            buffer_limit=config.buffer_limit)
-                      if instance is not None else None)
+        self.fleet = Fleet.of(config, instance, self.stats) if instance is not None else None
         if self.fleet is not None:
             self.fleet.bind(self._sessions, self.pool, self._flow, self.migrations,
                             self._add, self._drain)

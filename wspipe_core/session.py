@@ -100,8 +100,8 @@ class Sessions(Resumption, Handover):
         """
         assert pipe.upgrade is not None
         accept = pipe.upgrade.send(AcceptConnection(subprotocol=subprotocol))
-        connection = pipe.upgrade.connection
-        assert connection is not None  # wsproto opens it when it sends AcceptConnection
+        # wsproto answered the upgrade; the data phase is the wire's.
+        connection = self._wire.connection(client=False)
         client = pipe.client
         client.ws = connection
         pipe.upgrade = None

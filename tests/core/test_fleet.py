@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from wspipe_core import ProxyConfig
-from wspipe_core.fleet import (
+from wspipe_core.store import (
     ClaimResult,
     EntryState,
     FleetMembers,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from .harness import Harness
 from .invariants import check_invariants, leftovers
 from .peers import BackendLink, FakeBackend, FakeClient, encode
+from .reference import WsprotoWire
 
-__all__ = ["BackendLink", "FakeBackend", "FakeClient", "Harness", "check_invariants", "encode",
-           "leftovers"]
+__all__ = ["BackendLink", "FakeBackend", "FakeClient", "Harness", "WsprotoWire",
+           "check_invariants", "encode", "leftovers"]

@@ -16,6 +16,7 @@ from ..hooks import make_plugin_manager
 from ..info import PipeInfo
 from ..proxy import Proxy
 from ..store import StoreAction, StoreHealth
+from ..wire import Wire
 from .invariants import check_invariants
 from .peers import BackendLink, FakeBackend, FakeClient
 from .store import MemoryStore
@@ -36,15 +37,18 @@ class Harness:
     :param instance: Run the proxy as this fleet instance (see :mod:`wspipe_core.fleet`).
     :param store: The :class:`MemoryStore` its store actions go to (share one between
         harnesses for a fleet); it is reported reachable at once unless ``down``.
+    :param wire: The proxy's frame layer (:class:`~wspipe_core.wire.Wire`; the
+        reference :class:`~wspipe_core.testing.WsprotoWire` to compare with wsproto).
     """
 
     def __init__(self, config: ProxyConfig | None = None, *, plugins: Sequence[object] = (),
                  seed: int = 0, auto_ack: bool = True, honour_pauses: bool = False,
-                 check: bool = False, instance: str | None = None,
-                 store: MemoryStore | None = None) -> None:
+                 check: bool = False, wire: Wire | None = None,
+                 instance: str | None = None, store: MemoryStore | None = None) -> None:
         config = config or ProxyConfig()
         pm = make_plugin_manager(config, plugins=plugins)
-        self.proxy = Proxy(config, pm=pm, rng=random.Random(seed), instance=instance)
+        self.proxy = Proxy(config, pm=pm, rng=random.Random(seed), wire=wire,
+                           instance=instance)
         self.store = store
         self.now = 0.0
         self.auto_ack = auto_ack
