@@ -135,6 +135,16 @@ def test_the_behaviour_table_of_architecture_md_names_files_that_exist():
         assert re.search(r"`tests/", tests) or tests.startswith("—"), behaviour
 
 
+def test_the_backend_helper_stands_alone():
+    """wspipe_backend runs inside backends: the standard library and the framework it
+    adapts, never the proxy's core or driver."""
+    allowed = set(sys.stdlib_module_names) | {"wspipe_backend", "starlette", "websockets"}
+    for path in sorted((ROOT / "wspipe_backend").glob("*.py")):
+        name = "wspipe_backend" if path.name == "__init__.py" else f"wspipe_backend.{path.stem}"
+        for module in _imports(name, path):
+            assert module.split(".")[0] in allowed, f"{name} imports {module}"
+
+
 #: Driver modules that read and compare configuration only: no event loop, no sockets,
 #: so ``wspipe config --show`` and a reload's validation run anywhere, and the reload
 #: plan stays the core's (``wspipe_core.reconfigure``), not theirs.

@@ -44,6 +44,7 @@ from .admin import (
 )
 from .admin.console import installed_version
 from .admin_cli import ADMIN_COMMANDS, add_admin_subcommands, run_admin_command
+from .chaos import ChaosUsageError, add_chaos_flags, chaos_command
 from .fleet_cli import FLEET_DEFAULTS, FLEET_KEYS, FleetOptions, add_fleet_flags, fleet_options
 from .logfmt import setup_logging
 from .reload import Loaded, Reloader, ReloadFailed
@@ -56,6 +57,7 @@ log = logging.getLogger("wspipe")
 SIZE_KEYS = frozenset({"buffer_limit", "memory_budget", "max_message_size", "max_header_size",
                        "write_high_water", "write_low_water"})
 DURATION_KEYS = frozenset({"handshake_timeout", "link_timeout", "race_after", "resume_window",
+                           "confirm_interval",
                            "ping_interval", "ping_timeout",
                            "max_interruption", "close_timeout", "eject_base", "eject_max",
                            "backoff_base", "backoff_max",
@@ -174,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--cafile", metavar="PEM", help="CAs trusted for wss:// backends (default: system)")
     add_admin_flags(serve)
     add_fleet_flags(serve)
+    chaos = sub.add_parser("chaos", parents=[serve], add_help=False,
+                           help="check the delivery mode against injected faults",
+                           description="Run the proxy with these settings, managed echo "
+                           "backends and clients, inject seeded faults, print what was "
+                           "lost, duplicated and reordered; exit 1 if the delivery mode's "
+                           "promise was broken.")
+    add_chaos_flags(chaos)
     demo = sub.add_parser("demo", help="show a pipe surviving two backend restarts",
                           description="Run a proxy, two echo backends and a client in-process.")
     demo.add_argument("--async-lib", choices=("asyncio", "trio"), default="asyncio")
@@ -464,6 +473,14 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    """``wspipe chaos``."""
+    try:
+        return chaos_command(merge_settings(args), build_options)
+    except ChaosUsageError as exc:
+        raise UsageFailure(str(exc)) from None
+
+
 def cmd_config(serve_flags: Sequence[str]) -> int:
     """``wspipe config --show [serve flags]``: the effective configuration, masked."""
     serve_args = build_parser().parse_args(["serve", *serve_flags])
@@ -498,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_admin_command(args)
         if args.command == "plugins":
             return cmd_plugins(args)
+        if args.command == "chaos":
+            return cmd_chaos(args)
         return cmd_demo(args)
     except UsageFailure as exc:
         print(f"wspipe: error: {exc}", file=sys.stderr)

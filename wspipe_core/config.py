@@ -127,6 +127,10 @@ class ProxyConfig:
     #: (the default), ``at-least-once`` or ``acked`` (see docs/behaviour.md, Delivery);
     #: the ``wspipe_delivery`` hook may choose per pipe.
     delivery: str = "at-most-once"
+    #: With ``at-least-once`` delivery: the shortest time between two confirmation pings
+    #: on a link. Messages written meanwhile wait for the next one (the retained window
+    #: grows by about this much traffic; each ping confirms more). 0: a ping per burst.
+    confirm_interval: float = 0.05
     #: With ``acked`` delivery: a text message from the backend that starts with this,
     #: followed by a sequence number, acknowledges every client message up to it.
     ack_prefix: str = "\x00wspipe:ack:"
@@ -171,7 +175,7 @@ class ProxyConfig:
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
         for name in ("ping_interval", "ping_timeout", "backoff_base", "race_after",
-                     "resume_window"):
+                     "resume_window", "confirm_interval"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")

@@ -14,6 +14,18 @@ import itertools
 from collections.abc import Hashable
 from typing import Protocol
 
+#: A deadline met this much later than it was due means the proxy itself was not
+#: running (a stall: starved CPU, a long pause): what a peer sent meanwhile may be
+#: sitting unread, so the deadline is moved :data:`GRACE` past now instead of fired.
+LATE = 0.5
+GRACE = 0.1
+
+
+def overslept(due: float, now: float) -> bool:
+    """Whether a deadline ``due`` fires so late (``now``) that the proxy, not the peer,
+    was the one not running; the caller then gives the peer :data:`GRACE`."""
+    return now - due > LATE
+
 
 class Timed(Hashable, Protocol):
     """An object that knows its next deadline."""

@@ -7,8 +7,9 @@
 ``at-least-once``
     Messages written to a link are retained (they count against ``buffer_limit`` and
     the memory budget like buffered ones) until a pong answers a ping the proxy sent
-    after them: one confirmation ping per burst of writes, one in flight at a time,
-    so the retained window is what a link carries in one round trip. On any
+    after them: one confirmation ping per burst of writes, one in flight at a time and
+    ``confirm_interval`` apart at least, so the retained window is what a link carries
+    in one round trip plus that interval. On any
     interruption — EOF, reset, ping timeout, a backend Close with an interruption
     code (frameworks drop what arrives in their last milliseconds) — the unconfirmed
     messages are replayed first, in order, on the next link, then the buffer.
@@ -47,6 +48,7 @@ class Deliveries:
                  timers: Timers, stats: Stats) -> None:
         self._prefix = config.session_header_prefix.lower()
         self._ack_prefix = config.ack_prefix
+        self._confirm_interval = config.confirm_interval
         self._relay = relay
         self._keepalive = keepalive
         self._timers = timers
@@ -55,8 +57,9 @@ class Deliveries:
     def after_burst(self, pipe: Pipe, now: float) -> None:
         """Messages may have been written to the live link: ask it to confirm them.
 
-        At most one confirmation ping is in flight per link; the next one goes out
-        when its pong comes back, if more was written meanwhile.
+        At most one confirmation ping is in flight per link, and two go out at least
+        ``confirm_interval`` apart: the next one when its pong has come back and the
+        interval has passed, if more was written meanwhile (then a timer sends it).
         """
         if pipe.delivery is not Delivery.AT_LEAST_ONCE:
             return
@@ -65,10 +68,24 @@ class Deliveries:
             return
         last = pipe.lane.retained.last_seq
         if last > link.confirm_asked:
+            due = link.confirm_sent + self._confirm_interval
+            if now < due:
+                if link.confirm_at is None:
+                    link.confirm_at = due
+                    self._timers.touch(link)
+                return
+            link.confirm_at = None
+            link.confirm_sent = now
             link.confirm_asked = last
             link.confirming = True
             self._keepalive.ping(link, CONFIRM_PREFIX + str(last).encode(), now)
             self._timers.touch(link)
+
+    def confirm_due(self, link: Link, now: float) -> None:
+        """``link``'s timer passed: send its waiting confirmation ping if it is due."""
+        if link.confirm_at is not None and now >= link.confirm_at:
+            link.confirm_at = None
+            self.after_burst(link.owner, now)
 
     def confirmed(self, pipe: Pipe, link: Link, seq: int, now: float) -> None:
         """``link``'s pong confirmed the messages up to ``seq``."""

@@ -185,6 +185,8 @@ class Failover(abc.ABC):
         outcome = link.tick(now, self._keepalive)
         if outcome is not None:
             self.outcome(link, outcome, now)
+        elif link.confirm_at is not None:
+            self._deliveries.confirm_due(link, now)
 
     def outcome(self, link: Link, outcome: Outcome, now: float) -> bool:
         """Act on what happened to ``link``; ``False`` when its frames must not be read on."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from wsproto.connection import ConnectionState
 from wsproto.events import Ping
 
+from .deadlines import GRACE, overslept
 from .flow import Endpoint, Flow
 
 PING_PAYLOAD = b"wspipe"
@@ -57,7 +58,12 @@ class Keepalive:
                 ep.ping_at = now + self.interval
             return False
         if ep.pong_deadline is not None and now >= ep.pong_deadline:
-            return True
+            if not overslept(ep.pong_deadline, now):
+                return True
+            # We overslept the deadline: read what arrived meanwhile before blaming the
+            # peer for our own stall, or a stalled proxy drops every peer at once.
+            ep.pong_deadline = now + GRACE
+            return False
         if ep.ping_at is not None and now >= ep.ping_at:
             ep.ping_at = now + self.interval
             if ep.pong_deadline is None and ep.ws.state is ConnectionState.OPEN:

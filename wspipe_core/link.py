@@ -33,6 +33,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from .actions import OpenLink, PauseLink, ResumeLink, SendToLink
 from .codes import InterruptionCause, LinkFailure
+from .deadlines import GRACE, overslept
 from .events import LinkId
 from .flow import Endpoint, Flow, Hold
 from .info import BackendRequest
@@ -127,8 +128,8 @@ class Link(Endpoint):
     RESUME = ResumeLink
     INBOUND = False
 
-    __slots__ = ("backend", "confirm_asked", "confirming", "deadline", "head", "proven",
-                 "state")
+    __slots__ = ("backend", "confirm_asked", "confirm_at", "confirm_sent", "confirming",
+                 "deadline", "head", "proven", "state")
 
     def __init__(self, ident: LinkId, backend: Backend, owner: Any, deadline: float) -> None:
         super().__init__(ident, WSConnection(ConnectionType.CLIENT), owner)
@@ -144,6 +145,10 @@ class Link(Endpoint):
         #: pong is still to come (at-least-once).
         self.confirm_asked = 0
         self.confirming = False
+        #: When the last confirmation ping went out, and when the next one is due
+        #: (``None``: none waiting; ``confirm_interval`` apart at least).
+        self.confirm_sent = float("-inf")
+        self.confirm_at: float | None = None
         #: What the backend sent while handshaking: the frames after its 101 are
         #: handed to the wire (wsproto's h11 keeps them to itself).
         self.head = b""
@@ -293,6 +298,12 @@ class Link(Endpoint):
         """A deadline of this link passed."""
         if self.state in (LinkState.DIALING, LinkState.HANDSHAKING):
             if now >= self.deadline:
+                if overslept(self.deadline, now):
+                    # We were not running: the connect or the backend's answer may be
+                    # waiting to be read. Blaming the backend now would make a stalled
+                    # proxy fail every dial at once, and retry them all together.
+                    self.deadline = now + GRACE
+                    return None
                 return Failed(LinkFailure.TIMEOUT, "handshake timed out")
             return None
         if self.state is LinkState.CLOSING:
@@ -304,7 +315,11 @@ class Link(Endpoint):
     def next_deadline(self) -> float | None:
         """When this link must next be woken."""
         if self.state is LinkState.OPEN:
-            return Keepalive.next_deadline(self)
+            keepalive = Keepalive.next_deadline(self)
+            confirm = self.confirm_at
+            if confirm is None:
+                return keepalive
+            return confirm if keepalive is None or confirm < keepalive else keepalive
         return self.deadline
 
 

@@ -82,6 +82,16 @@ class Lane:
         self.dropped = 0
 
 
+def _unconfirmed(pipe: Any, lane: Lane | None) -> str:
+    """Why a retaining lane is full: the messages its backend has not confirmed."""
+    if lane is None or not len(lane.retained):
+        return ""
+    what = "acknowledged (does the backend send acks?)" if pipe.delivery.value == "acked" \
+        else "confirmed by a pong"
+    return (f", {len(lane.retained)} messages ({lane.retained.bytes} bytes) of it written to "
+            f"the backend and not {what}")
+
+
 def frame(message: Message) -> Frame:
     """The wsproto event that sends a whole message."""
     return TextMessage(data=message) if isinstance(message, str) else BytesMessage(data=message)
@@ -210,12 +220,12 @@ class Relay:
                     lane.paused_since = now
                 if reason is LimitKind.MEMORY_BUDGET:
                     self._flow.wait_for_budget(pipe)
-                pipe_log(logging.INFO, pipe, "%s reached (%d bytes); not reading the client",
-                         reason, limit)
+                pipe_log(logging.INFO, pipe, "%s reached (%d bytes)%s; not reading the client",
+                         reason, limit, _unconfirmed(pipe, lane))
                 self._flow.hold(src, Hold.POLICY)
                 return Verdict.PAUSED
-            pipe_log(logging.WARNING, pipe, "%s reached (%d bytes); closing the client", reason,
-                     limit)
+            pipe_log(logging.WARNING, pipe, "%s reached (%d bytes)%s; closing the client",
+                     reason, limit, _unconfirmed(pipe, lane))
             return Verdict.FULL
 
     def _make_room_elsewhere(self, largest: Any, pipe: Any, n: int, now: float) -> bool:

@@ -24,7 +24,9 @@ def test_at_least_once_retains_written_messages_until_a_pong_after_them_confirms
         assert h.pipe(c).unconfirmed_messages == 2
         assert h.proxy.budget.used == len("one") + len("two")  # counted like buffered bytes
     for pong in pongs:
-        b1.links[0].send_raw(pong)  # the pong of the confirmation ping
+        b1.links[0].send_raw(pong)  # the pong of the confirmation ping: "one" confirmed
+    assert h.pipe(c).unconfirmed_messages == 1
+    h.advance(0.05)  # confirm_interval after the first, a ping asks about "two"
     assert h.pipe(c).unconfirmed_messages == 0 and h.proxy.budget.used == 0
     assert h.proxy.stats.confirmations >= 1
 
@@ -38,9 +40,39 @@ def test_at_least_once_asks_one_confirmation_per_burst_with_one_in_flight():
         c.send_raw(b"".join(c.ws.send(TextMessage(data=f"m{i}")) for i in range(50)))
         c.send("later")  # a second burst while the first ping is in flight: no ping yet
     assert link.pings == [b"wspipe:c50"]  # one read, 50 messages: one ping
-    link.send_raw(pongs[0])  # its pong: the rest is asked for at once
+    link.send_raw(pongs[0])  # its pong: the rest is asked for confirm_interval later
+    assert link.pings == [b"wspipe:c50"]
+    h.advance(0.049)
+    assert link.pings == [b"wspipe:c50"]
+    h.advance(0.001)
     assert link.pings == [b"wspipe:c50", b"wspipe:c51"]
     assert h.pipe(c).unconfirmed_messages == 0
+
+
+def test_at_least_once_coalesces_confirmations_over_confirm_interval():
+    """Bursts closer than confirm_interval share one ping: the cost stays low under
+    load, the retained window grows by about that much traffic."""
+    h = harness(delivery="at-least-once", confirm_interval=0.1)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    link = b1.links[0]
+    c.send("m1")  # the first ping goes out at once
+    for i in range(2, 12):
+        h.advance(0.01)
+        c.send(f"m{i}")  # ten bursts, each answered at once, within the interval
+    assert link.pings == [b"wspipe:c1"] and h.pipe(c).unconfirmed_messages == 10
+    h.advance(0.01)
+    assert link.pings == [b"wspipe:c1", b"wspipe:c11"]  # one ping for the ten
+    assert h.pipe(c).unconfirmed_messages == 0
+
+
+def test_a_zero_confirm_interval_asks_after_every_burst():
+    h = harness(delivery="at-least-once", confirm_interval=0)
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    for i in range(3):
+        c.send(f"m{i}")
+    assert b1.links[0].pings == [b"wspipe:c1", b"wspipe:c2", b"wspipe:c3"]
 
 
 @pytest.mark.parametrize("how", ["eof", "close_1012", "ping_timeout"])
@@ -60,7 +92,7 @@ def test_at_least_once_replays_unconfirmed_messages_first_after_any_interruption
     elif how == "close_1012":
         link.send_raw(link.ws.send(CloseConnection(code=1012)))
     else:
-        h.advance(5)  # no pong to the confirmation ping within ping_timeout
+        h.advance(0.05 + 5)  # no pong to the confirmation ping within ping_timeout
     c.send("after")
     assert b2.messages() == ["lost", "lost too", "after"]
     assert sum(h.proxy.stats.unconfirmed_at_interruption.values()) == 2
@@ -146,6 +178,22 @@ def test_acked_replays_from_the_first_unacked_with_its_sequence_number():
     assert (link.header("x-wspipe-seq"), link.header("x-wspipe-replayed")) == ("3", "2")
     assert link.header("x-wspipe-link") == "2"
     assert link.header("x-wspipe-session") == b1.links[0].header("x-wspipe-session")
+
+
+def test_a_backend_that_never_acks_hits_the_buffer_limit_with_a_log_line_saying_why(caplog):
+    h = harness(delivery="acked", buffer_limit=1000, max_message_size=500)
+    b1 = h.backend("ws://b1/")
+    other = h.client()
+    c = h.client()
+    for _ in range(3):
+        c.send("x" * 400)  # read by the backend (pongs answered), never acknowledged
+    assert c.close is not None and c.close.code == 1013
+    assert other.close is None  # only that pipe pays
+    assert b1.messages().count("x" * 400) == 2
+    assert any("buffer_limit reached (1000 bytes), 2 messages (800 bytes) of it written to "
+               "the backend and not acknowledged (does the backend send acks?)" in r.message
+               for r in caplog.records), [r.message for r in caplog.records]
+    check_invariants(h.proxy)
 
 
 def test_pongs_do_not_confirm_in_acked_mode():

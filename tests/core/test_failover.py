@@ -228,3 +228,31 @@ def test_only_backend_restarting_is_redialed_at_once_not_after_a_wasted_backoff(
     assert len(b1.links) == 2
     assert b1.messages() == ["m1", "m2"]
     assert h.proxy.pipes()[0].state is PipeState.LINKED
+
+
+def test_a_handshake_deadline_the_proxy_overslept_reads_the_answer_before_failing():
+    """A stalled proxy must not fail every dial at once for answers it had not read yet
+    (it would then retry them all together). On time, no answer is a failure."""
+    h = harness(link_timeout=3, race_after=0)
+    b1 = h.backend("ws://b1/", mode="blackhole")  # answers only when told to
+    c = h.client()
+    c.send("waiting")
+    h.now += 10  # the proxy was not running: its timer fires 7 s after the deadline
+    h.apply(h.proxy.handle_timer(h.now))
+    assert not b1.links[0].tcp_closed and h.proxy.stats.link_failures["timeout"] == 0
+    b1.links[0].answer()  # the answer that arrived meanwhile, read now
+    assert b1.messages() == ["waiting"] and c.close is None
+    assert h.proxy.backends()[0].state is BackendState.UP
+    h.advance(0.6)
+    assert h.proxy.stats.link_failures["timeout"] == 0
+
+
+def test_a_late_handshake_deadline_fails_after_its_grace_when_nothing_came():
+    h = harness(link_timeout=3, race_after=0)
+    b1 = h.backend("ws://b1/", mode="blackhole")
+    h.client()
+    h.now += 10
+    h.apply(h.proxy.handle_timer(h.now))
+    assert h.proxy.stats.link_failures["timeout"] == 0
+    h.advance(0.1)  # the grace, on time: nothing was waiting
+    assert b1.links[0].tcp_closed and h.proxy.stats.link_failures["timeout"] == 1

@@ -64,3 +64,24 @@ def test_paused_client_is_not_closed_for_a_pong_the_proxy_is_not_reading():
         c.send_raw(data)
     h.advance(30)
     assert c.close is None
+
+
+def test_a_proxy_that_overslept_a_pong_deadline_reads_the_pong_before_deciding():
+    """A stalled proxy (starved CPU, a GC pause) must not blame its peers for its own
+    lateness: their pongs may be waiting unread. On time, the same silence is death."""
+    h = harness(ping_interval=5, ping_timeout=5)
+    h.backend("ws://b1/")
+    c = h.client()
+    with c.holding() as pongs:
+        h.advance(5)  # the ping goes out; the pong is sent but the proxy has not read it
+    assert len(pongs) == 1
+    h.now += 20  # the proxy was not running: its timer fires 15 s after the deadline
+    h.apply(h.proxy.handle_timer(h.now))
+    assert not c.tcp_closed and c.close is None  # not dead yet: the pong may be unread
+    c.send_raw(pongs[0])  # read now
+    h.advance(10)
+    assert not c.tcp_closed and c.close is None
+    assert h.proxy.stats.clients_closed.get(1011, 0) == 0
+    c.ws.receive_data = lambda data: None  # from now on it really is silent
+    h.advance(10)  # timers on time: no pong is no pong
+    assert c.tcp_closed and h.proxy.stats.clients_closed[1011] == 1

@@ -258,9 +258,9 @@ class ProcessBackend:
     """A backend in a subprocess, killable with SIGKILL: by default ``backend_process.py``
     (websockets; its sockets reset when killed), or ``starlette_backend.py`` (uvicorn)."""
 
-    def __init__(self, script: str = "backend_process.py") -> None:
+    def __init__(self, script: str = "backend_process.py", *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name(script))],
+            [sys.executable, str(Path(__file__).with_name(script)), *args],
             stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline().split()

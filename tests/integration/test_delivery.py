@@ -41,8 +41,9 @@ async def test_at_least_once_replays_what_a_killed_backend_never_read() -> None:
             await events.wait_for("linked")
             server.add_backend(second.url)
             await stream(client, 0, COUNT // 2)
-            with anyio.fail_after(10):
-                while len(first.received) < COUNT // 2:
+            with anyio.fail_after(10):  # read, and confirmed (confirm_interval later)
+                while (len(first.received) < COUNT // 2
+                       or server.pipes()[0].unconfirmed_messages):
                     await anyio.sleep(0.01)
             os.kill(first.proc.pid, signal.SIGSTOP)
             await stream(client, COUNT // 2, COUNT)  # written to a link nobody reads
