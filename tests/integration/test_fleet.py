@@ -269,7 +269,10 @@ def test_a_client_that_drops_from_one_instance_resumes_its_session_through_anoth
             took = time.monotonic() - started
             for seq in range(5, 10):
                 again.send(f"0:{seq}")
-                assert again.recv(timeout=5) == f"0:{seq}"
+                while (echo := again.recv(timeout=5)) != f"0:{seq}":
+                    # At least once: what the first link had not confirmed is replayed
+                    # to the second backend (and echoed again), never a later message.
+                    assert int(echo.split(":")[1]) < 5, echo
             pipes = b.get("/pipes")
             assert len(pipes) == 1 and pipes[0]["session_id"] == session
             wait_for(lambda: a.get("/pipes") == [], 5, "A let go")
@@ -281,7 +284,8 @@ def test_a_client_that_drops_from_one_instance_resumes_its_session_through_anoth
         with recorder.lock:
             delivered = [seq for link in sorted(recorder.links)
                          for _, seq in recorder.links[link]]
-        assert delivered == list(range(10))  # every message once, in order, two links
+        # Nothing lost, in order on each link; duplicates only of unconfirmed ones.
+        assert sorted(set(delivered)) == list(range(10)) and delivered[-5:] == [5, 6, 7, 8, 9]
         assert len(recorder.links) == 2
     assert "handing the parked session over to instance B" in a.log[0]
     assert "taken over from another instance" in b.log[0]
