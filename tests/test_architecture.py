@@ -159,3 +159,20 @@ def test_settings_and_reload_do_no_io_and_no_planning(name):
                                                      "ssl", "threading"}}
     assert io == set(), f"{name} imports {io}"
     assert "wspipe_anyio.server" not in imports and "wspipe_core.proxy" not in imports
+
+
+def test_only_the_redis_store_imports_the_redis_client():
+    """``wspipe serve`` without ``--store`` must work without the ``redis`` extra: coredis
+    is imported by ``wspipe_anyio.store.redis`` alone, and nothing imports that module at
+    import time but through a function (``FleetOptions.store``) or ``TYPE_CHECKING``."""
+    users = {name for package in PACKAGES for name, path in _modules(package).items()
+             if any(m == "coredis" or m.startswith("coredis.") for m in _imports(name, path))}
+    assert users == {"wspipe_anyio.store.redis"}
+    for name, path in _modules("wspipe_anyio").items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:  # module level, outside `if TYPE_CHECKING:` blocks
+            if isinstance(node, ast.ImportFrom) and node.module and (
+                    node.module.endswith("store.redis") or (
+                        node.module.endswith("store") and any(
+                            a.name == "redis" for a in node.names))):
+                pytest.fail(f"{name} imports the Redis store at import time")

@@ -6,6 +6,7 @@
     wspipe backends add ws://10.0.0.7:9000/ [--weight 2]
     wspipe backends drain b3 [--migrate] [--wait [--wait-timeout SECONDS]]
     wspipe pipes list
+    wspipe fleet
     wspipe reload
 
 Each takes ``--admin URL`` (``http://HOST:PORT`` or ``HOST:PORT``; default
@@ -47,7 +48,7 @@ from .admin.tokens import find_token, read_token_file
 #: Default admin address when neither ``--admin`` nor ``$WSPIPE_ADMIN`` is given.
 DEFAULT_ADMIN = "127.0.0.1:9090"
 #: The top-level commands this module adds.
-ADMIN_COMMANDS = frozenset({"backends", "pipes", "reload"})
+ADMIN_COMMANDS = frozenset({"backends", "pipes", "fleet", "reload"})
 #: Seconds to wait for the admin API.
 DEFAULT_TIMEOUT = 10.0
 #: ``drain --wait``: longest wait for the backend to leave the pool, by default.
@@ -111,6 +112,12 @@ def add_admin_subcommands(subparsers: Any) -> None:
         description="List the proxy's live pipes through its admin API.")
     pipe_actions = pipes.add_subparsers(dest="admin_action", required=True)
     _common(pipe_actions.add_parser("list", help="list the live pipes"))
+    fleet = subparsers.add_parser(
+        "fleet", help="list the instances of the fleet (admin API client)",
+        description="List the fleet's instances (any instance answers for all), their "
+                    "pipes and health, through the admin API of one of them.")
+    fleet.set_defaults(admin_action=None)
+    _common(fleet)
     reload = subparsers.add_parser(
         "reload", help="make the proxy re-read its configuration (admin API client)",
         description="POST /reload: the proxy re-reads its configuration as SIGHUP does "
@@ -320,6 +327,18 @@ def run_admin_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
                           f"{last.get('pipes', '?')} pipe(s) after {args.wait_timeout:g}s; "
                           "the drain goes on", file=err)
                 return code
+        elif action == ("fleet", None):
+            result = call("GET", "/fleet")
+            rows = [{**i, "backends_up": f"{i.get('backends', {}).get('up', '?')}/"
+                                         f"{i.get('backends', {}).get('total', '?')}",
+                     "listen": ",".join(i.get("listen", [])),
+                     "me": "*" if i.get("instance") == result.get("instance") else ""}
+                    for i in result.get("instances", [])]
+            store = result.get("store") or "none (a single instance)"
+            table = (f"store: {store}; {result.get('members', 1)} live instance(s)\n"
+                     + format_table(rows, ["me", "instance", "host", "pid", "listen", "pipes",
+                                           "connections", "backends_up", "store",
+                                           "stopping"]))
         elif action == ("reload", ""):
             result = call("POST", "/reload", {})
             lines = [f"applied: {', '.join(result['applied']) or 'nothing'}"]

@@ -45,6 +45,7 @@ from .admin import (
 from .admin.console import installed_version
 from .admin_cli import ADMIN_COMMANDS, add_admin_subcommands, run_admin_command
 from .chaos import ChaosUsageError, add_chaos_flags, chaos_command
+from .fleet_cli import FLEET_DEFAULTS, FLEET_KEYS, FleetOptions, add_fleet_flags, fleet_options
 from .logfmt import setup_logging
 from .reload import Loaded, Reloader, ReloadFailed
 from .server import Address, ProxyServer
@@ -61,17 +62,18 @@ DURATION_KEYS = frozenset({"handshake_timeout", "link_timeout", "race_after", "r
                            "max_interruption", "close_timeout", "eject_base", "eject_max",
                            "backoff_base", "backoff_max",
                            "health_check_interval", "health_check_timeout",
-                           "discovery_interval",
+                           "lease_ttl", "store_timeout", "discovery_interval",
                            "shutdown_grace", "connect_timeout", "close_linger"})
 #: Keys of the driver (everything else goes to ProxyConfig).
 DRIVER_KEYS = frozenset({"listen", "async_lib", "plugin_modules", "load_entrypoints",
                          "log_level", "log_format", "certfile", "keyfile", "cafile",
-                         "shutdown_grace", "connect_timeout", "close_linger"}) | ADMIN_KEYS
+                         "shutdown_grace", "connect_timeout", "close_linger"}
+                        ) | ADMIN_KEYS | FLEET_KEYS
 DRIVER_DEFAULTS: dict[str, Any] = {**ADMIN_DEFAULTS,
     "listen": ["127.0.0.1:8080"], "async_lib": "asyncio", "plugin_modules": [],
     "load_entrypoints": True, "log_level": "info", "log_format": "text", "certfile": None,
     "keyfile": None, "cafile": None, "shutdown_grace": 10.0, "connect_timeout": None,
-    "close_linger": 2.0,
+    "close_linger": 2.0, **FLEET_DEFAULTS,
 }
 EXIT_USAGE = 2
 
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--keyfile", metavar="PEM", help="private key of --certfile (if not in it)")
     add("--cafile", metavar="PEM", help="CAs trusted for wss:// backends (default: system)")
     add_admin_flags(serve)
+    add_fleet_flags(serve)
     chaos = sub.add_parser("chaos", parents=[serve], add_help=False,
                            help="check the delivery mode against injected faults",
                            description="Run the proxy with these settings, managed echo "
@@ -266,6 +269,7 @@ class ServeOptions:
     connect_timeout: float | None
     close_linger: float
     admin: AdminOptions | None = None
+    fleet: FleetOptions | None = None
 
 
 def build_options(settings: dict[str, Any],
@@ -325,6 +329,14 @@ def _build_options(settings: dict[str, Any]) -> ServeOptions:
         admin = admin_options(driver)
     except AdminConfigError as exc:
         raise UsageFailure(str(exc)) from None
+    try:
+        fleet = fleet_options(driver, config)
+    except ValueError as exc:
+        raise UsageFailure(str(exc)) from None
+    if fleet is not None and fleet.workers > 1 and admin is not None and admin.token_dir:
+        raise UsageFailure("--workers with --admin needs a token (--admin-token-file, "
+                           "$WSPIPE_ADMIN_TOKEN or --admin-token): every worker answers "
+                           "the admin API with the same one")
     return ServeOptions(
         config=config, listen=listen, async_lib=driver["async_lib"],
         plugin_modules=tuple(str(m) for m in driver["plugin_modules"]),
@@ -332,7 +344,7 @@ def _build_options(settings: dict[str, Any]) -> ServeOptions:
         log_level=str(driver["log_level"]).upper(), log_format=driver["log_format"],
         ssl_context=server_ctx, backend_ssl_context=backend_ctx,
         shutdown_grace=driver["shutdown_grace"], connect_timeout=driver["connect_timeout"],
-        close_linger=driver["close_linger"], admin=admin,
+        close_linger=driver["close_linger"], admin=admin, fleet=fleet,
     )
 
 
@@ -358,7 +370,8 @@ async def serve_until_signalled(server: ProxyServer, admin: AdminOptions | None 
     """
     reload_json = (lambda: reloader.reload().json()) if reloader is not None else None
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async with server, open_admin(server, admin, reload_json) as admin_server, \
+        async with server, open_admin(server, admin, reload_json,
+                                       reuse_port=server.reuse_port) as admin_server, \
                 anyio.create_task_group() as tg:
             if reloader is not None:
                 reloader.admin = admin_server
@@ -405,20 +418,30 @@ def reload_settings(args: argparse.Namespace) -> Loaded:
     return loaded(build_options(merged.values, merged), merged)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     """``wspipe serve``."""
     merged = merge_layers(args)
     options = build_options(merged.values, merged)
     secrets = [options.admin.token] if options.admin and options.admin.token else []
+    fleet = options.fleet
+    if fleet is not None and fleet.address.password:
+        secrets.append(fleet.address.password)
     setup_logging(options.log_level, options.log_format, secrets=secrets)
+    if fleet is not None and fleet.workers > 1 and not fleet.worker:
+        from .workers import run_workers
+
+        return run_workers(fleet.workers, argv if argv is not None else sys.argv[1:])
     try:
         server = ProxyServer(
             options.config, listen=options.listen, plugins=options.plugin_modules,
             load_entrypoints=options.load_entrypoints, ssl_context=options.ssl_context,
             backend_ssl_context=options.backend_ssl_context,
             connect_timeout=options.connect_timeout, close_linger=options.close_linger,
-            shutdown_grace=options.shutdown_grace)
-    except (ConfigError, BackendError) as exc:
+            shutdown_grace=options.shutdown_grace,
+            store=fleet.store(options.config) if fleet is not None else None,
+            instance=fleet.instance if fleet is not None else None,
+            reuse_port=fleet is not None and fleet.worker)
+    except (ConfigError, BackendError, ValueError) as exc:
         raise UsageFailure(str(exc)) from None
     reloader = Reloader(server, lambda: reload_settings(args), loaded(options, merged),
                         on_result=lambda result: server.metrics.reloads.labels(result).inc())
@@ -487,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_config(serve_flags)
         args = build_parser().parse_args(argv)
         if args.command == "serve":
-            return cmd_serve(args)
+            return cmd_serve(args, argv)
         if args.command in ADMIN_COMMANDS:
             return run_admin_command(args)
         if args.command == "plugins":

@@ -9,7 +9,7 @@ changes the proxy executes the actions the core returned before it returns.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from wspipe_core import BackendHealth, BackendInfo, MigrationInfo, PipeInfo, ProxyConfig
 from wspipe_core.buffer import MemoryBudget
@@ -79,6 +79,11 @@ class ProxyControl(Protocol):
 
     def queued_bytes(self) -> int:
         """Bytes the core asked to send that are not written to a socket yet (all outboxes)."""
+        ...
+
+    def fleet(self) -> dict[str, Any]:
+        """The fleet as ``GET /fleet`` shows it: ``instance``, ``store`` (``up``, ``down``
+        or ``None`` without one), ``members`` and ``instances`` (each one's description)."""
         ...
 
     def add_backend(self, url: str, *, weight: float = 1.0) -> BackendInfo:

@@ -51,6 +51,7 @@ from wspipe_core import (
     PipeState,
     hookimpl,
 )
+from wspipe_core.stats import Stats
 
 from .admin.console import installed_version
 from .control import ProxyControl
@@ -74,6 +75,43 @@ class ProxyCollector(Collector):
     def describe(self) -> Iterator[Metric]:
         """Nothing up front: the families depend on what the pool holds at scrape time."""
         return iter(())
+
+    @staticmethod
+    def _fleet(source: ProxyControl, stats: Stats) -> Iterator[Metric]:
+        fleet = source.fleet()
+        counters = fleet.get("counters", {})
+        if fleet.get("store") is not None:
+            yield GaugeMetricFamily("wspipe_store_up", "1 while the fleet's store answers, "
+                                    "0 while it does not (absent without a store).",
+                                    value=1 if fleet["store"] == "up" else 0)
+        yield GaugeMetricFamily("wspipe_fleet_members", "Live instances of the fleet "
+                                "(1 without a store).", value=fleet.get("members", 1))
+        yield GaugeMetricFamily("wspipe_fleet_leases", "Client-id leases this instance "
+                                "holds.", value=counters.get("leases", 0))
+        for name, value, text in (
+                ("claims_taken", stats.fleet_claims_taken,
+                 "New clients refused with 409 because another instance holds their id."),
+                ("claims_failed_open", stats.fleet_claims_failed_open,
+                 "New clients accepted without a lease because the store did not answer."),
+                ("store_outages", stats.fleet_store_outages,
+                 "Times the store became unreachable."),
+                ("handovers_out", stats.fleet_handovers_out,
+                 "Parked sessions handed over to another instance."),
+                ("handovers_in", stats.fleet_handovers_in,
+                 "Sessions taken over from another instance."),
+                ("handovers_failed", stats.fleet_handovers_failed,
+                 "Handovers that did not come in time or came as garbage (a new session)."),
+                ("registry_rejected", stats.fleet_registry_rejected,
+                 "Registry entries this instance could not apply (invalid backend URL)."),
+                ("store_errors", counters.get("errors", 0),
+                 "Store operations that failed or timed out."),
+                ("store_dropped", counters.get("dropped", 0),
+                 "Store requests dropped because the request queue was full."),
+                ("lease_conflicts", counters.get("lease_conflicts", 0),
+                 "Leases of this instance found held by another instance on renewal."),
+                ("store_garbage", counters.get("garbage", 0),
+                 "Values read from the store that failed validation and were ignored.")):
+            yield CounterMetricFamily(f"wspipe_fleet_{name}", text, value=value)
 
     def collect(self) -> Iterator[Metric]:
         """The metric families, as of now."""
@@ -101,6 +139,7 @@ class ProxyCollector(Collector):
         for code, count in sorted(stats.clients_closed.items()):
             closed.add_metric([str(int(code))], count)
         yield closed
+        yield from self._fleet(source, stats)
 
         resolutions = CounterMetricFamily(
             "wspipe_discovery_resolutions", "Answers to backend discovery queries, by "

@@ -15,11 +15,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import random
+import socket
 import ssl
+import time
+import uuid
 from collections.abc import Iterable, Sequence
 from types import TracebackType
-from typing import Self, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import anyio
 import pluggy
@@ -40,11 +44,16 @@ from wspipe_core import events as ev
 from wspipe_core.buffer import MemoryBudget
 from wspipe_core.reconfigure import Plan
 from wspipe_core.stats import Stats
+from wspipe_core.store import StoreAction
 
 from .connection import Channel, InlineWrites
 from .discovery import RESOLVE_TIMEOUT, DnsResolver, ResolveError, Resolver
 from .metrics import Metrics
 from .speedups import fast_wire
+from .store.runner import StoreRunner
+
+if TYPE_CHECKING:
+    from .store.redis import RedisStore
 from .timers import TimerLoop
 
 log = logging.getLogger("wspipe.driver")
@@ -109,6 +118,10 @@ class ProxyServer:
     :param shutdown_grace: Longest time :meth:`shutdown` waits for clients and links
         to close before it cancels what is left.
     :param rng: Random source of the core (for reproducible backend choices).
+    :param store: Share leases and the pool registry with a fleet through this store
+        (see :mod:`wspipe_anyio.store`); ``None``: a self-contained proxy.
+    :param instance: This instance's id in the fleet (default: host, pid and a random tag).
+    :param reuse_port: Bind the listeners with ``SO_REUSEPORT`` (``--workers``).
     :param resolver: Answers discovery queries of ``dns+``/``srv+`` backend entries
         (default :class:`~wspipe_anyio.discovery.DnsResolver`).
     :raises ConfigError: A plugin cannot be loaded or a start-up backend URL is invalid.
@@ -129,13 +142,27 @@ class ProxyServer:
         close_linger: float = 2.0,
         shutdown_grace: float = 10.0,
         rng: random.Random | None = None,
+        store: RedisStore | None = None,
+        instance: str | None = None,
+        reuse_port: bool = False,
         resolver: Resolver | None = None,
     ) -> None:
         if pm is None:
             pm = make_plugin_manager(config, plugins=plugins, load_entrypoints=load_entrypoints,
                                      blocked=blocked_plugins)
         self.config = config
-        self.proxy = Proxy(config, pm=pm, rng=rng, wire=fast_wire())
+        if store is not None and instance is None:
+            instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        #: This instance's id in the fleet (``None`` without a store).
+        self.instance = instance if store is not None else None
+        self.proxy = Proxy(config, pm=pm, rng=rng, wire=fast_wire(),
+                           instance=self.instance)
+        self._store = store
+        self._runner = (StoreRunner(store, instance, self._feed_safely, self.describe,
+                                    member_ttl=config.lease_ttl, timeout=config.store_timeout)
+                        if store is not None and instance is not None else None)
+        self._reuse_port = reuse_port
+        self._started_at = time.time()
         #: Writes a reader task does itself after dispatching a read (connection.py).
         self._inline = InlineWrites()
         self._listen = tuple(listen)
@@ -273,7 +300,8 @@ class ProxyServer:
         try:
             for host, port in self._listen:
                 try:
-                    multi = await anyio.create_tcp_listener(local_host=host, local_port=port)
+                    multi = await anyio.create_tcp_listener(local_host=host, local_port=port,
+                                                            reuse_port=self._reuse_port)
                 except OSError as exc:
                     raise OSError(exc.errno, f"cannot listen on {host}:{port}: "
                                              f"{exc.strerror or exc}") from exc
@@ -287,6 +315,8 @@ class ProxyServer:
         await tg.__aenter__()
         self._tg = tg
         tg.start_soon(self._timers.run)
+        if self._runner is not None:
+            tg.start_soon(self._run_store, self._runner)
         for listener in self._listeners:
             tg.start_soon(self._accept_loop, listener)
         scheme = "wss" if self._ssl_context else "ws"
@@ -342,6 +372,8 @@ class ProxyServer:
         if scope.cancelled_caught:
             log.warning("shutdown grace of %.1fs over: cancelling %d client(s), %d link(s)",
                         grace, len(self._clients), len(self._links))
+        if self._runner is not None:  # give the leases back
+            await self._runner.flush(min(grace, 1.0))
         for channel in [*self._clients.values(), *self._links.values()]:
             channel.scope.cancel()
         self._stopped.set()
@@ -405,11 +437,72 @@ class ProxyServer:
                 case act.CloseProbe(probe, data):
                     if (running := self._probes.get(probe)) is not None:
                         running.close(data)
+                case StoreAction():
+                    if self._runner is not None:
+                        self._runner.submit(action)
                 case act.ResolveBackends():
                     assert self._tg is not None
                     self._tg.start_soon(self._resolve, action)
                 case _:
                     raise RuntimeError(f"unexpected action: {action!r}")
+
+    # The fleet's store.
+
+    @property
+    def reuse_port(self) -> bool:
+        """Whether the listeners share their ports (``SO_REUSEPORT``, ``--workers``)."""
+        return self._reuse_port
+
+    @property
+    def store(self) -> StoreRunner | None:
+        """The store's runner (health, counters), with a store."""
+        return self._runner
+
+    def describe(self) -> dict[str, Any]:
+        """This instance as ``GET /fleet`` lists it."""
+        backends = self.proxy.backends()
+        return {
+            "instance": self.instance, "host": socket.gethostname(), "pid": os.getpid(),
+            "started": round(self._started_at, 3), "stopping": self._stopping,
+            "listen": [f"{h}:{p}" for h, p in self.addresses],
+            "pipes": len(self.proxy.pipes()), "connections": self.proxy.connections,
+            "backends": {"total": len(backends),
+                         "up": sum(1 for b in backends if b.state.value == "up")},
+            "store": None if self._runner is None else ("up" if self._runner.up else "down"),
+        }
+
+    def fleet(self) -> dict[str, Any]:
+        """The fleet (``GET /fleet``): the instances the store listed at its last poll
+        (at most a second old), or just this one without a store."""
+        runner = self._runner
+        if runner is None:
+            return {"instance": None, "store": None, "members": 1,
+                    "instances": [self.describe()]}
+        return {"instance": self.instance, "store": "up" if runner.up else "down",
+                "members": max(1, runner.members),
+                "instances": runner.instances or [self.describe()],
+                "counters": {"leases": len(self.proxy.fleet.leases) if self.proxy.fleet else 0,
+                             "errors": runner.errors, "dropped": runner.dropped,
+                             "lease_conflicts": runner.lease_conflicts,
+                             "garbage": runner.store.garbage}}
+
+    def _feed_safely(self, event: ev.Event) -> None:
+        try:
+            self._feed(event)
+        except Exception:
+            self.internal_errors += 1
+            log.exception("the core raised on a store event; the server carries on")
+
+    async def _run_store(self, runner: StoreRunner) -> None:
+        assert self._store is not None
+        while True:  # bounded by cancellation at shutdown; one attempt a second
+            try:
+                async with self._store:
+                    await runner.run()
+            except Exception as exc:
+                runner.failed(exc)
+                log.warning("store client failed (%s): starting it again", exc)
+            await anyio.sleep(1.0)
 
     # Clients.
 

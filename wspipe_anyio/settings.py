@@ -47,7 +47,9 @@ CONFIG_ENV = "WSPIPE_CONFIG"
 #: ``WSPIPE_*`` variables that are not configuration keys but are read by other
 #: ``wspipe`` commands: not reported as unknown. (``$WSPIPE_ADMIN`` and
 #: ``$WSPIPE_ADMIN_TOKEN`` are keys: the admin listener's address and token.)
-OTHER_VARIABLES: frozenset[str] = frozenset()
+OTHER_VARIABLES: frozenset[str] = frozenset({
+    "WSPIPE_STORE_PASSWORD",  # the fleet store's password (wspipe_anyio.store.address)
+})
 #: Keys whose values are secrets: masked by :func:`render`. Plugin settings whose
 #: name says so (``token``, ``tokens``, ``secret``, ``password``, ``key``) are too.
 SECRET_KEYS = frozenset({"admin_token"})

@@ -150,6 +150,10 @@ class ReplayBuffer:
         self._items.append((seq, message, size))
         self.bytes += size
 
+    def items(self) -> list[Item]:
+        """What it holds, oldest first (a copy; nothing is removed)."""
+        return list(self._items)
+
     def drain(self) -> list[Item]:
         """Remove and return every message, oldest first."""
         items = list(self._items)

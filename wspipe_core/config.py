@@ -108,6 +108,11 @@ class ProxyConfig:
     #: parked this long: the link stays and what the backend sends is held until a new
     #: connection with the same client id takes it over. 0 ends the session at once.
     resume_window: float = 30.0
+    #: With a store (a fleet): how long a client-id lease lives without renewal; leases
+    #: are renewed every third of it, so a killed instance's ids are free this long after.
+    lease_ttl: float = 10.0
+    #: With a store: the longest wait for its answer to a claim (then it fails open).
+    store_timeout: float = 1.0
     #: Seconds between two active health checks (a WebSocket handshake) of each
     #: backend; 0 (the default) turns them off: health is then passive only.
     health_check_interval: float = 0.0
@@ -160,7 +165,7 @@ class ProxyConfig:
                 f"buffer_message_overhead must be an integer >= 0, got {overhead!r}")
         positive_times = ("handshake_timeout", "link_timeout", "max_interruption",
                           "close_timeout", "eject_base", "eject_max", "backoff_max",
-                          "discovery_interval")
+                          "lease_ttl", "store_timeout", "discovery_interval")
         rate = self.migrate_rate
         if (not isinstance(rate, int | float) or isinstance(rate, bool)
                 or not 0 < rate < float("inf")):

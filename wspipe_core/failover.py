@@ -79,6 +79,10 @@ class Failover(abc.ABC):
         self.by_conn: dict[ConnId, Pipe] = {}
         self.by_id: dict[str, Pipe] = {}
         self.by_client_id: dict[str, Pipe] = {}
+        #: Client ids whose session ended since the proxy last looked (fleet leases).
+        self.freed: list[str] = []
+        #: Pipes parked or resumed since the proxy last looked (fleet: who may resume where).
+        self.parking: list[Pipe] = []
         self._next = 1
 
     @abc.abstractmethod

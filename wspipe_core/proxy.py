@@ -26,9 +26,15 @@ from .buffer import MemoryBudget
 from .config import ProxyConfig
 from .deadlines import Timers
 from .discovery import Discovery, is_discovered, parse_target
-from .errors import BackendAlreadyRegistered, BackendNotAllowed, UnknownBackend, UsageError
+from .errors import (
+    BackendAlreadyRegistered,
+    BackendNotAllowed,
+    UnknownBackend,
+    UsageError,
+)
+from .fleet import FLEET_EVENTS, Fleet
 from .flow import Flow
-from .handshake import Handshakes, PendingClient
+from .handshake import Claim, Handshakes, PendingClient
 from .health import BackendHealth, HealthChecks
 from .hooks import Hooks, make_plugin_manager
 from .info import BackendInfo, BackendState, MigrationInfo, PipeInfo, PipeState
@@ -36,11 +42,13 @@ from .keepalive import Keepalive
 from .link import Link, Links, LinkState
 from .migration import Migrations, Move
 from .pipe import Pipe
-from .pool import Pool
+from .pool import Backend, Pool
 from .reconfigure import Plan, plan
 from .relay import Relay
 from .session import Sessions
 from .stats import Stats
+from .store import EntryState as _Entry
+from .store import RegistryEntry
 from .wire import Wire
 
 log = logging.getLogger("wspipe.proxy")
@@ -54,6 +62,9 @@ class Proxy:
         ``config`` if omitted.
     :param rng: The random source handed to strategies and backoff (tests pass a
         seeded ``random.Random``).
+    :param instance: This instance's id in a fleet sharing a store; the core then
+        claims client ids and publishes registry changes through store actions
+        (see :mod:`wspipe_core.fleet`). ``None``: a self-contained proxy.
     :param wire: Parses and builds the frames of open connections: ``Wire(mask)``
         with the fastest masker there is (the driver passes a C one; pure Python if
         omitted).
@@ -65,6 +76,7 @@ class Proxy:
         *,
         pm: pluggy.PluginManager | None = None,
         rng: random.Random | None = None,
+        instance: str | None = None,
         wire: Wire | None = None,
     ) -> None:
         self.config = config = config or ProxyConfig()
@@ -98,8 +110,14 @@ class Proxy:
             ev.LinkEOF: self._on_link_eof,
             ev.LinkDataSent: self._on_link_sent,
             ev.ProbeResult: self._on_probe_result,
+            **dict.fromkeys(FLEET_EVENTS, self._on_fleet),
             ev.BackendsResolved: self._on_backends_resolved,
         }
+        #: Leases, store health and membership, with a store; ``None`` without one.
+        self.fleet = Fleet.of(config, instance, self.stats) if instance is not None else None
+        if self.fleet is not None:
+            self.fleet.bind(self._sessions, self.pool, self._flow, self.migrations,
+                            self._add, self._drain)
         #: Discovered backend entries (``dns+``/``srv+``), first resolved at once.
         self.discovery = Discovery(config.discovery_interval)
         for url in config.backends:
@@ -111,6 +129,8 @@ class Proxy:
         #: Active health checks of the pool's backends (off unless configured).
         self.health = HealthChecks(config, self.pool)
         self._timers.touch(self.health)
+        if self.fleet is not None:
+            self._timers.touch(self.fleet)
         self._timers.flush()
 
     # ------------------------------------------------------------------ entry points
@@ -146,6 +166,10 @@ class Proxy:
             elif obj is self.health:
                 self._flow.out.extend(self.health.fire(now))
                 self._timers.touch(self.health)
+            elif isinstance(obj, Fleet):
+                for upgrade in obj.fire(now, self._flow.out):
+                    sessions.open(upgrade, now)
+                self._timers.touch(obj)
             elif obj is self.discovery:
                 self._flow.out.extend(self.discovery.fire(now))
                 self._timers.touch(self.discovery)
@@ -155,6 +179,17 @@ class Proxy:
         flow = self._flow
         if flow.budget_freed:
             self._sessions.wake_budget_waiters(now)
+        sessions, fleet = self._sessions, self.fleet
+        if fleet is not None and fleet.handing:
+            fleet.handovers(now)
+        if sessions.parking:
+            if fleet is not None:
+                fleet.parked(sessions.parking, flow.out)
+            sessions.parking.clear()
+        if sessions.freed:
+            if fleet is not None:
+                fleet.released(sessions.freed, flow.out)
+            sessions.freed.clear()
         if self.pool.changed or self._timers.touched:
             self._reschedule()
         out = flow.out
@@ -181,7 +216,19 @@ class Proxy:
         :raises InvalidBackendURL: not a ``ws://``/``wss://`` URL, or a bad weight.
         :raises BackendNotAllowed: its host is not on ``backend_allow``.
         :raises BackendAlreadyRegistered: the URL is in the pool already.
+        :raises StoreUnavailable: in a fleet, the store is unreachable (fail closed).
         """
+        if self.fleet is not None:
+            self.fleet.check()
+        info = self._add(url, weight, now, server_name)
+        if self.fleet is not None:
+            self.fleet.publish(RegistryEntry(info.url, _Entry.UP, info.weight))
+            self._timers.touch(self.fleet)
+            self._reschedule()
+        return info
+
+    def _add(self, url: str, weight: float, now: float,
+             server_name: str | None = None) -> BackendInfo:
         backend = self.pool.add(url, weight, server_name)
         self._sessions.retry_now(now)
         self._timers.touch(self.health)  # its first health check is due at once
@@ -198,8 +245,18 @@ class Proxy:
         leaves the pool once empty.
 
         :raises UnknownBackend: no backend with that id or URL.
+        :raises StoreUnavailable: in a fleet, the store is unreachable (fail closed).
         """
         backend = self.pool.get(id_or_url)
+        if self.fleet is not None:
+            self.fleet.check()
+            self.fleet.publish(RegistryEntry(backend.url, _Entry.DRAINING, backend.weight,
+                                             migrate))
+            self._timers.touch(self.fleet)
+        self._drain(backend, migrate, now)
+        return self._finish(now)
+
+    def _drain(self, backend: Backend, migrate: bool, now: float) -> None:
         self.pool.drain(backend)
         self._timers.touch(self.health)  # draining backends are not probed
         for pipe in self._sessions.by_id.values():
@@ -210,7 +267,6 @@ class Proxy:
                    if p.link is not None and p.link.backend is backend]
             self.migrations.start(backend.id, ids, now)
             self._migrate_due(now)
-        return self._finish(now)
 
     def migrate_pipe(self, pipe_id: str, *, now: float) -> list[Action]:
         """Move one pipe to another backend now (close its link with 1001, fail over)."""
@@ -263,7 +319,10 @@ class Proxy:
         self._timers.touch(self.discovery)
         for url in change.add_backends:
             with contextlib.suppress(BackendAlreadyRegistered):  # registered at runtime
-                self.add_backend(url, now=now)
+                info = self._add(url, 1.0, now)
+                if self.fleet is not None:  # like the start-up config: seeds the registry
+                    self.fleet.seed(RegistryEntry(info.url, _Entry.UP, info.weight))
+                    self._timers.touch(self.fleet)
         drain = list(change.remove_backends)
         for entry in change.add_discovered:
             self.discovery.add(parse_target(entry), now)
@@ -278,13 +337,14 @@ class Proxy:
         """Drain ``url`` with migrate if it is still in the pool."""
         # Gone already, when drained by hand or removed after max_errors.
         with contextlib.suppress(UnknownBackend):
-            # remove_backend hands back (and clears) flow.out: call it first.
-            actions = self.remove_backend(url, migrate=True, now=now)
-            self._flow.out.extend(actions)
+            # (Local: in a fleet, every instance reloads or resolves for itself.)
+            self._drain(self.pool.get(url), True, now)
 
     def shutdown(self, now: float) -> list[Action]:
         """Stop accepting; close every client with 1001 and every link."""
         self._shutting_down = True
+        if self.fleet is not None:
+            self.fleet.shutdown(self._flow.out)
         self.discovery.shutdown()
         self._timers.touch(self.discovery)
         self._flow.out.extend(self.health.shutdown())
@@ -341,14 +401,25 @@ class Proxy:
             return
         client = self._handshakes.get(event.conn)
         if client is None:
+            if self.fleet is not None:
+                self.fleet.early(event.conn, event.data, self._flow.out)
             return
         received = self._handshakes.receive(client, event.data)
         if received is None:
             return
+        fleet = self.fleet
         upgrade = self._handshakes.admit(
-            client, *received, pipes=len(sessions.by_id), shutting_down=self._shutting_down,
-            claim=lambda client_id: sessions.claim(client_id, now))
-        if upgrade is not None:
+            client, *received, pipes=len(sessions.by_id) + (len(fleet) if fleet else 0),
+            shutting_down=self._shutting_down,
+            claim=lambda client_id: (
+                (Claim.BUSY, None) if fleet is not None and fleet.leaving(client_id)
+                else sessions.claim(client_id, now)))
+        if upgrade is None:
+            return
+        if fleet is not None and not upgrade.resumes:
+            fleet.claim(upgrade, now, self._flow.out)  # opened when the store answers
+            self._timers.touch(fleet)
+        else:
             sessions.open(upgrade, now)
 
     def _on_client_eof(self, event: ev.ClientEOF, now: float) -> None:
@@ -359,6 +430,8 @@ class Proxy:
         pipe = self._sessions.by_conn.get(event.conn)
         if pipe is not None:
             self._sessions.client_eof(pipe, now)
+        elif self.fleet is not None:
+            self.fleet.gone(event.conn, self._flow.out)
 
     def _on_client_sent(self, event: ev.ClientDataSent, now: float) -> None:
         pipe = self._sessions.by_conn.get(event.conn)
@@ -405,7 +478,8 @@ class Proxy:
         self.stats.resolutions["failed" if answer.failed else "ok"] += 1
         for url in answer.add:
             try:
-                self.add_backend(url, now=now, server_name=answer.name)
+                # (Local: in a fleet, each instance resolves for itself.)
+                self._add(url, 1.0, now, answer.name)
             except BackendAlreadyRegistered:
                 continue  # still draining from an earlier answer: the next one retries
             except BackendNotAllowed as exc:
@@ -414,6 +488,11 @@ class Proxy:
             self.discovery.joined(answer.entry, url)
         for url in answer.drain:
             self._drain_member(url, now)
+
+    def _on_fleet(self, event: ev.Event, now: float) -> None:
+        if self.fleet is not None:
+            self.fleet.on_event(event, now, self.config.migrate_rate)
+            self._timers.touch(self.fleet)
 
     def _on_probe_result(self, event: ev.ProbeResult, now: float) -> None:
         self._flow.out.extend(self.health.result(event, now))

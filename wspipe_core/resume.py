@@ -74,6 +74,7 @@ class Resumption(Failover, abc.ABC):
         lost = client.written - client.confirmed
         self._stats.possibly_lost_to_client += lost
         self._stats.parked += 1
+        self.parking.append(pipe)
         self._detach_client(pipe)
         pipe.away_since = now
         pipe.parked_until = now + window
@@ -140,6 +141,7 @@ class Resumption(Failover, abc.ABC):
         pipe.away_since = pipe.parked_until = None
         self.by_conn[up.conn] = pipe
         self._stats.client_resumes += 1
+        self.parking.append(pipe)
         self.answer(pipe, pipe.subprotocol, now, resumed=gap)
         link = pipe.link
         if link is not None and pipe.state is PipeState.LINKED:

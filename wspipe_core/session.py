@@ -25,6 +25,7 @@ from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping
 from .actions import CloseClient
 from .codes import CloseCode, Delivery, sendable
 from .flow import Hold
+from .handover import Handover
 from .handshake import Upgrade, allowed_subprotocols, http_error
 from .info import BackendState, PipeEventKind, PipeState
 from .logs import pipe_log
@@ -35,7 +36,7 @@ from .resume import Resumption
 _OPENISH = (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING)
 
 
-class Sessions(Resumption):
+class Sessions(Resumption, Handover):
     """Every pipe, by client connection, pipe id and client id; the decisions about them."""
 
     # ------------------------------------------------------------------ opening
@@ -52,6 +53,21 @@ class Sessions(Resumption):
         if up.resumes:
             self.resume(self.by_client_id[up.client_id], up, now)
             return
+        pipe = self._new_pipe(up, now)
+        cfg = self._config
+        if pipe.offered and any(b.state is BackendState.UP for b in self._pool):
+            pipe.answer_by = now + cfg.handshake_timeout
+            self._flow.hold(pipe.client, Hold.UPGRADE)  # nothing to read before our answer
+            pipe_log(logging.INFO, pipe, "client from %s asks for subprotocols %s: the "
+                     "backend chooses", up.peer, ", ".join(pipe.offered))
+            self._dial(pipe, now)
+            return
+        self.answer(pipe, pipe.offered[0] if pipe.offered else None, now)
+        self._dial(pipe, now)
+        self._pump_client(pipe, now)
+
+    def _new_pipe(self, up: Upgrade, now: float) -> Pipe:
+        """Create and register the pipe of an accepted upgrade (not answered yet)."""
         cfg = self._config
         delivery = self._hooks.delivery(up.request, up.client_id)
         lane = Lane(cfg.buffer_message_overhead, None,
@@ -70,16 +86,7 @@ class Sessions(Resumption):
         self.by_id[pipe.id] = pipe
         self.by_client_id[pipe.client_id] = pipe
         self._timers.touch(pipe)
-        if pipe.offered and any(b.state is BackendState.UP for b in self._pool):
-            pipe.answer_by = now + cfg.handshake_timeout
-            self._flow.hold(pipe.client, Hold.UPGRADE)  # nothing to read before our answer
-            pipe_log(logging.INFO, pipe, "client from %s asks for subprotocols %s: the "
-                     "backend chooses", up.peer, ", ".join(pipe.offered))
-            self._dial(pipe, now)
-            return
-        self.answer(pipe, pipe.offered[0] if pipe.offered else None, now)
-        self._dial(pipe, now)
-        self._pump_client(pipe, now)
+        return pipe
 
     def evict(self, pipe: Pipe, now: float) -> None:
         """``pipe`` held the most when the memory budget was short: it pays (1013)."""
@@ -320,6 +327,7 @@ class Sessions(Resumption):
         pipe.retry_at = pipe.interrupted_at = pipe.race_at = None
         if self.by_client_id.get(pipe.client_id) is pipe:
             del self.by_client_id[pipe.client_id]
+            self.freed.append(pipe.client_id)
         self._stats.clients_closed[code] += 1
         pipe.state = PipeState.CLOSING
         self._timers.touch(pipe)
@@ -330,6 +338,7 @@ class Sessions(Resumption):
         self.by_id.pop(pipe.id, None)
         if self.by_client_id.get(pipe.client_id) is pipe:
             del self.by_client_id[pipe.client_id]
+            self.freed.append(pipe.client_id)
         self._timers.cancel(pipe)
         if self.by_conn.get(pipe.conn) is pipe:  # (a parked pipe has no connection)
             del self.by_conn[pipe.conn]

@@ -58,5 +58,17 @@ class Stats:
     resolutions: Counter[str] = field(default_factory=Counter)
     #: Clients accepted.
     clients_accepted: int = 0
+    #: With a store: client ids refused because another instance holds their lease, new
+    #: sessions opened without a lease because the store did not answer (fail open),
+    #: times the store became unreachable, and registry entries that could not apply.
+    fleet_claims_taken: int = 0
+    fleet_claims_failed_open: int = 0
+    fleet_store_outages: int = 0
+    fleet_registry_rejected: int = 0
+    #: Parked sessions handed over to another instance, taken over from one, and
+    #: handovers that did not come in time or came as garbage (a new session instead).
+    fleet_handovers_out: int = 0
+    fleet_handovers_in: int = 0
+    fleet_handovers_failed: int = 0
     #: Pipes ended, by the close code the client got (1006 when it just went away).
     clients_closed: Counter[int] = field(default_factory=Counter)

@@ -79,6 +79,10 @@ class HarnessControl:
     def queued_bytes(self) -> int:
         return sum(self.h.unacked.values())
 
+    def fleet(self):
+        return {"instance": None, "store": None, "members": 1,
+                "instances": [{"pipes": len(self.h.proxy.pipes())}]}
+
     def add_backend(self, url: str, *, weight: float = 1.0) -> BackendInfo:
         info = self.h.proxy.add_backend(url, weight=weight, now=self.h.now)
         self.h.backends[url] = FakeBackend(self.h, url)

@@ -211,7 +211,8 @@ class HttpServer:
     def __init__(self, app: Application, *, host: str = "127.0.0.1", port: int = 0,
                  max_body: int = MAX_BODY, request_timeout: float = REQUEST_TIMEOUT,
                  head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_connections: int = MAX_CONNECTIONS, reuse_port: bool = False) -> None:
+        self._reuse_port = reuse_port
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self.app = app
@@ -255,7 +256,8 @@ class HttpServer:
         return len(self._connections)
 
     async def __aenter__(self) -> Self:
-        multi = await anyio.create_tcp_listener(local_host=self.host, local_port=self._port)
+        multi = await anyio.create_tcp_listener(local_host=self.host, local_port=self._port,
+                                                reuse_port=self._reuse_port)
         self._listeners = list(cast(list[SocketListener], multi.listeners))
         tg = anyio.create_task_group()
         await tg.__aenter__()

@@ -158,8 +158,8 @@ def admin_options(settings: Mapping[str, Any],
 
 @contextlib.asynccontextmanager
 async def open_admin(control: ProxyControl, options: AdminOptions | None,
-                     reloader: Callable[[], dict[str, Any]] | None = None
-                     ) -> AsyncIterator[AdminServer | None]:
+                     reloader: Callable[[], dict[str, Any]] | None = None, *,
+                     reuse_port: bool = False) -> AsyncIterator[AdminServer | None]:
     """Serve the admin API of a started proxy for the duration of the block.
 
     Yields ``None`` (and does nothing) when ``options`` is ``None``. ``reloader``
@@ -172,5 +172,5 @@ async def open_admin(control: ProxyControl, options: AdminOptions | None,
                            token=options.token, token_file_dir=options.token_dir,
                            allowed_hosts=options.allowed_hosts,
                            allowed_origins=options.allowed_origins,
-                           reloader=reloader) as admin:
+                           reloader=reloader, reuse_port=reuse_port) as admin:
         yield admin

@@ -52,6 +52,7 @@ from wspipe_core import (
     MigrationInfo,
     UnknownBackend,
 )
+from wspipe_core.store import StoreUnavailable
 
 from ..control import ProxyControl
 from ..logfmt import mask_url, mask_urls
@@ -192,6 +193,8 @@ class AdminRoutes:
             return self.backends, frozenset({"GET", "POST"})
         if path in ("/pipes", "/pipes/"):
             return self.pipes, _GET
+        if path in ("/fleet", "/fleet/"):
+            return self.fleet, _GET
         if path == "/reload" and self.reloader is not None:
             return self.reload, frozenset({"POST"})
         head, _, rest = path.lstrip("/").partition("/")
@@ -270,6 +273,8 @@ class AdminRoutes:
             raise error(403, _masked(str(exc), url)) from None
         except BackendAlreadyRegistered as exc:
             raise error(409, _masked(str(exc), url)) from None
+        except StoreUnavailable as exc:
+            raise error(503, str(exc)) from None
         log.info("admin: backend %s registered: %s (weight %g)", info.id, mask_url(info.url),
                  info.weight)
         return Reply(201, backend_json(info), headers=[("location", f"/backends/{info.id}")])
@@ -295,6 +300,8 @@ class AdminRoutes:
             self.control.remove_backend(backend_id, migrate=migrate)
         except UnknownBackend as exc:
             raise error(404, mask_urls(str(exc))) from None
+        except StoreUnavailable as exc:
+            raise error(503, str(exc)) from None
         rate = self.control.config.migrate_rate
         log.info("admin: backend %s %s draining (%d pipes)%s", info.id, mask_url(info.url),
                  info.pipes, f", migrating at {rate:g} pipes/s" if migrate else "")
@@ -304,6 +311,9 @@ class AdminRoutes:
                 "removed": all(b.id != backend_id for b in self.control.backends())}
         return Reply(202, body)
 
+    def fleet(self, request: Request) -> Reply:
+        """``GET /fleet``: the instances of the fleet, their pipes and health."""
+        return Reply(200, self.control.fleet())
     def reload(self, request: Request) -> Reply:
         """``POST /reload``: re-read the configuration, as SIGHUP does."""
         assert self.reloader is not None
@@ -361,7 +371,8 @@ class AdminServer(HttpServer):
                  max_body: int = MAX_BODY, request_timeout: float = REQUEST_TIMEOUT,
                  head_timeout: float = HEAD_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
                  max_connections: int = MAX_CONNECTIONS,
-                 reloader: Callable[[], dict[str, Any]] | None = None) -> None:
+                 reloader: Callable[[], dict[str, Any]] | None = None,
+                 reuse_port: bool = False) -> None:
         if token is None and not is_loopback(host):
             raise AdminConfigError(
                 f"refusing to serve the admin API on non-loopback address {host} without a "
@@ -380,7 +391,8 @@ class AdminServer(HttpServer):
         self.token_file: Path | None = None
         super().__init__(self.routes, host=host, port=port, max_body=max_body,
                          request_timeout=request_timeout, head_timeout=head_timeout,
-                         idle_timeout=idle_timeout, max_connections=max_connections)
+                         idle_timeout=idle_timeout, max_connections=max_connections,
+                         reuse_port=reuse_port)
 
     def __repr__(self) -> str:  # never show the token
         return f"AdminServer(host={self.host!r}, token=***)"

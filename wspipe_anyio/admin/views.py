@@ -47,4 +47,4 @@ def pipe_json(info: PipeInfo, now: float, wall_offset: float) -> dict[str, Any]:
             "peer": info.request.peer, "path": info.request.path,
             "delivery": info.delivery, "unconfirmed_messages": info.unconfirmed_messages,
             "parked": parked, "resume_window_left_seconds": left,
-            "held_for_client": info.held_for_client}
+            "held_for_client": info.held_for_client, "session_id": info.session_id}

@@ -15,9 +15,11 @@ from ..config import ProxyConfig
 from ..hooks import make_plugin_manager
 from ..info import PipeInfo
 from ..proxy import Proxy
+from ..store import StoreAction, StoreHealth
 from ..wire import Wire
 from .invariants import check_invariants
 from .peers import BackendLink, FakeBackend, FakeClient
+from .store import MemoryStore
 
 
 class Harness:
@@ -32,16 +34,22 @@ class Harness:
     :param honour_pauses: Act like a driver that stops reading a paused connection:
         what its peer sends waits until the proxy resumes it.
     :param check: Run :func:`check_invariants` after every call of the proxy.
+    :param instance: Run the proxy as this fleet instance (see :mod:`wspipe_core.fleet`).
+    :param store: The :class:`MemoryStore` its store actions go to (share one between
+        harnesses for a fleet); it is reported reachable at once unless ``down``.
     :param wire: The proxy's frame layer (:class:`~wspipe_core.wire.Wire`; the
         reference :class:`~wspipe_core.testing.WsprotoWire` to compare with wsproto).
     """
 
     def __init__(self, config: ProxyConfig | None = None, *, plugins: Sequence[object] = (),
                  seed: int = 0, auto_ack: bool = True, honour_pauses: bool = False,
-                 check: bool = False, wire: Wire | None = None) -> None:
+                 check: bool = False, wire: Wire | None = None,
+                 instance: str | None = None, store: MemoryStore | None = None) -> None:
         config = config or ProxyConfig()
         pm = make_plugin_manager(config, plugins=plugins)
-        self.proxy = Proxy(config, pm=pm, rng=random.Random(seed), wire=wire)
+        self.proxy = Proxy(config, pm=pm, rng=random.Random(seed), wire=wire,
+                           instance=instance)
+        self.store = store
         self.now = 0.0
         self.auto_ack = auto_ack
         self.honour_pauses = honour_pauses
@@ -69,6 +77,8 @@ class Harness:
         self._queue: deque[ev.Event] = deque()
         self._busy = False
         self._next_conn = 1
+        if store is not None and not store.down:
+            self.feed(StoreHealth(True))
 
     # -- peers
 
@@ -83,7 +93,21 @@ class Harness:
         self.backends[url] = backend
         if register:
             self.proxy.add_backend(url, weight=weight, now=self.now)
+            if self.proxy.fleet is not None:
+                self.advance(0)  # a fleet publishes the registration
         return backend
+
+    def poll_store(self) -> None:
+        """Deliver what the store holds for this instance (handovers), as the driver's
+        poll does."""
+        assert self.store is not None and self.proxy.fleet is not None
+        for event in self.store.poll(self.proxy.fleet.instance):
+            self.feed(event)
+
+    def sync_registry(self) -> None:
+        """Deliver the store's registry to the proxy, as the driver's poll does."""
+        assert self.store is not None
+        self.feed(self.store.snapshot())
 
     def resolve(self, query: act.ResolveBackends) -> None:
         """Answer a discovery query from :attr:`dns` (with ``hold_resolutions``)."""
@@ -236,6 +260,9 @@ class Harness:
                 self._queue.append(ev.ProbeResult(action.probe, answer))
         elif isinstance(action, act.CloseProbe):
             pass
+        elif isinstance(action, StoreAction):
+            if self.store is not None:
+                self._queue.extend(self.store.execute(action, self.now))
         elif isinstance(action, act.ResolveBackends):
             self.resolutions.append(action)
             if not self.hold_resolutions:
