@@ -11,6 +11,7 @@ WORKDIR /src
 COPY pyproject.toml README.md LICENSE CHANGELOG.md ./
 COPY wspipe_core ./wspipe_core
 COPY wspipe_anyio ./wspipe_anyio
+COPY wspipe_backend ./wspipe_backend
 COPY plugins ./plugins
 RUN pip install --no-cache-dir "build==1.*" && python -m build --wheel --outdir /dist
 
@@ -19,11 +20,12 @@ FROM python:3.12-slim
 RUN useradd --system --uid 10001 --create-home --home-dir /home/wspipe \
         --shell /usr/sbin/nologin wspipe
 COPY --from=build /dist/ /tmp/dist/
-# uvloop (fast) and dnspython (SRV discovery); trio is one more extra away. DL3013
+# uvloop (fast), dnspython (SRV discovery) and coredis (--store, a fleet); trio is one
+# more extra away. DL3013
 # (pin versions) does not apply: this is the wheel just built, pinned by its file name.
 # hadolint ignore=DL3013
 RUN wheel="$(ls /tmp/dist/wspipe-*.whl)" \
-    && pip install --no-cache-dir "${wheel}[fast,dns]" \
+    && pip install --no-cache-dir "${wheel}[fast,dns,redis]" \
     && rm -rf /tmp/dist
 COPY deploy/wspipe.toml /etc/wspipe/wspipe.toml
 # Listen on every interface of the container (":8080" would be loopback only); the

@@ -48,6 +48,23 @@ def test_dockerfile_runs_wspipe_as_non_root_with_a_health_check_and_sigterm() ->
     assert "COPY deploy/wspipe.toml /etc/wspipe/wspipe.toml" in final
 
 
+def test_the_image_builds_the_whole_package_with_the_fleet_extra() -> None:
+    """The wheel built in the image holds every package the project's wheel does (a
+    missing COPY would silently ship less), and installs the extras serve may need."""
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]
+    text = DOCKERFILE.read_text()
+    build = text.split("\nFROM ")[1]  # the build stage
+    copied = set(re.findall(r"^COPY (\S+) \./\S+$", build, re.M))
+    for pattern in find["include"]:
+        package = pattern.rstrip("*")
+        where = next(w for w in find["where"] if (ROOT / w / package).is_dir())
+        source = package if where == "." else where
+        assert source in copied, f"{package} is not copied into the build stage"
+    (extras,) = re.findall(r'\[([a-z,]+)\]"', text)
+    assert {"fast", "dns", "redis"} <= set(extras.split(","))
+
+
 def test_systemd_unit_reloads_with_sighup_and_stops_within_its_timeout() -> None:
     unit = configparser.ConfigParser(interpolation=None, strict=True)
     unit.optionxform = str  # type: ignore[assignment,method-assign]
