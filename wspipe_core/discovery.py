@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from .actions import Action, ResolveBackends
 from .errors import InvalidBackendURL
 from .events import BackendsResolved, QueryId
+from .pool import parse_backend_url
 
 log = logging.getLogger("wspipe.discovery")
 
@@ -68,27 +69,18 @@ def parse_target(entry: str) -> Target:
     kind = "a" if entry.startswith(ADDRESS_PREFIX) else "srv"
     rest = entry.split("+", 1)[1]
     try:
-        parts = urlsplit(rest)
-        port = parts.port
-    except ValueError as exc:
+        # The same rules as a static backend URL (scheme, host, no credentials or
+        # fragment, percent-encoding): one parser for both.
+        address = parse_backend_url(rest)
+    except InvalidBackendURL as exc:
         raise InvalidBackendURL(f"invalid backend entry {entry!r}: {exc}") from None
-    if parts.scheme not in ("ws", "wss"):
-        raise InvalidBackendURL(f"invalid backend entry {entry!r}: scheme must be "
-                                "dns+ws, dns+wss, srv+ws or srv+wss")
-    if not parts.hostname or parts.username or parts.password or parts.fragment:
-        raise InvalidBackendURL(
-            f"invalid backend entry {entry!r}: a name, no credentials or fragment")
-    if not rest.isascii() or not rest.isprintable() or " " in rest:
-        raise InvalidBackendURL(f"invalid backend entry {entry!r}: must be percent-encoded")
-    if kind == "srv" and port is not None:
+    explicit = urlsplit(rest).port  # valid: parse_backend_url read it
+    if kind == "srv" and explicit is not None:
         raise InvalidBackendURL(
             f"invalid backend entry {entry!r}: SRV records give the port; leave it out")
-    if kind == "a" and port is None:
-        port = 443 if parts.scheme == "wss" else 80
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    return Target(entry, kind, parts.scheme, parts.hostname, port, target)
+    port = None if kind == "srv" else address.port
+    scheme = "wss" if address.tls else "ws"
+    return Target(entry, kind, scheme, address.host, port, address.target)
 
 
 @dataclass(slots=True, eq=False)
