@@ -59,7 +59,9 @@ class Deliveries:
 
         At most one confirmation ping is in flight per link, and two go out at least
         ``confirm_interval`` apart: the next one when its pong has come back and the
-        interval has passed, if more was written meanwhile (then a timer sends it).
+        interval has passed, if more was written meanwhile. A due ping rides on the
+        next burst (it joins that burst's write: no write, wakeup or timer of its own);
+        if no burst comes within another interval, the link's timer sends it.
         """
         if pipe.delivery is not Delivery.AT_LEAST_ONCE:
             return
@@ -71,7 +73,7 @@ class Deliveries:
             due = link.confirm_sent + self._confirm_interval
             if now < due:
                 if link.confirm_at is None:
-                    link.confirm_at = due
+                    link.confirm_at = due + self._confirm_interval
                     self._timers.touch(link)
                 return
             link.confirm_at = None
