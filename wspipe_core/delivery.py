@@ -8,8 +8,9 @@
     Messages written to a link are retained (they count against ``buffer_limit`` and
     the memory budget like buffered ones) until a pong answers a ping the proxy sent
     after them: one confirmation ping per burst of writes, one in flight at a time and
-    ``confirm_interval`` apart at least, so the retained window is what a link carries
-    in one round trip plus that interval. On any
+    ``confirm_interval`` apart at least, a due one riding on the next burst's write,
+    so the retained window is what a link carries in one round trip plus that interval
+    (two on a link that goes quiet: the timer sends a ping no burst carried). On any
     interruption — EOF, reset, ping timeout, a backend Close with an interruption
     code (frameworks drop what arrives in their last milliseconds) — the unconfirmed
     messages are replayed first, in order, on the next link, then the buffer.
