@@ -118,7 +118,8 @@ def test_at_least_once_replays_unconfirmed_messages_first_after_any_interruption
     elif how == "close_1012":
         link.send_raw(link.ws.send(CloseConnection(code=1012)))
     else:
-        h.advance(0.1 + 5)  # no pong to the (timer-sent) confirmation ping within ping_timeout
+        h.advance(0.1 + 5 + 0.1)  # no pong to the (timer-sent) confirmation ping: its
+        # ping_timeout and the grace after it pass
     c.send("after")
     assert b2.messages() == ["lost", "lost too", "after"]
     assert sum(h.proxy.stats.unconfirmed_at_interruption.values()) == 2
