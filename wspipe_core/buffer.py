@@ -66,7 +66,8 @@ class MemoryBudget:
             self.high_water = self.used
         if not before:
             self.holders += 1
-        self._mark(holder)
+        if holder not in self._dirty:  # (marked once until the heap indexes it)
+            self._mark(holder)
 
     def _mark(self, holder: Holder) -> None:
         dirty = self._dirty
@@ -173,6 +174,12 @@ class ReplayBuffer:
     def confirm(self, upto: int) -> int:
         """Drop the messages numbered ``upto`` or less (they were delivered); how many."""
         items = self._items
+        if items and items[-1][0] <= upto:
+            # All of it (the usual pong): one step, not one pop per message.
+            count = len(items)
+            self._items = _EMPTY
+            self.bytes = 0
+            return count
         count = 0
         while items and items[0][0] <= upto:
             self.bytes -= items.popleft()[2]

@@ -8,8 +8,9 @@
     Messages written to a link are retained (they count against ``buffer_limit`` and
     the memory budget like buffered ones) until a pong answers a ping the proxy sent
     after them: one confirmation ping per burst of writes, one in flight at a time and
-    ``confirm_interval`` apart at least, so the retained window is what a link carries
-    in one round trip plus that interval. On any
+    ``confirm_interval`` apart at least, a due one riding on the next burst's write,
+    so the retained window is what a link carries in one round trip plus that interval
+    (two on a link that goes quiet: the timer sends a ping no burst carried). On any
     interruption — EOF, reset, ping timeout, a backend Close with an interruption
     code (frameworks drop what arrives in their last milliseconds) — the unconfirmed
     messages are replayed first, in order, on the next link, then the buffer.
@@ -59,7 +60,9 @@ class Deliveries:
 
         At most one confirmation ping is in flight per link, and two go out at least
         ``confirm_interval`` apart: the next one when its pong has come back and the
-        interval has passed, if more was written meanwhile (then a timer sends it).
+        interval has passed, if more was written meanwhile. A due ping rides on the
+        next burst (it joins that burst's write: no write, wakeup or timer of its own);
+        if no burst comes within another interval, the link's timer sends it.
         """
         if pipe.delivery is not Delivery.AT_LEAST_ONCE:
             return
@@ -71,7 +74,7 @@ class Deliveries:
             due = link.confirm_sent + self._confirm_interval
             if now < due:
                 if link.confirm_at is None:
-                    link.confirm_at = due
+                    link.confirm_at = due + self._confirm_interval
                     self._timers.touch(link)
                 return
             link.confirm_at = None

@@ -3,6 +3,13 @@
 The proxy answers every ping itself and pings each of its connections every
 ``ping_interval``; a connection that does not answer within ``ping_timeout`` is
 dead (for a link: an interruption; for a client: the session ends with 1011).
+
+A pong deadline that passes is given :data:`~.deadlines.GRACE` once before the peer
+is declared dead: the timer that fires it may run before the reads that carry the
+pong (uvloop runs due timers before it polls the sockets; trio's run order is its
+own), so after a stall of the proxy that ends just past the deadline, or one long
+loop iteration, the pong waits unread in a socket buffer. The grace lets the driver
+read once more; silence past it is death.
 """
 
 from __future__ import annotations
@@ -19,10 +26,14 @@ PING_PAYLOAD = b"wspipe"
 class Keepalive:
     """Pings, pong deadlines and ping answers for endpoints."""
 
+    #: Endpoints given a grace past their pong deadline, and when the grace ends.
+    _graced: dict[Endpoint, float]
+
     def __init__(self, interval: float, timeout: float, flow: Flow) -> None:
         self.interval = interval
         self.timeout = timeout
         self._flow = flow
+        self._graced = {}
 
     def start(self, ep: Endpoint, now: float) -> None:
         """``ep`` just opened: its first ping is due one interval from now."""
@@ -32,6 +43,8 @@ class Keepalive:
     def stop(self, ep: Endpoint) -> None:
         """No more pings for ``ep`` (it is closing)."""
         ep.ping_at = ep.pong_deadline = None
+        if self._graced:
+            self._graced.pop(ep, None)
 
     def answer(self, ep: Endpoint, ping: Ping) -> None:
         """Answer a ping from ``ep`` with its pong.
@@ -47,6 +60,8 @@ class Keepalive:
         """``ep`` answered: it is alive, and it read what was written before our ping."""
         ep.pong_deadline = None
         ep.confirmed = ep.ping_mark
+        if self._graced:
+            self._graced.pop(ep, None)
 
     def tick(self, ep: Endpoint, now: float) -> bool:
         """Send ``ep``'s ping if due; ``True`` if its pong is overdue (it is dead)."""
@@ -57,12 +72,17 @@ class Keepalive:
             if ep.ping_at is not None and now >= ep.ping_at:
                 ep.ping_at = now + self.interval
             return False
-        if ep.pong_deadline is not None and now >= ep.pong_deadline:
-            if not overslept(ep.pong_deadline, now):
-                return True
-            # We overslept the deadline: read what arrived meanwhile before blaming the
-            # peer for our own stall, or a stalled proxy drops every peer at once.
-            ep.pong_deadline = now + GRACE
+        deadline = ep.pong_deadline
+        if deadline is not None and now >= deadline:
+            graced = self._graced
+            if graced.pop(ep, None) == deadline and not overslept(deadline, now):
+                return True  # silent through its grace too
+            # Read what may have arrived before blaming the peer (see the module): once
+            # past the deadline, and again while the proxy oversleeps its deadlines.
+            ep.pong_deadline = graced[ep] = now + GRACE
+            if len(graced) > 64:  # forget endpoints that went another way meanwhile
+                for other in [e for e, when in graced.items() if e.pong_deadline != when]:
+                    del graced[other]
             return False
         if ep.ping_at is not None and now >= ep.ping_at:
             ep.ping_at = now + self.interval

@@ -41,6 +41,17 @@ def test_replay_buffer_confirms_up_to_a_sequence_number_and_takes_items_back_in_
     assert [seq for seq, _, _ in waiting.drain()] == [3, 4]
 
 
+def test_a_confirmation_of_everything_empties_the_replay_buffer_at_once():
+    retained = ReplayBuffer(overhead=10)
+    for seq in (5, 6, 7):
+        retained.append(b"rr", seq=seq)
+    assert retained.confirm(9) == 3
+    assert len(retained) == 0 and retained.bytes == 0 and retained.cost == 0
+    assert retained.last_seq == 0 and retained.first_seq is None
+    retained.append(b"r", seq=8)  # and it takes messages again
+    assert retained.confirm(7) == 0 and retained.confirm(8) == 1 and not len(retained)
+
+
 class _Holder:
     def __init__(self) -> None:
         self.held = 0

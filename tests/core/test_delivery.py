@@ -6,6 +6,7 @@ import pytest
 from wsproto.events import CloseConnection, TextMessage
 
 from wspipe_core import PipeEventKind, hookimpl
+from wspipe_core import actions as act
 from wspipe_core.testing import check_invariants
 
 from .helpers import harness
@@ -26,7 +27,7 @@ def test_at_least_once_retains_written_messages_until_a_pong_after_them_confirms
     for pong in pongs:
         b1.links[0].send_raw(pong)  # the pong of the confirmation ping: "one" confirmed
     assert h.pipe(c).unconfirmed_messages == 1
-    h.advance(0.05)  # confirm_interval after the first, a ping asks about "two"
+    h.advance(0.1)  # no burst to ride on: the link's timer asks about "two"
     assert h.pipe(c).unconfirmed_messages == 0 and h.proxy.budget.used == 0
     assert h.proxy.stats.confirmations >= 1
 
@@ -42,10 +43,34 @@ def test_at_least_once_asks_one_confirmation_per_burst_with_one_in_flight():
     assert link.pings == [b"wspipe:c50"]  # one read, 50 messages: one ping
     link.send_raw(pongs[0])  # its pong: the rest is asked for confirm_interval later
     assert link.pings == [b"wspipe:c50"]
+    h.advance(0.05)  # due, but it waits for a burst to ride on
+    assert link.pings == [b"wspipe:c50"]
     h.advance(0.049)
     assert link.pings == [b"wspipe:c50"]
-    h.advance(0.001)
+    h.advance(0.001)  # no burst came within another interval: the timer sends it
     assert link.pings == [b"wspipe:c50", b"wspipe:c51"]
+    assert h.pipe(c).unconfirmed_messages == 0
+
+
+def test_a_due_confirmation_ping_goes_out_in_the_same_write_as_the_next_burst():
+    """Under load a confirmation costs no write, wakeup or timer of its own: the due
+    ping follows the burst's messages in one call, which the driver joins into one
+    write."""
+    h = harness(delivery="at-least-once")
+    b1 = h.backend("ws://b1/")
+    c = h.client()
+    link = b1.links[0]
+    c.send("m1")  # the first ping goes out at once; its pong comes back at once
+    assert link.pings == [b"wspipe:c1"]
+    h.advance(0.02)
+    c.send("m2")  # within the interval: retained, not asked about yet
+    h.advance(0.04)  # t = 0.06: due since 0.05, no timer sent it
+    assert link.pings == [b"wspipe:c1"]
+    start = len(h.actions)
+    c.send_raw(c.ws.send(TextMessage(data="m3")) + c.ws.send(TextMessage(data="m4")))
+    sends = [a.data[0] & 0x0F for a in h.actions[start:] if isinstance(a, act.SendToLink)]
+    assert sends == [0x1, 0x1, 0x9]  # the burst's two messages, then its ping, together
+    assert link.pings == [b"wspipe:c1", b"wspipe:c4"]
     assert h.pipe(c).unconfirmed_messages == 0
 
 
@@ -62,7 +87,8 @@ def test_at_least_once_coalesces_confirmations_over_confirm_interval():
         c.send(f"m{i}")  # ten bursts, each answered at once, within the interval
     assert link.pings == [b"wspipe:c1"] and h.pipe(c).unconfirmed_messages == 10
     h.advance(0.01)
-    assert link.pings == [b"wspipe:c1", b"wspipe:c11"]  # one ping for the ten
+    c.send("m12")  # the next burst after the interval carries the ping
+    assert link.pings == [b"wspipe:c1", b"wspipe:c12"]  # one ping for the eleven
     assert h.pipe(c).unconfirmed_messages == 0
 
 
@@ -92,7 +118,8 @@ def test_at_least_once_replays_unconfirmed_messages_first_after_any_interruption
     elif how == "close_1012":
         link.send_raw(link.ws.send(CloseConnection(code=1012)))
     else:
-        h.advance(0.05 + 5)  # no pong to the confirmation ping within ping_timeout
+        h.advance(0.1 + 5 + 0.1)  # no pong to the (timer-sent) confirmation ping: its
+        # ping_timeout and the grace after it pass
     c.send("after")
     assert b2.messages() == ["lost", "lost too", "after"]
     assert sum(h.proxy.stats.unconfirmed_at_interruption.values()) == 2

@@ -76,7 +76,7 @@ def test_a_client_that_stops_answering_pings_is_closed_with_1011_and_parked():
     b1 = h.backend("ws://b1/")
     c = h.client(f"/{ID1}")
     c.mute()
-    h.advance(10)
+    h.advance(10.1)  # (the pong deadline at 10, and its grace)
     assert h.proxy.pipes()[0].parked_until is not None and not b1.links[0].tcp_closed
     assert c.tcp_closed and h.proxy.stats.parked == 1
 
