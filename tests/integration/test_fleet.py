@@ -10,6 +10,7 @@ under streaming clients.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -190,6 +191,84 @@ def test_drain_with_migrate_on_one_instance_moves_the_pipes_of_all_at_the_fleet_
             wait_for(lambda: recorder.total >= expected, 10, "every message arrived")
             result = check(clients, recorder)  # every message once, in order
             assert result["lost"] == 0 and recorder.total == expected
+        finally:
+            for client in clients:
+                client.close()
+
+
+class TimedEchoBackend(EchoBackend):
+    """An :class:`EchoBackend` that notes when each link ended, and whose client it was."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__(recorder)
+        self.ended: list[tuple[float, str]] = []
+
+    def _handle(self, ws) -> None:
+        try:
+            super()._handle(ws)
+        finally:
+            self.ended.append((time.monotonic(), ws.request.headers["x-wspipe-client-id"]))
+
+
+def rate_of(times: list[float]) -> float:
+    """Moves per second: the least-squares slope of the move count over time."""
+    n = len(times)
+    mean_t, mean_i = sum(times) / n, (n - 1) / 2
+    return (sum((t - mean_t) * (i - mean_i) for i, t in enumerate(times))
+            / sum((t - mean_t) ** 2 for t in times))
+
+
+def test_drain_with_migrate_moves_pipes_at_the_fleet_rate_neither_faster_nor_slower(
+        anyio_backend):
+    """The moves' own timestamps (each pipe's link to the drained backend ending, seen by
+    that backend): 8/s for the fleet, 4/s on each of the two instances."""
+    rate, per_instance = 8.0, 12
+    recorder = Recorder()
+    with redis_server() as redis, stopping([TimedEchoBackend(recorder).start(),
+                                            EchoBackend(recorder).start()]) as (b1, b2), \
+            instances(*[dict(name=n, store=redis.url, async_lib=anyio_backend,
+                             backends=[b1.url], args=["--migrate-rate", str(rate)])
+                        for n in ("A", "B")]) as (a, b):
+        wait_for(lambda: a.get("/fleet")["members"] == 2 == b.get("/fleet")["members"], 5,
+                 "two members")
+        ids = [str(uuid.uuid4()) for _ in range(2 * per_instance)]
+        owner = {client_id: (a, b)[i % 2].name for i, client_id in enumerate(ids)}
+        clients = [StreamingClient(i, f"{(a, b)[i % 2].ws}/{client_id}")
+                   for i, client_id in enumerate(ids)]
+        try:
+            for client in clients:  # every pipe on b1, half of them on each instance
+                client.start()
+            with a.http() as http:
+                assert http.post("/backends", json={"url": b2.url}).status_code == 201
+            for instance in (a, b):
+                wait_for(lambda i=instance: len(i.get("/backends")) == 2, 3,
+                         f"{instance.name} has b2")
+            time.sleep(0.5)
+            assert b1.ended == []
+            with b.http() as http:
+                b1_id = next(x["id"] for x in b.get("/backends") if x["url"] == b1.url)
+                assert http.delete(f"/backends/{b1_id}?migrate=true").status_code == 202
+            wait_for(lambda: len(b1.ended) == len(ids), 20, "every pipe moved off b1")
+            moves = sorted(b1.ended)
+            assert sorted(client_id for _, client_id in moves) == sorted(ids)  # each once
+            fleet = rate_of([t for t, _ in moves])
+            # A per-instance rate would move them at 16/s; one instance's share alone, 4/s.
+            assert rate * 0.75 <= fleet <= rate * 1.25, (fleet, moves)
+            for instance in (a, b):
+                times = [t for t, client_id in moves if owner[client_id] == instance.name]
+                assert len(times) == per_instance
+                assert rate / 2 * 0.75 <= rate_of(times) <= rate / 2 * 1.25, (
+                    instance.name, rate_of(times), times)
+                gaps = [y - x for x, y in itertools.pairwise(times)]
+                assert min(gaps) >= 2 / rate * 0.8, (instance.name, gaps)  # never a burst
+            time.sleep(0.3)
+            for client in clients:
+                client.stop_sending()
+            expected = sum(c.sent for c in clients)
+            wait_for(lambda: recorder.total >= expected, 10, "every message arrived")
+            result = check(clients, recorder)  # every message once, in order; no disconnect
+            assert result["lost"] == 0 and result["duplicated"] == 0
+            assert recorder.total == expected
         finally:
             for client in clients:
                 client.close()
