@@ -22,6 +22,7 @@ from fleet import (
     TOKEN,
     Instance,
     redis_server,
+    sentinel_group,
     start_instance,
     stop_instance,
     wait_for,
@@ -327,6 +328,63 @@ def test_redis_killed_and_restarted_under_streaming_clients(anyio_backend):
     assert "store unreachable" in a.log[0] and "fail open" in b.log[0]
 
 
+def test_sentinel_promotes_the_replica_after_a_kill_9_and_the_fleet_follows(
+        anyio_backend, tmp_path):
+    """Redis HA: primary + replica + redis-sentinel. The primary is killed with SIGKILL
+    under streaming clients; the Sentinel promotes the replica; both instances' store
+    clients find the new primary through the Sentinel (the first one listed is down),
+    registry changes work again, and no client is disconnected."""
+    secret = "s3ntinel-pw"
+    recorder = Recorder()
+    dead_sentinel = free_port()
+    with sentinel_group(str(tmp_path), password=secret) as group, \
+            stopping([EchoBackend(recorder).start(), EchoBackend(recorder).start()]) as (
+                b1, b2), \
+            instances(*[dict(name=n, store=group.url([dead_sentinel]),
+                             async_lib=anyio_backend, backends=[b1.url],
+                             env={"WSPIPE_STORE_PASSWORD": secret}) for n in ("A", "B")]
+                      ) as (a, b):
+        wait_for(lambda: a.get("/fleet")["members"] == 2 == b.get("/fleet")["members"], 5,
+                 "two members")
+        ids = [str(uuid.uuid4()) for _ in range(6)]
+        clients = [StreamingClient(i, f"{(a, b)[i % 2].ws}/{ids[i]}") for i in range(6)]
+        try:
+            for client in clients:
+                client.start()
+            time.sleep(0.5)
+            assert group.replica.command("GET", f"wspipe:lease:{ids[0]}") == b"A"
+            old = group.primary.port
+            group.primary.kill()
+            wait_for(lambda: group.primary_port() == group.replica.port, 30,
+                     "the Sentinel promoted the replica")
+            assert group.primary_port() != old
+            # Registry changes work again once the store client reconnects (503 until then).
+            def register() -> bool:
+                with a.http() as http:
+                    return http.post("/backends", json={"url": b2.url}).status_code == 201
+            wait_for(register, 20, "A registered b2 on the new primary", step=0.3)
+            wait_for(lambda: len(b.get("/backends")) == 2, 5, "B got b2")
+            assert group.replica.command("HEXISTS", "wspipe:registry", b2.url) == b":1"
+            wait_for(lambda: a.get("/fleet")["store"] == "up" == b.get("/fleet")["store"]
+                     and a.get("/fleet")["members"] == 2, 10, "both up, two members")
+            for i, client_id in enumerate(ids):  # leases renewed on the new primary
+                holder = (b"A", b"B")[i % 2]
+                wait_for(lambda c=client_id, h=holder: group.replica.command(
+                    "GET", f"wspipe:lease:{c}") == h, 10, "lease on the new primary")
+            # The 409 rule holds fleet-wide through the new primary.
+            assert status_of(f"{b.ws}/{ids[0]}") == 409
+            time.sleep(0.3)
+            for client in clients:
+                client.stop_sending()
+            expected = sum(c.sent for c in clients)
+            wait_for(lambda: recorder.total >= expected, 10, "every message arrived")
+            check(clients, recorder)  # nobody disconnected, every message once, in order
+        finally:
+            for client in clients:
+                client.close()
+    assert all(secret not in i.log[0] for i in (a, b))
+
+
 def test_a_client_that_drops_from_one_instance_resumes_its_session_through_another(
         anyio_backend):
     recorder = Recorder()
@@ -510,6 +568,6 @@ def test_workers_need_a_store_and_say_so(anyio_backend):
     done = subprocess.run([sys.executable, "-m", "wspipe_anyio", "serve", "--store",
                            "http://:pw-in-url@127.0.0.1/0"], capture_output=True, text=True,
                           timeout=30, check=False)
-    assert done.returncode == 2 and "redis:// or rediss://" in done.stderr
+    assert done.returncode == 2 and "redis://, rediss:// or redis+sentinel://" in done.stderr
     assert "pw-in-url" not in done.stderr and "***" in done.stderr
 
