@@ -122,8 +122,9 @@ class SentinelGroup:
     SERVICE = "wspipe-test"
 
     def __init__(self, tmp: str, password: str | None = None) -> None:
-        self.primary = RedisServer(password)
-        self.replica = RedisServer(password, ["--replicaof", "127.0.0.1",
+        # (--dir: a replica's full sync writes dump.rdb there)
+        self.primary = RedisServer(password, ["--dir", tmp])
+        self.replica = RedisServer(password, ["--dir", tmp, "--replicaof", "127.0.0.1",
                                               str(self.primary.port)])
         self.sentinel_port = free_port()
         self.config = os.path.join(tmp, f"sentinel-{self.sentinel_port}.conf")
