@@ -201,14 +201,11 @@ class TimedEchoBackend(EchoBackend):
     """An :class:`EchoBackend` that notes when each link ended, and whose client it was."""
 
     def __init__(self, recorder: Recorder) -> None:
-        super().__init__(recorder)
+        super().__init__(recorder, on_end=self._ended)
         self.ended: list[tuple[float, str]] = []
 
-    def _handle(self, ws) -> None:
-        try:
-            super()._handle(ws)
-        finally:
-            self.ended.append((time.monotonic(), ws.request.headers["x-wspipe-client-id"]))
+    def _ended(self, ws) -> None:
+        self.ended.append((time.monotonic(), ws.request.headers["x-wspipe-client-id"]))
 
 
 def rate_of(times: list[float]) -> float:
