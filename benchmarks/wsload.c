@@ -45,6 +45,7 @@ typedef struct {
     int fd;
     int open;               /* upgrade done */
     int closing;            /* close frame queued: shut down once written */
+    int writing;            /* EPOLLOUT is on */
     uint8_t *in;            /* received, not yet parsed */
     size_t in_len, in_cap;
     uint8_t *out;           /* to send, not yet written */
@@ -187,6 +188,8 @@ static void consume(conn_t *c, size_t n) {
 static int epfd;
 
 static void want_write(conn_t *c, int on) {
+    if (c->writing == on) return; /* (no system call when nothing changes) */
+    c->writing = on;
     struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
     epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
@@ -202,11 +205,9 @@ static int flush_out(conn_t *c) {
         }
         off += (size_t)w;
     }
-    int had = c->out_len > 0;
     memmove(c->out, c->out + off, c->out_len - off);
     c->out_len -= off;
-    if (c->out_len) want_write(c, 1);
-    else if (had && off) want_write(c, 0);
+    want_write(c, c->out_len > 0);
     if (!c->out_len && c->closing) return 0;
     return 1;
 }
