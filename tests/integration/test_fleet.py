@@ -10,7 +10,6 @@ under streaming clients.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import signal
 import subprocess
@@ -257,8 +256,10 @@ def test_drain_with_migrate_moves_pipes_at_the_fleet_rate_neither_faster_nor_slo
                 assert len(times) == per_instance
                 assert rate / 2 * 0.75 <= rate_of(times) <= rate / 2 * 1.25, (
                     instance.name, rate_of(times), times)
-                gaps = [y - x for x, y in itertools.pairwise(times)]
-                assert min(gaps) >= 2 / rate * 0.8, (instance.name, gaps)  # never a burst
+                # Never a burst: at most its share of a second's moves in any second (+1
+                # for the jitter of when the backend sees a link end).
+                most = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+                assert most <= rate / 2 + 1, (instance.name, most, times)
             time.sleep(0.3)
             for client in clients:
                 client.stop_sending()
