@@ -8,24 +8,32 @@ Targets, each its own process tree, measured in the same run and interleaved
 ``workers2``  ``wspipe serve --store ... --workers 2`` (a supervisor and two workers
               sharing the port with SO_REUSEPORT)
 
-Each runs against the same echo backend (``e2e.py _backend``, websockets on uvloop) and a
-``redis-server`` this script starts on a free loopback port (``--save ''``). The load is
-``--loadgens`` closed-loop load generators (``e2e.py _load``) at once, each with
-``--connections`` clients; the result is the sum of their round trips per second, and the
-CPU time of the target's processes (supervisor and workers) per round trip.
+The load generator and the echo backend are ``wsload`` (``benchmarks/wsload.c``, one
+thread each, epoll), compiled here with ``gcc -O2 ... -lcrypto`` into the ignored
+``benchmarks/.build/``: on 2 cores a Python load generator and backend took most of the
+second core and hid what a second worker adds. ``wsload`` costs a few µs of CPU per
+round trip, nearly all of it the kernel's loopback (it is reported: ``peers us/msg``).
+A ``redis-server`` is started on a free loopback port (``--save ''``). The load is one
+``wsload load`` with ``--connections`` clients, each keeping ``--depth`` binary messages
+in flight, every echo checked (order, length, content). Reported per run: round trips
+per second, the target's CPU (supervisor and workers) per round trip, the peers' CPU
+(``wsload`` load + echo + redis) per round trip, and the CPU other processes on the
+machine took meanwhile (``/proc/stat`` busy time minus ours, in cores), which says when
+a run competed with something else.
 
-    python benchmarks/workers.py --sizes 64,1KiB --repeat 3 --duration 4
+    python benchmarks/workers.py --sizes 64,1KiB --repeat 5 --duration 4
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,17 +44,33 @@ sys.path.insert(0, str(HERE))
 from e2e import (  # noqa: E402  (a script beside this one)
     HOST,
     PER_CLIENT,
+    LineReader,
     Procs,
     cpu_seconds,
     free_port,
     log,
-    run_load,
     size_label,
-    start_backend,
     wait_port,
 )
 
 TARGETS = ("nostore", "store", "workers2")
+BUILD = HERE / ".build"
+SOURCE = HERE / "wsload.c"
+
+
+def build() -> Path:
+    """Compile ``wsload.c`` (when newer than the binary); its path."""
+    binary = BUILD / "wsload"
+    if binary.exists() and binary.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return binary
+    if shutil.which("gcc") is None:
+        raise SystemExit("workers.py: gcc not found (needed to build benchmarks/wsload.c)")
+    if not Path("/usr/include/openssl/sha.h").exists():
+        raise SystemExit("workers.py: OpenSSL headers missing (apt-get install libssl-dev)")
+    BUILD.mkdir(exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE), "-lcrypto"],
+                   check=True)
+    return binary
 
 
 def tree(pid: int) -> list[int]:
@@ -58,12 +82,20 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def tree_cpu(pid: int) -> float:
+def tree_cpu(pids: list[int]) -> float:
     total = 0.0
-    for p in tree(pid):
-        with contextlib.suppress(OSError, ValueError):
-            total += cpu_seconds(p)
+    for pid in pids:
+        for p in tree(pid):
+            with contextlib.suppress(OSError, ValueError):
+                total += cpu_seconds(p)
     return total
+
+
+def machine_busy() -> float:
+    """CPU seconds every core spent not idle since boot (``/proc/stat``)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def start_target(procs: Procs, target: str, backend: str, store: str) -> Any:
@@ -84,25 +116,39 @@ def start_target(procs: Procs, target: str, backend: str, store: str) -> Any:
     return proc
 
 
-def load(url: str, args: argparse.Namespace, size: int, pid: int) -> tuple[float, float]:
-    """Run ``--loadgens`` generators at once; (round trips/s summed, target CPU µs each)."""
-    results: list[tuple[dict[str, Any], float]] = []
-    cpu0 = tree_cpu(pid)
-    threads = []
-    for _ in range(args.loadgens):
-        cmd = ["_load", "--url", url, "--conns", str(args.connections), "--size", str(size),
-               "--duration", str(args.duration), "--warmup", str(args.warmup)]
-        thread = threading.Thread(target=lambda c=cmd: results.append(
-            run_load(c, os.getpid(), timeout=args.duration + args.warmup + 60)))
-        thread.start()
-        threads.append(thread)
-    for thread in threads:
-        thread.join(args.duration + args.warmup + 90)
-    cpu = tree_cpu(pid) - cpu0  # (includes warm-up: same for every target)
-    messages = sum(r["messages"] for r, _ in results)
-    rate = sum(r["messages"] / r["elapsed"] for r, _ in results)
-    total = messages * (args.duration + args.warmup) / args.duration
-    return rate, cpu / total * 1e6 if total else float("nan")
+def load(wsload: Path, port: int, args: argparse.Namespace, size: int, target: int,
+         peers: list[int]) -> dict[str, float]:
+    """One closed-loop run against ``port``; rates and CPU between its start and stop."""
+    child = subprocess.Popen(
+        [str(wsload), "load", HOST, str(port), PER_CLIENT, str(args.connections),
+         str(args.depth), str(size), str(args.duration), str(args.warmup)],
+        text=True, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert child.stdout is not None
+    lines = LineReader(child.stdout)
+    marks: dict[str, tuple[float, float, float]] = {}
+    result: dict[str, Any] | None = None
+    timeout = args.duration + args.warmup + 60
+    try:
+        while result is None:
+            message = json.loads(lines.readline(timeout))
+            if message["event"] in ("start", "stop"):
+                marks[message["event"]] = (tree_cpu([target]),
+                                           tree_cpu([*peers, child.pid]), machine_busy())
+            elif message["event"] == "result":
+                result = message
+    finally:
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)
+    if child.returncode:
+        raise RuntimeError(f"wsload load failed with {child.returncode}")
+    (t0, p0, m0), (t1, p1, m1) = marks["start"], marks["stop"]
+    n, elapsed = result["messages"], result["elapsed"]
+    return {"rate": n / elapsed, "cpu_us": (t1 - t0) / n * 1e6,
+            "peers_us": (p1 - p0) / n * 1e6,
+            "other_cores": max(0.0, (m1 - m0) - (t1 - t0) - (p1 - p0)) / elapsed}
 
 
 def main(argv: list[str]) -> int:
@@ -112,11 +158,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--loadgens", type=int, default=2)
+    parser.add_argument("--depth", type=int, default=32, help="messages in flight per client")
     parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--json", help="write every run and the medians here")
     args = parser.parse_args(argv)
     sizes = [int(s[:-3]) * 1024 if s.endswith("KiB") else int(s) for s in args.sizes.split(",")]
     targets = args.targets.split(",")
+    wsload = build()
     procs = Procs()
     redis_port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", HOST,
@@ -124,40 +172,56 @@ def main(argv: list[str]) -> int:
     try:
         wait_port(redis_port, None)
         store = f"redis://{HOST}:{redis_port}/0"
-        backend = start_backend(procs)
-        backend_url = f"ws://{HOST}:{backend.port}"
+        backend_port = free_port()
+        backend = procs.start("backend", [str(wsload), "echo", str(backend_port)],
+                              backend_port)
+        backend_url = f"ws://{HOST}:{backend_port}"
+        peers = [backend.pid, redis.pid]
         log(f"load average before: {os.getloadavg()}")
-        rows = []
+        rows: list[dict[str, Any]] = []
+        runs_out: list[dict[str, Any]] = []
         for size in sizes:
-            runs: dict[str, list[tuple[float, float]]] = {t: [] for t in targets}
+            runs: dict[str, list[dict[str, float]]] = {t: [] for t in targets}
             for rep in range(args.repeat):
                 for target in targets:
                     proc = start_target(procs, target, backend_url, store)
-                    url = f"ws://{HOST}:{proc.port}{PER_CLIENT}"
-                    rate, cpu = load(url, args, size, proc.pid)
-                    runs[target].append((rate, cpu))
-                    log(f"  {size_label(size):>6} {target:<9} run {rep + 1}: {rate:>9,.0f} "
-                        f"msgs/s, target CPU {cpu:6.1f} us/msg, load {os.getloadavg()[0]:.2f}")
+                    run = load(wsload, proc.port, args, size, proc.pid, peers)
+                    run["load1"] = os.getloadavg()[0]
+                    runs[target].append(run)
+                    runs_out.append({"size": size_label(size), "target": target,
+                                     "rep": rep + 1, **run})
+                    log(f"  {size_label(size):>6} {target:<9} run {rep + 1}: "
+                        f"{run['rate']:>9,.0f} msgs/s, target CPU {run['cpu_us']:6.1f} us/msg,"
+                        f" peers {run['peers_us']:5.1f} us/msg, other processes "
+                        f"{run['other_cores']:.2f} cores, load {run['load1']:.2f}")
                     proc.stop()
                     procs.items.remove(proc)
             for target in targets:
-                row = {"size": size_label(size), "target": target,
-                       "rate": statistics.median(r for r, _ in runs[target]),
-                       "cpu_us": statistics.median(c for _, c in runs[target])}
-                if target != "nostore" and "nostore" in runs:
-                    row["rate_vs_nostore"] = statistics.median(
-                        a[0] / b[0] for a, b in zip(runs[target], runs["nostore"], strict=True))
-                if target == "workers2" and "store" in runs:
-                    row["rate_vs_store"] = statistics.median(
-                        a[0] / b[0] for a, b in zip(runs[target], runs["store"], strict=True))
+                row: dict[str, Any] = {
+                    "size": size_label(size), "target": target,
+                    **{k: statistics.median(r[k] for r in runs[target])
+                       for k in ("rate", "cpu_us", "peers_us", "other_cores")}}
+                for ref in ("nostore", "store"):
+                    if target != ref and ref in runs:
+                        row[f"rate_vs_{ref}"] = statistics.median(
+                            a["rate"] / b["rate"]
+                            for a, b in zip(runs[target], runs[ref], strict=True))
+                        row[f"cpu_vs_{ref}"] = statistics.median(
+                            a["cpu_us"] / b["cpu_us"]
+                            for a, b in zip(runs[target], runs[ref], strict=True))
                 rows.append(row)
         log(f"load average after: {os.getloadavg()}")
-        print(f"{'size':>6} {'target':<9} {'msgs/s':>9} {'CPU us/msg':>10} {'vs nostore':>10}"
-              f" {'vs store':>9}")
+        print(f"{'size':>6} {'target':<9} {'msgs/s':>9} {'CPU us/msg':>10} {'peers us':>8} "
+              f"{'others':>6} {'rate/nostore':>12} {'rate/store':>10} {'CPU/nostore':>11}")
         for row in rows:
             print(f"{row['size']:>6} {row['target']:<9} {row['rate']:>9,.0f} "
-                  f"{row['cpu_us']:>10.1f} {row.get('rate_vs_nostore', 1.0):>10.2f} "
-                  f"{row.get('rate_vs_store', float('nan')):>9.2f}")
+                  f"{row['cpu_us']:>10.1f} {row['peers_us']:>8.1f} {row['other_cores']:>6.2f} "
+                  f"{row.get('rate_vs_nostore', 1.0):>12.2f} "
+                  f"{row.get('rate_vs_store', float('nan')):>10.2f} "
+                  f"{row.get('cpu_vs_nostore', 1.0):>11.2f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"args": vars(args), "runs": runs_out, "medians": rows}, indent=1) + "\n")
     finally:
         procs.stop_all()
         redis.kill()

@@ -36,7 +36,8 @@ def add_fleet_flags(serve: argparse.ArgumentParser) -> None:
     add = serve.add_argument
     add("--store", metavar="URL",
         help="share client-id leases and the pool registry with other instances through "
-             "Redis or Valkey: redis://HOST:PORT/DB or rediss://... (password: "
+             "Redis or Valkey: redis://HOST:PORT/DB, rediss://... or, through Sentinel, "
+             "redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/SERVICE[/DB] (password: "
              "WSPIPE_STORE_PASSWORD or --store-password-file)")
     add("--store-password-file", metavar="FILE", help="file holding the store password")
     add("--store-prefix", metavar="PREFIX", help="prefix of the store's keys (wspipe:)")
@@ -93,7 +94,8 @@ def fleet_options(driver: dict[str, Any], config: ProxyConfig) -> FleetOptions |
                              "and the pool registry through it")
         return None
     if not isinstance(url, str):
-        raise ValueError(f"store must be a redis:// URL, got {url!r}")
+        raise ValueError(f"store must be a redis://, rediss:// or redis+sentinel:// URL, "
+                         f"got {url!r}")
     prefix = driver["store_prefix"]
     if not isinstance(prefix, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{0,64}", prefix):
         raise ValueError(f"store_prefix must be up to 64 of A-Z a-z 0-9 _ . : -, got {prefix!r}")

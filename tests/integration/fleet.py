@@ -33,16 +33,18 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.password = password
+        self.extra = list(extra)
 
     def start(self, timeout: float = 10) -> RedisServer:
-        auth = ["--requirepass", self.password] if self.password else []
+        auth = ["--requirepass", self.password, "--masterauth", self.password
+                ] if self.password else []
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes", *auth],
+             "--appendonly", "no", "--protected-mode", "yes", *auth, *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -112,6 +114,85 @@ def redis_server(password: str | None = None) -> Iterator[RedisServer]:
         server.kill()
 
 
+class SentinelGroup:
+    """Redis HA on loopback: a primary, its replica and one ``redis-sentinel``, each a
+    process the test owns. The Sentinel calls the primary down after 1 s without an
+    answer and then promotes the replica (quorum 1)."""
+
+    SERVICE = "wspipe-test"
+
+    def __init__(self, tmp: str, password: str | None = None) -> None:
+        # (--dir: a replica's full sync writes dump.rdb there)
+        self.primary = RedisServer(password, ["--dir", tmp])
+        self.replica = RedisServer(password, ["--dir", tmp, "--replicaof", "127.0.0.1",
+                                              str(self.primary.port)])
+        self.sentinel_port = free_port()
+        self.config = os.path.join(tmp, f"sentinel-{self.sentinel_port}.conf")
+        self.password = password
+        self.sentinel: subprocess.Popen[bytes] | None = None
+
+    def url(self, sentinels: Sequence[int] = ()) -> str:
+        """The ``redis+sentinel://`` URL (``sentinels``: ports listed before ours)."""
+        hosts = ",".join(f"127.0.0.1:{p}" for p in (*sentinels, self.sentinel_port))
+        return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def primary_port(self) -> int:
+        """The primary's port as the Sentinel reports it."""
+        payload = ("*3\r\n$8\r\nSENTINEL\r\n$23\r\nget-master-addr-by-name\r\n"
+                   f"${len(self.SERVICE)}\r\n{self.SERVICE}\r\n")
+        with socket.create_connection(("127.0.0.1", self.sentinel_port), timeout=2) as sock:
+            sock.sendall(payload.encode())
+            data = b""
+            while data.count(b"\r\n") < 5:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return int(data.split(b"\r\n")[4])
+
+    def start(self, timeout: float = 20) -> SentinelGroup:
+        self.primary.start()
+        self.replica.start()
+        lines = [f"port {self.sentinel_port}", "bind 127.0.0.1", "protected-mode no",
+                 f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} 1",
+                 f"sentinel down-after-milliseconds {self.SERVICE} 1000",
+                 f"sentinel failover-timeout {self.SERVICE} 10000"]
+        if self.password:
+            lines.append(f"sentinel auth-pass {self.SERVICE} {self.password}")
+        with open(self.config, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        self.sentinel = subprocess.Popen(["redis-sentinel", self.config],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # the Sentinel knows the replica, which is in sync
+            assert self.sentinel.poll() is None, "redis-sentinel exited"
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if (b"master_link_status:up" in self.replica.command("INFO", "replication")
+                        and b"slaves=1" in self._sentinel_info()):
+                    return self
+            time.sleep(0.1)
+        raise TimeoutError("the Sentinel did not see the replica in sync")
+
+    def _sentinel_info(self) -> bytes:
+        with socket.create_connection(("127.0.0.1", self.sentinel_port), timeout=2) as sock:
+            sock.sendall(b"*2\r\n$4\r\nINFO\r\n$8\r\nsentinel\r\n")
+            data = b""
+            while b"master0:" not in data or not data.endswith(b"\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return data
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.kill()
+            self.sentinel.wait(5)
+            self.sentinel = None
+        self.replica.kill()
+        self.primary.kill()
+
+
 @dataclass
 class Instance:
     """One ``wspipe serve --store`` process with its admin API."""
@@ -174,3 +255,12 @@ def wait_for(condition: Any, timeout: float, what: str, step: float = 0.05) -> A
                 return last
         time.sleep(step)
     raise TimeoutError(f"{what} (last: {last!r})")
+
+
+@contextlib.contextmanager
+def sentinel_group(tmp: str, password: str | None = None) -> Iterator[SentinelGroup]:
+    group = SentinelGroup(tmp, password)
+    try:
+        yield group.start()
+    finally:
+        group.stop()

@@ -21,6 +21,7 @@ from fleet import (
     TOKEN,
     Instance,
     redis_server,
+    sentinel_group,
     start_instance,
     stop_instance,
     wait_for,
@@ -195,6 +196,83 @@ def test_drain_with_migrate_on_one_instance_moves_the_pipes_of_all_at_the_fleet_
                 client.close()
 
 
+class TimedEchoBackend(EchoBackend):
+    """An :class:`EchoBackend` that notes when each link ended, and whose client it was."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        super().__init__(recorder, on_end=self._ended)
+        self.ended: list[tuple[float, str]] = []
+
+    def _ended(self, ws) -> None:
+        self.ended.append((time.monotonic(), ws.request.headers["x-wspipe-client-id"]))
+
+
+def rate_of(times: list[float]) -> float:
+    """Moves per second: the least-squares slope of the move count over time."""
+    n = len(times)
+    mean_t, mean_i = sum(times) / n, (n - 1) / 2
+    return (sum((t - mean_t) * (i - mean_i) for i, t in enumerate(times))
+            / sum((t - mean_t) ** 2 for t in times))
+
+
+def test_drain_with_migrate_moves_pipes_at_the_fleet_rate_neither_faster_nor_slower(
+        anyio_backend):
+    """The moves' own timestamps (each pipe's link to the drained backend ending, seen by
+    that backend): 8/s for the fleet, 4/s on each of the two instances."""
+    rate, per_instance = 8.0, 12
+    recorder = Recorder()
+    with redis_server() as redis, stopping([TimedEchoBackend(recorder).start(),
+                                            EchoBackend(recorder).start()]) as (b1, b2), \
+            instances(*[dict(name=n, store=redis.url, async_lib=anyio_backend,
+                             backends=[b1.url], args=["--migrate-rate", str(rate)])
+                        for n in ("A", "B")]) as (a, b):
+        wait_for(lambda: a.get("/fleet")["members"] == 2 == b.get("/fleet")["members"], 5,
+                 "two members")
+        ids = [str(uuid.uuid4()) for _ in range(2 * per_instance)]
+        owner = {client_id: (a, b)[i % 2].name for i, client_id in enumerate(ids)}
+        clients = [StreamingClient(i, f"{(a, b)[i % 2].ws}/{client_id}")
+                   for i, client_id in enumerate(ids)]
+        try:
+            for client in clients:  # every pipe on b1, half of them on each instance
+                client.start()
+            with a.http() as http:
+                assert http.post("/backends", json={"url": b2.url}).status_code == 201
+            for instance in (a, b):
+                wait_for(lambda i=instance: len(i.get("/backends")) == 2, 3,
+                         f"{instance.name} has b2")
+            time.sleep(0.5)
+            assert b1.ended == []
+            with b.http() as http:
+                b1_id = next(x["id"] for x in b.get("/backends") if x["url"] == b1.url)
+                assert http.delete(f"/backends/{b1_id}?migrate=true").status_code == 202
+            wait_for(lambda: len(b1.ended) == len(ids), 20, "every pipe moved off b1")
+            moves = sorted(b1.ended)
+            assert sorted(client_id for _, client_id in moves) == sorted(ids)  # each once
+            fleet = rate_of([t for t, _ in moves])
+            # A per-instance rate would move them at 16/s; one instance's share alone, 4/s.
+            assert rate * 0.75 <= fleet <= rate * 1.25, (fleet, moves)
+            for instance in (a, b):
+                times = [t for t, client_id in moves if owner[client_id] == instance.name]
+                assert len(times) == per_instance
+                assert rate / 2 * 0.75 <= rate_of(times) <= rate / 2 * 1.25, (
+                    instance.name, rate_of(times), times)
+                # Never a burst: at most its share of a second's moves in any second (+1
+                # for the jitter of when the backend sees a link end).
+                most = max(sum(1 for u in times if t <= u < t + 1.0) for t in times)
+                assert most <= rate / 2 + 1, (instance.name, most, times)
+            time.sleep(0.3)
+            for client in clients:
+                client.stop_sending()
+            expected = sum(c.sent for c in clients)
+            wait_for(lambda: recorder.total >= expected, 10, "every message arrived")
+            result = check(clients, recorder)  # every message once, in order; no disconnect
+            assert result["lost"] == 0 and result["duplicated"] == 0
+            assert recorder.total == expected
+        finally:
+            for client in clients:
+                client.close()
+
+
 def test_redis_killed_and_restarted_under_streaming_clients(anyio_backend):
     recorder = Recorder()
     with redis_server() as redis, stopping([EchoBackend(recorder).start(),
@@ -246,6 +324,63 @@ def test_redis_killed_and_restarted_under_streaming_clients(anyio_backend):
             for client in clients:
                 client.close()
     assert "store unreachable" in a.log[0] and "fail open" in b.log[0]
+
+
+def test_sentinel_promotes_the_replica_after_a_kill_9_and_the_fleet_follows(
+        anyio_backend, tmp_path):
+    """Redis HA: primary + replica + redis-sentinel. The primary is killed with SIGKILL
+    under streaming clients; the Sentinel promotes the replica; both instances' store
+    clients find the new primary through the Sentinel (the first one listed is down),
+    registry changes work again, and no client is disconnected."""
+    secret = "s3ntinel-pw"
+    recorder = Recorder()
+    dead_sentinel = free_port()
+    with sentinel_group(str(tmp_path), password=secret) as group, \
+            stopping([EchoBackend(recorder).start(), EchoBackend(recorder).start()]) as (
+                b1, b2), \
+            instances(*[dict(name=n, store=group.url([dead_sentinel]),
+                             async_lib=anyio_backend, backends=[b1.url],
+                             env={"WSPIPE_STORE_PASSWORD": secret}) for n in ("A", "B")]
+                      ) as (a, b):
+        wait_for(lambda: a.get("/fleet")["members"] == 2 == b.get("/fleet")["members"], 5,
+                 "two members")
+        ids = [str(uuid.uuid4()) for _ in range(6)]
+        clients = [StreamingClient(i, f"{(a, b)[i % 2].ws}/{ids[i]}") for i in range(6)]
+        try:
+            for client in clients:
+                client.start()
+            time.sleep(0.5)
+            assert group.replica.command("GET", f"wspipe:lease:{ids[0]}") == b"A"
+            old = group.primary.port
+            group.primary.kill()
+            wait_for(lambda: group.primary_port() == group.replica.port, 30,
+                     "the Sentinel promoted the replica")
+            assert group.primary_port() != old
+            # Registry changes work again once the store client reconnects (503 until then).
+            def register() -> bool:
+                with a.http() as http:
+                    return http.post("/backends", json={"url": b2.url}).status_code == 201
+            wait_for(register, 20, "A registered b2 on the new primary", step=0.3)
+            wait_for(lambda: len(b.get("/backends")) == 2, 5, "B got b2")
+            assert group.replica.command("HEXISTS", "wspipe:registry", b2.url) == b":1"
+            wait_for(lambda: a.get("/fleet")["store"] == "up" == b.get("/fleet")["store"]
+                     and a.get("/fleet")["members"] == 2, 10, "both up, two members")
+            for i, client_id in enumerate(ids):  # leases renewed on the new primary
+                holder = (b"A", b"B")[i % 2]
+                wait_for(lambda c=client_id, h=holder: group.replica.command(
+                    "GET", f"wspipe:lease:{c}") == h, 10, "lease on the new primary")
+            # The 409 rule holds fleet-wide through the new primary.
+            assert status_of(f"{b.ws}/{ids[0]}") == 409
+            time.sleep(0.3)
+            for client in clients:
+                client.stop_sending()
+            expected = sum(c.sent for c in clients)
+            wait_for(lambda: recorder.total >= expected, 10, "every message arrived")
+            check(clients, recorder)  # nobody disconnected, every message once, in order
+        finally:
+            for client in clients:
+                client.close()
+    assert all(secret not in i.log[0] for i in (a, b))
 
 
 def test_a_client_that_drops_from_one_instance_resumes_its_session_through_another(
@@ -431,6 +566,6 @@ def test_workers_need_a_store_and_say_so(anyio_backend):
     done = subprocess.run([sys.executable, "-m", "wspipe_anyio", "serve", "--store",
                            "http://:pw-in-url@127.0.0.1/0"], capture_output=True, text=True,
                           timeout=30, check=False)
-    assert done.returncode == 2 and "redis:// or rediss://" in done.stderr
+    assert done.returncode == 2 and "redis://, rediss:// or redis+sentinel://" in done.stderr
     assert "pw-in-url" not in done.stderr and "***" in done.stderr
 

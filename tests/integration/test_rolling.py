@@ -16,7 +16,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -61,9 +61,12 @@ class EchoBackend:
     _numbers = iter(range(1, 1 << 30))
     _numbers_lock = threading.Lock()
 
-    def __init__(self, recorder: Recorder, port: int = 0) -> None:
+    def __init__(self, recorder: Recorder, port: int = 0,
+                 on_end: Callable[[ServerConnection], None] | None = None) -> None:
         self.recorder = recorder
         self.port = port
+        #: Called with each connection once it has ended.
+        self.on_end = on_end
         self._server: Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -90,6 +93,8 @@ class EchoBackend:
                 self.recorder.record(link, message)
                 with contextlib.suppress(ConnectionClosed):
                     ws.send(message)
+        if self.on_end is not None:
+            self.on_end(ws)
 
     def stop(self) -> None:
         if self._server is not None:

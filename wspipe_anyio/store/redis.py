@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import coredis
+from coredis.connection import TCPLocation
 from coredis.retry import NoRetryPolicy
 
 from wspipe_core.store import ClaimResult, EntryState, RegistryEntry
@@ -177,21 +178,40 @@ class RedisStore:
         #: a registry entry counts (and is logged) once until its value changes.
         self.garbage = 0
         self._bad: dict[str, str] = {}
-        context = ssl.create_default_context() if address.tls else None
-        self._client: coredis.Redis[str] = coredis.Redis(
-            host=address.host, port=address.port, db=address.db, username=address.username,
-            password=address.password, ssl=address.tls, ssl_context=context,
-            decode_responses=True, connect_timeout=timeout, stream_timeout=timeout,
-            max_connections=8, verify_version=False,
-            retry_policy=NoRetryPolicy())  # our own timeouts and polling retry
+        self._sentinel: coredis.Sentinel[str] | None = None
+        self._client: coredis.Redis[str]
+        if address.sentinels:
+            # The primary's address comes from the Sentinels on every new connection;
+            # one that finds a replica (a failover under way) is refused, so the next
+            # attempt asks the Sentinels again.
+            self._sentinel = coredis.Sentinel(
+                [TCPLocation(host, port) for host, port in address.sentinels],
+                sentinel_kwargs={"connect_timeout": timeout, "stream_timeout": timeout},
+                decode_responses=True, retry_policy=NoRetryPolicy())
+            self._client = self._sentinel.primary_for(
+                address.service or "", db=address.db, username=address.username,
+                password=address.password, connect_timeout=timeout, stream_timeout=timeout,
+                max_connections=8)
+        else:
+            context = ssl.create_default_context() if address.tls else None
+            self._client = coredis.Redis(
+                host=address.host, port=address.port, db=address.db,
+                username=address.username, password=address.password, ssl=address.tls,
+                ssl_context=context, decode_responses=True, connect_timeout=timeout,
+                stream_timeout=timeout, max_connections=8, verify_version=False,
+                retry_policy=NoRetryPolicy())  # our own timeouts and polling retry
         logging.getLogger("coredis").setLevel(logging.WARNING)  # (it logs each retry)
 
     async def __aenter__(self) -> RedisStore:
+        if self._sentinel is not None:
+            await self._sentinel.__aenter__()
         await self._client.__aenter__()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._client.__aexit__(None, None, None)
+        if self._sentinel is not None:
+            await self._sentinel.__aexit__(None, None, None)
 
     def _k(self, name: str) -> str:
         return self.prefix + name
