@@ -319,6 +319,9 @@ class SocketChannel:
         self._sock = sock
         io = self._io
         buffer = io.buffer
+        #: The last read was short: the socket is most likely drained, so wait before
+        #: the next read rather than pay for a read that fails with EAGAIN.
+        drained = False
         try:
             while True:
                 if self._paused and not self._closing:
@@ -326,10 +329,12 @@ class SocketChannel:
                     await self._reader_wakeup.wait()
                     self._reader_wakeup = None
                     continue
+                if drained:
+                    await anyio.wait_readable(sock)
                 try:
                     n = sock.recv_into(buffer)
                 except BlockingIOError:
-                    await anyio.wait_readable(sock)
+                    drained = True
                     continue
                 except OSError as exc:
                     self._report_eof(f"read failed: {exc!r}")
@@ -337,6 +342,7 @@ class SocketChannel:
                 if not n:
                     self._report_eof("connection closed by peer")
                     break
+                drained = n < MAX_READ
                 if not self._closing:  # after close() the core has forgotten us
                     self._on_data(bytes(io.view[:n]))
             # A socket at EOF is done: write what is queued, then close it.

@@ -12,6 +12,7 @@ and change the proxy through its public methods only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import itertools
@@ -22,7 +23,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -185,6 +186,8 @@ class ProxyServer:
         self._accept_done: anyio.Event | None = None
         self._stopping = False
         self._stopped: anyio.Event | None = None  # anyio objects need a running loop
+        #: ``anyio.current_time`` without its look-up of the running library (per event).
+        self._clock: Callable[[], float] = anyio.current_time
         #: Exceptions the core raised into the driver (a bug); each closed one socket.
         self.internal_errors = 0
         #: The Prometheus metrics of this proxy, from construction on (``/metrics``).
@@ -300,6 +303,7 @@ class ProxyServer:
 
     async def __aenter__(self) -> Self:
         self._stopped = anyio.Event()
+        self._clock = _event_loop_clock()
         self._timers = TimerLoop(self.proxy.next_deadline, self._fire_timer)
         try:
             for host, port in self._listen:
@@ -391,7 +395,7 @@ class ProxyServer:
     # Feeding the core and executing its actions.
 
     def _feed(self, event: ev.Event) -> None:
-        self.execute(self.proxy.handle(event, anyio.current_time()))
+        self.execute(self.proxy.handle(event, self._clock()))
 
     def _fire_timer(self, now: float) -> None:
         try:
@@ -751,6 +755,22 @@ class ProxyServer:
         if self._backend_ssl_context is None:
             self._backend_ssl_context = ssl.create_default_context()
         return self._backend_ssl_context
+
+
+def _event_loop_clock() -> Callable[[], float]:
+    """The running event loop's own clock, which ``anyio.current_time()`` reads: the
+    asyncio loop's ``time`` or ``trio.current_time`` (else anyio's)."""
+    clock: Callable[[], float] = anyio.current_time
+    try:
+        clock = asyncio.get_running_loop().time
+    except RuntimeError:  # not asyncio
+        with contextlib.suppress(ImportError):
+            import trio
+            clock = trio.current_time
+    with contextlib.suppress(Exception):
+        if abs(clock() - anyio.current_time()) < 0.1:
+            return clock
+    return anyio.current_time
 
 
 def _prepare(sock: socket.socket) -> None:
