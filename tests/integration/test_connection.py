@@ -84,3 +84,25 @@ async def test_a_read_s_writes_go_out_in_one_send_from_the_reader_task(size: int
             b.close()
             in_peer.close()
             out_peer.close()
+
+
+async def test_connect_socket_tries_each_address_and_reports_the_last_failure() -> None:
+    """With a listener on 127.0.0.1 only, ``localhost`` connects (where it resolves to
+    ::1 first, as here, the refused ::1 is skipped); with none, the refusal is the error."""
+    from wspipe_anyio.server import connect_socket
+
+    addresses = {info[4][0] for info in await anyio.getaddrinfo("localhost", 1,
+                                                                 type=socket.SOCK_STREAM)}
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with anyio.fail_after(5):
+            sock = await connect_socket("localhost", port)
+        try:
+            assert not sock.getblocking()
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert sock.getpeername()[:2] == ("127.0.0.1", port)
+        finally:
+            sock.close()
+    assert "127.0.0.1" in addresses
+    with pytest.raises(OSError, match="failed"), anyio.fail_after(5):
+        await connect_socket("127.0.0.1", port)  # closed now: refused
