@@ -12,7 +12,9 @@ and change the proxy through its public methods only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import os
@@ -21,7 +23,7 @@ import socket
 import ssl
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -46,7 +48,7 @@ from wspipe_core.reconfigure import Plan
 from wspipe_core.stats import Stats
 from wspipe_core.store import StoreAction
 
-from .connection import Channel, InlineWrites
+from .connection import Channel, SocketChannel, SocketIO
 from .discovery import RESOLVE_TIMEOUT, DnsResolver, ResolveError, Resolver
 from .metrics import Metrics
 from .speedups import fast_wire
@@ -163,24 +165,29 @@ class ProxyServer:
                         if store is not None and instance is not None else None)
         self._reuse_port = reuse_port
         self._started_at = time.time()
-        #: Writes a reader task does itself after dispatching a read (connection.py).
-        self._inline = InlineWrites()
+        #: The plain TCP sockets' shared read buffer and pending writes (connection.py).
+        self._io = SocketIO(self._spawn_writer)
         self._listen = tuple(listen)
         self._ssl_context = ssl_context
         self._backend_ssl_context = backend_ssl_context
         self._connect_timeout = connect_timeout or config.link_timeout
         self._close_linger = close_linger
         self._shutdown_grace = shutdown_grace
-        self._clients: dict[int, Channel] = {}
-        self._links: dict[int, Channel] = {}
+        self._clients: dict[int, Channel | SocketChannel] = {}
+        self._links: dict[int, Channel | SocketChannel] = {}
         self._probes: dict[int, _Probe] = {}
         self._resolver: Resolver = resolver if resolver is not None else DnsResolver()
         self._conn_ids = itertools.count(1)
         self._listeners: list[SocketListener] = []
         self._timers: TimerLoop | None = None
         self._tg: TaskGroup | None = None
+        #: The accept loops' scope: cancelled before the listeners are closed.
+        self._accepting: anyio.CancelScope | None = None
+        self._accept_done: anyio.Event | None = None
         self._stopping = False
         self._stopped: anyio.Event | None = None  # anyio objects need a running loop
+        #: ``anyio.current_time`` without its look-up of the running library (per event).
+        self._clock: Callable[[], float] = anyio.current_time
         #: Exceptions the core raised into the driver (a bug); each closed one socket.
         self.internal_errors = 0
         #: The Prometheus metrics of this proxy, from construction on (``/metrics``).
@@ -296,6 +303,7 @@ class ProxyServer:
 
     async def __aenter__(self) -> Self:
         self._stopped = anyio.Event()
+        self._clock = _event_loop_clock()
         self._timers = TimerLoop(self.proxy.next_deadline, self._fire_timer)
         try:
             for host, port in self._listen:
@@ -317,8 +325,9 @@ class ProxyServer:
         tg.start_soon(self._timers.run)
         if self._runner is not None:
             tg.start_soon(self._run_store, self._runner)
-        for listener in self._listeners:
-            tg.start_soon(self._accept_loop, listener)
+        self._accepting = anyio.CancelScope()
+        self._accept_done = anyio.Event()
+        tg.start_soon(self._accept_all)
         scheme = "wss" if self._ssl_context else "ws"
         for host, port in self.addresses:
             shown = f"[{host}]" if ":" in host else host
@@ -362,6 +371,11 @@ class ProxyServer:
         self._stopping = True
         grace = self._shutdown_grace if grace is None else grace
         log.info("shutting down: %d client(s), %d link(s)", len(self._clients), len(self._links))
+        # No task may wait on a listening socket when it is closed (its descriptor
+        # could be reused at once): the accept loops end first.
+        if self._accepting is not None and self._accept_done is not None:
+            self._accepting.cancel()
+            await self._accept_done.wait()
         for listener in self._listeners:
             await listener.aclose()
         self.execute(self.proxy.shutdown(anyio.current_time()))
@@ -381,7 +395,7 @@ class ProxyServer:
     # Feeding the core and executing its actions.
 
     def _feed(self, event: ev.Event) -> None:
-        self.execute(self.proxy.handle(event, anyio.current_time()))
+        self.execute(self.proxy.handle(event, self._clock()))
 
     def _fire_timer(self, now: float) -> None:
         try:
@@ -403,7 +417,13 @@ class ProxyServer:
             self._timers.poke()
 
     def dispatch(self, actions: Iterable[act.Action]) -> None:
-        """Execute the core's actions in order. Synchronous: no ``await`` here."""
+        """Execute the core's actions in order, then write what they queued on plain
+        sockets (:meth:`SocketIO.flush`). Synchronous: no ``await`` here."""
+        self._dispatch(actions)
+        if self._io.ready:
+            self._io.flush()
+
+    def _dispatch(self, actions: Iterable[act.Action]) -> None:
         for action in actions:
             match action:
                 case act.SendToClient(conn, data):
@@ -506,97 +526,143 @@ class ProxyServer:
 
     # Clients.
 
+    async def _accept_all(self) -> None:
+        assert self._accepting is not None
+        try:
+            with self._accepting:
+                async with anyio.create_task_group() as tg:
+                    for listener in self._listeners:
+                        tg.start_soon(self._accept_loop, listener)
+        finally:
+            assert self._accept_done is not None
+            self._accept_done.set()
+
     async def _accept_loop(self, listener: SocketListener) -> None:
         assert self._tg is not None
+        raw = listener.extra(SocketAttribute.raw_socket)
+        raw.setblocking(False)
         while True:
             try:
-                stream = await listener.accept()
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                return
+                sock, address = raw.accept()
+            except BlockingIOError:
+                await anyio.wait_readable(raw)
+                continue
             except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.EINVAL):  # closed
+                    return
                 log.warning("accept failed: %s", exc)
                 await anyio.sleep(ACCEPT_RETRY_DELAY)
                 continue
-            self._tg.start_soon(self._serve_client, next(self._conn_ids), stream)
+            _prepare(sock)
+            self._tg.start_soon(self._serve_client, next(self._conn_ids), sock,
+                                str(address[0]))
 
-    async def _serve_client(self, conn: int, stream: SocketStream) -> None:
+    async def _serve_client(self, conn: int, sock: socket.socket, peer: str) -> None:
         name = f"conn={conn}"
-        peer = str(stream.extra(SocketAttribute.remote_address, ("", 0))[0])
-        channel = Channel(
-            name,
-            on_data=lambda data: self._feed(ev.ClientDataReceived(conn, data)),
-            on_sent=lambda n: self._feed(ev.ClientDataSent(conn, n)),
-            on_eof=lambda why: self._feed(ev.ClientEOF(conn)),
-            linger=self._close_linger,
-            inline=self._inline,
-        )
+        on_data = lambda data: self._feed(ev.ClientDataReceived(conn, data))  # noqa: E731
+        on_sent = lambda n: self._feed(ev.ClientDataSent(conn, n))  # noqa: E731
+        on_eof = lambda why: self._feed(ev.ClientEOF(conn))  # noqa: E731
+        channel: Channel | SocketChannel
+        if self._ssl_context is None:
+            channel = SocketChannel(name, on_data=on_data, on_sent=on_sent, on_eof=on_eof,
+                                    linger=self._close_linger, io=self._io)
+            channel.attach(sock)  # an immediate refusal (503) is still written
+        else:
+            channel = Channel(name, on_data=on_data, on_sent=on_sent, on_eof=on_eof,
+                              linger=self._close_linger)
         self._clients[conn] = channel
         log.debug("%s: accepted from %s", name, peer)
-        if self._ssl_context is None:
-            channel.attach(stream)  # an immediate refusal (503) is still written
         try:
             with channel.scope:
                 self._feed(ev.ClientConnected(conn, peer, tls=self._ssl_context is not None))
-                byte_stream: SocketStream | TLSStream = stream
-                if self._ssl_context is not None:
-                    # The core's handshake timeout covers the TLS handshake too: a
-                    # CloseClient cancels it through channel.scope.
-                    try:
-                        byte_stream = await TLSStream.wrap(
-                            stream, server_side=True, ssl_context=self._ssl_context,
-                            standard_compatible=False)
-                    except (*_CONNECT_ERRORS, anyio.EndOfStream) as exc:
-                        log.debug("%s: TLS handshake failed: %r", name, exc)
-                        self._feed(ev.ClientEOF(conn))
-                        return
+                if isinstance(channel, SocketChannel):
+                    await channel.run(sock)
+                    return
+                # The core's handshake timeout covers the TLS handshake too: a
+                # CloseClient cancels it through channel.scope.
+                try:
+                    stream = await SocketStream.from_socket(sock)
+                    byte_stream = await TLSStream.wrap(
+                        stream, server_side=True, ssl_context=self._ssl_context,
+                        standard_compatible=False)
+                except (*_CONNECT_ERRORS, anyio.EndOfStream) as exc:
+                    log.debug("%s: TLS handshake failed: %r", name, exc)
+                    self._feed(ev.ClientEOF(conn))
+                    return
                 await channel.run(byte_stream)
         except Exception:
             self.internal_errors += 1
             log.exception("%s: internal error; connection closed", name)
         finally:
-            await anyio.aclose_forcefully(stream)
+            sock.close()
             if self._clients.get(conn) is channel:
                 del self._clients[conn]
             log.debug("%s: closed", name)
+
+    def _spawn_writer(self, channel: SocketChannel) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(self._run_writer, channel)
+
+    async def _run_writer(self, channel: SocketChannel) -> None:
+        try:
+            await channel.write_loop()
+        except Exception:
+            self.internal_errors += 1
+            log.exception("%s: internal error in the writer; connection closed", channel.name)
+            channel.fail("internal error")
 
     # Links.
 
     def _open_link(self, action: act.OpenLink) -> None:
         assert self._tg is not None
         link = action.link
-        channel = Channel(
-            f"link={link}",
-            on_data=lambda data: self._feed(ev.LinkDataReceived(link, data)),
-            on_sent=lambda n: self._feed(ev.LinkDataSent(link, n)),
-            on_eof=lambda why: self._feed(ev.LinkEOF(link, why)),
-            linger=self._close_linger,
-            inline=self._inline,
-        )
+        on_data = lambda data: self._feed(ev.LinkDataReceived(link, data))  # noqa: E731
+        on_sent = lambda n: self._feed(ev.LinkDataSent(link, n))  # noqa: E731
+        on_eof = lambda why: self._feed(ev.LinkEOF(link, why))  # noqa: E731
+        channel: Channel | SocketChannel
+        if action.tls:
+            channel = Channel(f"link={link}", on_data=on_data, on_sent=on_sent,
+                              on_eof=on_eof, linger=self._close_linger)
+        else:
+            channel = SocketChannel(f"link={link}", on_data=on_data, on_sent=on_sent,
+                                    on_eof=on_eof, linger=self._close_linger, io=self._io)
         self._links[link] = channel
         self._tg.start_soon(self._run_link, action, channel)
 
-    async def _run_link(self, action: act.OpenLink, channel: Channel) -> None:
+    async def _run_link(self, action: act.OpenLink, channel: Channel | SocketChannel) -> None:
         link = action.link
         try:
             with channel.scope:
                 log.debug("link=%d: connecting to %s", link, action.url)
+                sock: socket.socket | None = None
+                stream: TLSStream | None = None
                 try:
                     with anyio.fail_after(self._connect_timeout):
-                        stream: SocketStream | TLSStream
                         if action.tls:
                             stream = await anyio.connect_tcp(
                                 action.host, action.port, ssl_context=self._backend_context(),
                                 tls_hostname=action.server_name or action.host,
                                 tls_standard_compatible=False)
                         else:
-                            stream = await anyio.connect_tcp(action.host, action.port)
+                            sock = await connect_socket(action.host, action.port)
                 except (*_CONNECT_ERRORS, TimeoutError) as exc:
                     why = "connect timed out" if isinstance(exc, TimeoutError) else str(exc)
                     log.debug("link=%d: connect to %s failed: %s", link, action.url, why)
                     self._feed(ev.LinkConnectFailed(link, why or repr(exc)))
                     return
-                self._feed(ev.LinkConnected(link))
-                await channel.run(stream)
+                if isinstance(channel, SocketChannel):
+                    assert sock is not None
+                    channel.attach(sock)
+                    try:
+                        self._feed(ev.LinkConnected(link))
+                    except BaseException:
+                        sock.close()
+                        raise
+                    await channel.run(sock)
+                else:
+                    assert stream is not None
+                    self._feed(ev.LinkConnected(link))
+                    await channel.run(stream)
         except Exception:
             self.internal_errors += 1
             log.exception("link=%d: internal error; link closed", link)
@@ -689,6 +755,58 @@ class ProxyServer:
         if self._backend_ssl_context is None:
             self._backend_ssl_context = ssl.create_default_context()
         return self._backend_ssl_context
+
+
+def _event_loop_clock() -> Callable[[], float]:
+    """The running event loop's own clock, which ``anyio.current_time()`` reads: the
+    asyncio loop's ``time`` or ``trio.current_time`` (else anyio's)."""
+    clock: Callable[[], float] = anyio.current_time
+    try:
+        clock = asyncio.get_running_loop().time
+    except RuntimeError:  # not asyncio
+        with contextlib.suppress(ImportError):
+            import trio
+            clock = trio.current_time
+    with contextlib.suppress(Exception):
+        if abs(clock() - anyio.current_time()) < 0.1:
+            return clock
+    return anyio.current_time
+
+
+def _prepare(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def connect_socket(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket (``TCP_NODELAY``) to ``host``: each address
+    ``getaddrinfo`` gives is tried in turn.
+
+    :raises OSError: No address could be connected (the last failure).
+    """
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failure: OSError = OSError(f"no address for {host!r}")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            _prepare(sock)
+            code = sock.connect_ex(address)
+            if code in (errno.EINPROGRESS, errno.EAGAIN):
+                await anyio.wait_writable(sock)
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, f"connect to {address[0]}:{address[1]} failed: "
+                                    f"{os.strerror(code)}")
+        except OSError as exc:
+            sock.close()
+            failure = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise failure
 
 
 #: Failures of a TCP connect or TLS handshake.

@@ -6,6 +6,8 @@ import anyio
 import pytest
 from peers import Backend, Client, client_path, running_backends, running_proxy, url
 
+from wspipe_anyio.connection import MAX_READ
+
 pytestmark = pytest.mark.anyio
 
 CHUNK = 64 * 1024
@@ -18,7 +20,10 @@ def blast(ws, message) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_slow_client_pauses_the_backend_and_the_outbox_stays_bounded() -> None:
-    high = 256 * 1024
+    # Far above what the kernel's socket buffers may still take after the pause
+    # (their autotuning varies by a few hundred KiB), so the lower bound shows the
+    # outbox filled to the mark rather than the kernel's mood.
+    high = 1024 * 1024
     async with running_backends(Backend(on_message=blast), timeout=30) as (backend,):
         async with running_proxy([backend.url], write_high_water=high,
                                  write_low_water=64 * 1024) as server:
@@ -30,7 +35,8 @@ async def test_slow_client_pauses_the_backend_and_the_outbox_stays_bounded() -> 
                 while True:
                     largest = max(largest, server.queued_bytes())
                     await anyio.sleep(0.005)
-            assert high // 2 < largest <= high + 2 * CHUNK + 1024, largest
+            # Above the mark: at most one read (MAX_READ) and one message in progress.
+            assert high // 2 < largest <= high + MAX_READ + CHUNK + 1024, largest
             # Operators see the same number: the proxy's outbox gauge.
             body, _ = server.metrics.exposition()
             gauge = next(line for line in body.decode().splitlines()
