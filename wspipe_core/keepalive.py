@@ -80,6 +80,10 @@ class Keepalive:
             # Read what may have arrived before blaming the peer (see the module): once
             # past the deadline, and again while the proxy oversleeps its deadlines.
             ep.pong_deadline = graced[ep] = now + GRACE
+            if ep.ping_at is not None and now >= ep.ping_at:
+                # No new ping while one is unanswered, but the next wake-up is ahead:
+                # a ping time left behind would keep the timer firing.
+                ep.ping_at = now + self.interval
             if len(graced) > 64:  # forget endpoints that went another way meanwhile
                 for other in [e for e, when in graced.items() if e.pong_deadline != when]:
                     del graced[other]

@@ -126,3 +126,18 @@ def test_a_backend_pong_read_within_the_grace_keeps_the_link():
     assert h.proxy.stats.interruptions.get("ping_timeout", 0) == 0 and len(b1.links) == 1
     c.send("still here")
     assert b1.messages() == ["still here"]
+
+
+def test_a_pong_deadline_in_its_grace_leaves_no_deadline_behind():
+    """ping_interval == ping_timeout: the next ping falls due with the pong deadline.
+    While the peer is in its grace, no deadline of the proxy may stay in the past (the
+    driver's timer would fire it again and again without effect)."""
+    h = harness(ping_interval=5, ping_timeout=5)
+    b1 = h.backend("ws://b1/")
+    h.client()
+    link = b1.links[0]
+    with link.holding():
+        h.advance(9.9)  # its ping at 5 is unanswered (unread)
+        h.proxy.handle_timer(10.0)  # one timer call at 10: the grace begins
+        deadline = h.proxy.next_deadline()
+        assert deadline is not None and deadline > 10.0, deadline
