@@ -555,11 +555,6 @@ class Channel:
             self._outbox = None
         return first
 
-    def _requeue(self, chunk: bytes) -> None:
-        if self._outbox is None:
-            self._outbox = deque()
-        self._outbox.appendleft(chunk)
-
     async def _half_close(self, stream: ByteStream) -> None:
         # Send FIN and let the peer read our last bytes before we close: closing a
         # socket with unread input sends RST, which can destroy what we just wrote.
