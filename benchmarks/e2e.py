@@ -26,6 +26,13 @@ Every party is its own process, all on 127.0.0.1:
 ``--pin CPU`` runs every target under ``taskset -c CPU`` (one core for the proxy;
 the load generator and the backend share the rest).
 
+``--peers c`` (throughput section and ``--profile``) replaces the echo backend and the
+load generator with ``wsload`` (``benchmarks/wsload.c``, built here with gcc and
+libcrypto into ``benchmarks/.build/``): the same closed loop with ``--inflight``
+messages in flight per connection, every echo checked, a few µs of CPU per round trip.
+With Python peers on 2 cores, the peers' core is what runs out first at 64 KiB (their
+CPU per round trip is reported: ``peers us/msg``); with ``wsload`` it is the target's.
+
 Sections (``--sections``, default all):
 
 ``throughput``  msgs/s (round trips), p50/p99 round-trip latency and the target's CPU
@@ -63,6 +70,7 @@ import os
 import platform
 import queue
 import resource
+import shutil
 import signal
 import socket
 import statistics
@@ -79,6 +87,8 @@ from wspipe_anyio.units import parse_size
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+BUILD = HERE / ".build"
+WSLOAD_SOURCE = HERE / "wsload.c"
 HOST = "127.0.0.1"
 ALL_TARGETS = ("direct", "wspipe-asyncio", "wspipe-trio", "floor-asyncio", "floor-trio",
                "wspipe-asyncio-alo", "wspipe-trio-alo", "websockets", "nginx",
@@ -121,6 +131,22 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def build_wsload() -> Path:
+    """Compile ``wsload.c`` (when newer than the binary); its path."""
+    binary = BUILD / "wsload"
+    if binary.exists() and binary.stat().st_mtime >= WSLOAD_SOURCE.stat().st_mtime:
+        return binary
+    if shutil.which("gcc") is None:
+        raise SystemExit("gcc not found (needed to build benchmarks/wsload.c)")
+    if not Path("/usr/include/openssl/sha.h").exists():
+        raise SystemExit("OpenSSL headers missing (apt-get install libssl-dev): "
+                         "needed to build benchmarks/wsload.c")
+    BUILD.mkdir(exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(WSLOAD_SOURCE), "-lcrypto"],
+                   check=True)
+    return binary
 
 
 def raise_nofile(want: int = 65536) -> int:
@@ -360,6 +386,8 @@ class Procs:
 
 def start_backend(procs: Procs, port: int | None = None, tag: bool = False) -> Proc:
     port = port or free_port()
+    if WSLOAD is not None and not tag:
+        return procs.start(f"backend:{port}", [str(WSLOAD), "echo", str(port)], port)
     cmd = [sys.executable, str(HERE / "e2e.py"), "_backend", "--port", str(port)]
     return procs.start(f"backend:{port}", cmd + (["--tag"] if tag else []), port)
 
@@ -368,6 +396,8 @@ def start_backend(procs: Procs, port: int | None = None, tag: bool = False) -> P
 PIN: list[str] = []
 #: ``--before DIR``: the tree the ``before-*`` targets run.
 BEFORE: Path | None = None
+#: ``--peers c``: the built ``wsload`` (echo backend and load generator); else ``None``.
+WSLOAD: Path | None = None
 
 NGINX_CONF = """worker_processes 1; master_process off; daemon off; worker_rlimit_nofile 65536;
 pid {dir}/nginx-{port}.pid; error_log stderr warn;
@@ -481,13 +511,33 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_load(cmd: list[str], pid: int, timeout: float) -> tuple[dict[str, Any], float]:
-    """Run the load generator; return its result and ``pid``'s CPU seconds while counting."""
-    child = subprocess.Popen([sys.executable, str(HERE / "e2e.py"), *cmd], cwd=ROOT, text=True,
+def load_command(url: str, conns: int, size: int, duration: float, warmup: float,
+                 inflight: int) -> list[str]:
+    """The load generator's command line: ``e2e.py _load``, or ``wsload load``."""
+    if WSLOAD is not None:
+        rest = url.split("://", 1)[1]
+        hostport, _, path = rest.partition("/")
+        host, _, port = hostport.rpartition(":")
+        return [str(WSLOAD), "load", host, port, "/" + path, str(conns), str(inflight),
+                str(size), str(duration), str(warmup)]
+    return [sys.executable, str(HERE / "e2e.py"), "_load", "--url", url, "--conns",
+            str(conns), "--size", str(size), "--duration", str(duration), "--warmup",
+            str(warmup), "--inflight", str(inflight)]
+
+
+def run_load(cmd: list[str], pid: int, timeout: float,
+             peers: tuple[int, ...] = ()) -> tuple[dict[str, Any], float, float]:
+    """Run the load generator ``cmd``; its result, ``pid``'s CPU seconds while counting,
+    and the CPU seconds of ``peers`` and the load generator meanwhile."""
+    child = subprocess.Popen(cmd, cwd=ROOT, text=True,
                              stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     assert child.stdout is not None
     lines = LineReader(child.stdout)
-    cpu0 = cpu1 = 0.0
+
+    def marks() -> tuple[float, float]:
+        return cpu_seconds(pid), sum(cpu_seconds(p) for p in (*peers, child.pid))
+
+    start = stop = (0.0, 0.0)
     result: dict[str, Any] | None = None
     try:
         while result is None:
@@ -496,9 +546,9 @@ def run_load(cmd: list[str], pid: int, timeout: float) -> tuple[dict[str, Any], 
                 continue
             message = json.loads(line)
             if message["event"] == "start":
-                cpu0 = cpu_seconds(pid)
+                start = marks()
             elif message["event"] == "stop":
-                cpu1 = cpu_seconds(pid)
+                stop = marks()
             elif message["event"] == "result":
                 result = message
     finally:
@@ -510,7 +560,7 @@ def run_load(cmd: list[str], pid: int, timeout: float) -> tuple[dict[str, Any], 
                 child.wait(5)
     if child.returncode:
         raise RuntimeError(f"load generator failed with {child.returncode}")
-    return result, cpu1 - cpu0
+    return result, stop[0] - start[0], stop[1] - start[1]
 
 
 def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str, Any]]:
@@ -524,18 +574,22 @@ def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str,
             for target in args.targets:
                 url = target_url(target, proxies, backend.port, PER_CLIENT)
                 pid = proxies[target].pid if target in proxies else backend.pid
-                cmd = ["_load", "--url", url, "--conns", str(args.connections), "--size",
-                       str(size), "--duration", str(args.duration), "--warmup",
-                       str(args.warmup), "--inflight", str(args.inflight)]
-                result, cpu = run_load(cmd, pid, timeout=args.duration + args.warmup + 60)
-                rate = result["messages"] / result["elapsed"]
+                cmd = load_command(url, args.connections, size, args.duration, args.warmup,
+                                   args.inflight)
+                result, cpu, peers = run_load(
+                    cmd, pid, timeout=args.duration + args.warmup + 60,
+                    peers=(backend.pid,) if target in proxies else ())
+                n = result["messages"]
+                rate = n / result["elapsed"]
                 runs[target].append({"rate": rate, "p50": result["p50"], "p99": result["p99"],
-                                     "cpu_us": cpu / result["messages"] * 1e6
-                                     if result["messages"] else float("nan")})
+                                     "cpu_us": cpu / n * 1e6 if n else float("nan"),
+                                     "busy": cpu / result["elapsed"],
+                                     "peers_us": peers / n * 1e6 if n else float("nan")})
                 log(f"  {size_label(size):>7} {target:<15} run {rep + 1}: {rate:>9,.0f} msgs/s"
                     f"  p50 {result['p50'] * 1e3:6.2f} ms  p99 {result['p99'] * 1e3:6.2f} ms"
                     f"  {'proxy' if target in proxies else 'backend'} CPU "
-                    f"{runs[target][-1]['cpu_us']:.0f} us/msg")
+                    f"{runs[target][-1]['cpu_us']:.0f} us/msg ({cpu / result['elapsed']:.2f}"
+                    f" cores), peers {runs[target][-1]['peers_us']:.0f} us/msg")
         for target in args.targets:
             med = {k: statistics.median(r[k] for r in runs[target]) for k in runs[target][0]}
             row = {"size": size, "target": target, **med,
@@ -698,9 +752,9 @@ def profile_target(args: argparse.Namespace, procs: Procs, target: str) -> None:
         proxy = start_target(procs, target, [f"ws://{HOST}:{backend.port}"], profile_to=out)
         url = target_url(target, {target: proxy}, backend.port, PER_CLIENT)
         size = args.sizes[0]
-        cmd = ["_load", "--url", url, "--conns", str(args.connections), "--size", str(size),
-               "--duration", str(args.duration), "--warmup", str(args.warmup)]
-        result, cpu = run_load(cmd, proxy.pid, timeout=args.duration + args.warmup + 60)
+        cmd = load_command(url, args.connections, size, args.duration, args.warmup,
+                           args.inflight)
+        result, cpu, _ = run_load(cmd, proxy.pid, timeout=args.duration + args.warmup + 60)
         rate = result["messages"] / result["elapsed"]
         proxy.stop()  # SIGTERM: the target shuts down and cProfile writes its file
         print(f"\n### {target} under cProfile: {size_label(size)}, {args.connections} "
@@ -722,9 +776,12 @@ def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any
         rows = results["throughput"]
         print(f"\n### Throughput and latency ({args.connections} connections, closed loop, "
               f"binary messages, median of {args.repeat} x {args.duration:g} s)\n")
+        print(f"Peers: {'wsload (C)' if WSLOAD else 'Python (websockets on uvloop)'}, "
+              f"{args.inflight} in flight per connection.\n")
         print("| size | target | msgs/s | vs floor | p50 ms | p99 ms | target CPU us/msg "
-              "| CPU vs floor | msgs/s vs before | CPU vs before |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+              "| target cores | peers CPU us/msg | CPU vs floor | msgs/s vs before "
+              "| CPU vs before |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in rows:
             vs = f"{r['vs_floor']:.0%}" if "vs_floor" in r else ""
             cpu_vs = f"{r['cpu_vs_floor']:.0%}" if "cpu_vs_floor" in r else ""
@@ -732,12 +789,16 @@ def print_tables(args: argparse.Namespace, results: dict[str, list[dict[str, Any
             cb = f"{r['cpu_vs_before']:.0%}" if "cpu_vs_before" in r else ""
             print(f"| {size_label(r['size'])} | {r['target']} | {r['rate']:,.0f} | {vs} | "
                   f"{r['p50'] * 1e3:.3f} | {r['p99'] * 1e3:.3f} | {r['cpu_us']:.1f} | "
+                  f"{r.get('busy', float('nan')):.2f} | {r.get('peers_us', float('nan')):.1f} | "
                   f"{cpu_vs} | {vb} | {cb} |")
         print("\nvs floor: wspipe msgs/s over the floor relay's on the same library; CPU vs floor: "
               "the floor's CPU per round trip over wspipe's. Both are paired by repetition "
               "(measured back to back), then the median. For an -alo target (at-least-once "
               "delivery) both compare with the same wspipe target at most once instead. "
-              "vs before: wspipe-X over before-X, paired the same way (CPU: after / before).")
+              "vs before: wspipe-X over before-X, paired the same way (CPU: after / before). "
+              "target cores: the target's CPU seconds per second while counting (1.00: its "
+              "core ran out); peers: the backend's and the load generator's CPU per round "
+              "trip.")
     if "idle" in results:
         print(f"\n### RSS per idle pipe ({args.idle} idle clients, each linked)\n")
         print("| target | RSS before KiB | RSS after KiB | KiB per idle pipe |")
@@ -829,6 +890,8 @@ def main(argv: list[str]) -> int:
                         help="instead of measuring: summarize --json results of earlier runs")
     parser.add_argument("--pin", metavar="CPU", type=int,
                         help="run every target under taskset -c CPU")
+    parser.add_argument("--peers", choices=("python", "c"), default="python",
+                        help="throughput peers: Python websockets (default) or wsload (C)")
     parser.add_argument("--before", metavar="DIR",
                         help="the source tree the before-* targets run (git archive of main)")
     parser.add_argument("--quick", action="store_true",
@@ -839,7 +902,9 @@ def main(argv: list[str]) -> int:
         args.warmup, args.settle = 0.2, 0.3
     args.sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    global BEFORE
+    global BEFORE, WSLOAD
+    if args.peers == "c":
+        WSLOAD = build_wsload()
     if args.pin is not None:
         PIN[:] = ["taskset", "-c", str(args.pin)]
     if args.before:

@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from e2e import (  # noqa: E402  (a script beside this one)
     PER_CLIENT,
     LineReader,
     Procs,
+    build_wsload,
     cpu_seconds,
     free_port,
     log,
@@ -54,23 +54,6 @@ from e2e import (  # noqa: E402  (a script beside this one)
 )
 
 TARGETS = ("nostore", "store", "workers2")
-BUILD = HERE / ".build"
-SOURCE = HERE / "wsload.c"
-
-
-def build() -> Path:
-    """Compile ``wsload.c`` (when newer than the binary); its path."""
-    binary = BUILD / "wsload"
-    if binary.exists() and binary.stat().st_mtime >= SOURCE.stat().st_mtime:
-        return binary
-    if shutil.which("gcc") is None:
-        raise SystemExit("workers.py: gcc not found (needed to build benchmarks/wsload.c)")
-    if not Path("/usr/include/openssl/sha.h").exists():
-        raise SystemExit("workers.py: OpenSSL headers missing (apt-get install libssl-dev)")
-    BUILD.mkdir(exist_ok=True)
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE), "-lcrypto"],
-                   check=True)
-    return binary
 
 
 def tree(pid: int) -> list[int]:
@@ -164,7 +147,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s[:-3]) * 1024 if s.endswith("KiB") else int(s) for s in args.sizes.split(",")]
     targets = args.targets.split(",")
-    wsload = build()
+    wsload = build_wsload()
     procs = Procs()
     redis_port = free_port()
     redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", HOST,

@@ -16,7 +16,9 @@
  *       checked (opcode, length, the per-connection sequence number in its first 8
  *       bytes, the rest of the payload) and Sec-WebSocket-Accept is verified. Prints JSON
  *       lines like benchmarks/e2e.py's _load: {"event":"start"} after WARMUP seconds,
- *       {"event":"stop"} DURATION seconds later, then {"event":"result",...}.
+ *       {"event":"stop"} DURATION seconds later, then {"event":"result",...} with the
+ *       p50 and p99 round-trip latency of the counted echoes (seconds; from at most
+ *       MAXLAT samples, later ones replacing earlier ones at random).
  *
  * Build: gcc -O2 -o wsload wsload.c -lcrypto   (benchmarks/workers.py does it)
  */
@@ -51,6 +53,7 @@ typedef struct {
     uint8_t *out;           /* to send, not yet written */
     size_t out_len, out_cap;
     uint64_t sent_seq, recv_seq;
+    double *sent_at;        /* load: when each message in flight was sent (DEPTH slots) */
     char key[32];           /* load: our Sec-WebSocket-Key */
 } conn_t;
 
@@ -338,12 +341,39 @@ static uint8_t *tmpl;       /* the payload bytes after the sequence number */
 static uint64_t counted;
 static int counting;
 static uint64_t errors;
+/* Round-trip latencies of counted echoes: a bounded sample (reservoir past MAXLAT). */
+#define MAXLAT (1u << 21)
+static double *lat;
+static uint64_t lat_seen;
+static double t_io;         /* the time of the read being parsed (one clock read per read) */
+
+static void sample(double v) {
+    if (lat_seen < MAXLAT) lat[lat_seen] = v;
+    else {
+        uint64_t j = next_rand() % (lat_seen + 1);
+        if (j < MAXLAT) lat[j] = v;
+    }
+    lat_seen++;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double pctl(double q) {
+    size_t n = lat_seen < MAXLAT ? (size_t)lat_seen : MAXLAT;
+    if (!n) return 0;
+    size_t i = (size_t)(q * (double)(n - 1) + 0.5);
+    return lat[i];
+}
 
 static void send_msg(conn_t *c) {
     static uint8_t *buf;
     if (!buf) buf = malloc(msg_size + 8);
     memcpy(buf, tmpl, msg_size);
     uint64_t seq = c->sent_seq++;
+    c->sent_at[seq % (uint64_t)depth] = t_io;
     memcpy(buf, &seq, msg_size < 8 ? msg_size : 8);
     put_frame(c, 0x82, buf, msg_size, 1);
 }
@@ -370,6 +400,7 @@ static int load_input(conn_t *c) {
             fail(c, "bad Sec-WebSocket-Accept");
         consume(c, (size_t)(end + 4 - c->in));
         c->open = 1;
+        t_io = now();
         for (int i = 0; i < depth; i++) send_msg(c);
     }
     int b0;
@@ -391,7 +422,10 @@ static int load_input(conn_t *c) {
         if (len < 8) want &= (1ull << (8 * len)) - 1;
         if (seq != want) fail(c, "echo out of order (lost or duplicated message)");
         if (len > 8 && memcmp(payload + 8, tmpl + 8, len - 8) != 0) fail(c, "echo corrupted");
-        if (counting) counted++;
+        if (counting) {
+            counted++;
+            sample(t_io - c->sent_at[want % (uint64_t)depth]);
+        }
         send_msg(c);
     }
     consume(c, off);
@@ -411,10 +445,12 @@ static int run_load(const char *host, int port, const char *path, int conns, dou
                     double warmup) {
     rng ^= (uint64_t)getpid() << 17 ^ (uint64_t)(now() * 1e9);
     tmpl = malloc(msg_size + 8);
+    lat = malloc(MAXLAT * sizeof(double));
     for (size_t i = 0; i < msg_size; i++) tmpl[i] = (uint8_t)('a' + i % 26);
     epfd = epoll_create1(0);
     for (int i = 0; i < conns; i++) {
         conn_t *c = calloc(1, sizeof *c);
+        c->sent_at = calloc((size_t)depth, sizeof(double));
         c->fd = connect_to(host, port);
         uint8_t raw[16];
         for (int j = 0; j < 16; j++) raw[j] = (uint8_t)next_rand();
@@ -465,14 +501,17 @@ static int run_load(const char *host, int port, const char *path, int conns, dou
             conn_t *c = evs[i].data.ptr;
             if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
                 if (fill_in(c) < 0) fail(c, "connection lost");
+                t_io = now();
                 load_input(c);
             }
             if (flush_out(c) < 0) fail(c, "write failed");
         }
     }
+    qsort(lat, lat_seen < MAXLAT ? (size_t)lat_seen : MAXLAT, sizeof(double), cmp_double);
     printf("{\"event\": \"result\", \"messages\": %llu, \"elapsed\": %.6f, \"errors\": %llu, "
-           "\"conns\": %d, \"depth\": %d}\n", (unsigned long long)counted, elapsed,
-           (unsigned long long)errors, conns, depth);
+           "\"conns\": %d, \"depth\": %d, \"p50\": %.9f, \"p99\": %.9f}\n",
+           (unsigned long long)counted, elapsed, (unsigned long long)errors, conns, depth,
+           pctl(0.50), pctl(0.99));
     fflush(stdout);
     return 0; /* (the sockets close at exit) */
 }
