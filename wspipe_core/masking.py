@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-#: ``mask(data, key) -> bytes``: ``data`` XOR ``key`` repeated, ``key`` 4 bytes long.
-Masker = Callable[[bytes, bytes], bytes]
+#: ``mask(data, key) -> bytes``: ``data`` XOR ``key`` repeated, ``key`` 4 bytes long;
+#: ``data`` is any bytes-like object (the wire unmasks slices of a read in place).
+Masker = Callable[[bytes | bytearray | memoryview, bytes], bytes]
 
 _XOR = [bytes(a ^ b for a in range(256)) for b in range(256)]
 
 
-def python_mask(data: bytes, key: bytes) -> bytes:
+def python_mask(data: bytes | bytearray | memoryview, key: bytes) -> bytes:
     """``data`` XOR the 4-byte ``key`` repeated: the pure-Python masker.
 
     Four ``bytes.translate`` passes over strided slices, each in C: about 40x slower

@@ -16,8 +16,10 @@ with one join. No extensions: the proxy negotiates none.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import struct
 from collections.abc import Generator
+from typing import Any
 
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -47,6 +49,35 @@ _UTF8 = codecs.getincrementaldecoder("utf-8")
 _H16 = struct.Struct("!BBH").pack
 _H64 = struct.Struct("!BBQ").pack
 _TEXT, _BINARY, _CLOSE, _PING, _PONG = 1, 2, 8, 9, 10
+_MESSAGE_FIELDS = ("data", "frame_finished", "message_finished")
+_new = object.__new__
+
+
+def _message(cls: type[Message[Any]], data: bytes | str, frame_finished: bool,
+             message_finished: bool) -> Message[Any]:
+    """``cls(data=..., frame_finished=..., message_finished=...)``, built at a third of the
+    cost: wsproto's events are frozen dataclasses, whose generated ``__init__`` sets each
+    field through ``object.__setattr__``; this fills the instance dict directly. The
+    result is the same object (equality, hash and repr are the dataclass's own).
+    """
+    event = _new(cls)
+    fields = event.__dict__
+    fields["data"] = data
+    fields["frame_finished"] = frame_finished
+    fields["message_finished"] = message_finished
+    return event
+
+
+def _message_init(cls: type[Message[Any]], data: bytes | str, frame_finished: bool,
+                  message_finished: bool) -> Message[Any]:
+    return cls(data=data, frame_finished=frame_finished, message_finished=message_finished)
+
+
+# Only while wsproto's messages have exactly these three fields (else its own __init__:
+# a wsproto release that adds a field, or slots, still gets complete events).
+if any(tuple(f.name for f in dataclasses.fields(c)) != _MESSAGE_FIELDS
+       or not hasattr(_new(c), "__dict__") for c in (BytesMessage, TextMessage)):
+    _message = _message_init
 
 
 class _Failed(Exception):
@@ -219,14 +250,17 @@ class WireConnection:
         if take == 0 and left > 0:
             return None
         end = pos + take
-        chunk = buf[pos:end] if pos or end != len(buf) else buf
+        whole = not pos and end == len(buf)
         self._pos = end
         key = self._key
         if key is not None and take:
-            chunk = self._wire.mask(chunk, key)
+            # Unmasked straight out of the read: one pass over the payload, not two.
+            chunk = self._wire.mask(buf if whole else memoryview(buf)[pos:end], key)
             shift = take & 3
             if shift:
                 self._key = key[shift:] + key[:shift]
+        else:
+            chunk = buf if whole else buf[pos:end]
         left -= take
         frame_finished = left == 0
         opcode = self._fop
@@ -246,8 +280,7 @@ class WireConnection:
         if finished:
             self._msg = 0
         if msg == _BINARY:
-            return BytesMessage(data=chunk, frame_finished=frame_finished,
-                                message_finished=finished)
+            return _message(BytesMessage, chunk, frame_finished, finished)
         decoder = self._decoder
         try:
             if decoder is None and finished:
@@ -260,7 +293,7 @@ class WireConnection:
                     self._decoder = None
         except UnicodeDecodeError as exc:
             raise _Failed(str(exc), _BAD_DATA) from None
-        return TextMessage(data=text, frame_finished=frame_finished, message_finished=finished)
+        return _message(TextMessage, text, frame_finished, finished)
 
     def _control(self, opcode: int, payload: bytes) -> Event:
         if opcode == _PING:
@@ -335,7 +368,7 @@ class WireConnection:
                 head = _H64(b0, 0xFF, n)
             wire = self._wire
             key = wire.keys.next()
-            return b"".join((head, key, wire.mask(payload, key)))  # type: ignore[arg-type]
+            return b"".join((head, key, wire.mask(payload, key)))
         if n < 126:
             head = bytes((b0, n))
         elif n < 0x10000:
