@@ -579,6 +579,8 @@ def section_throughput(args: argparse.Namespace, procs: Procs) -> list[dict[str,
                 result, cpu, peers = run_load(
                     cmd, pid, timeout=args.duration + args.warmup + 60,
                     peers=(backend.pid,) if target in proxies else ())
+                if backend.popen.poll() is not None:
+                    raise RuntimeError(f"the echo backend exited ({backend.popen.returncode})")
                 n = result["messages"]
                 rate = n / result["elapsed"]
                 runs[target].append({"rate": rate, "p50": result["p50"], "p99": result["p99"],

@@ -30,6 +30,7 @@
 #include <netinet/tcp.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -517,6 +518,8 @@ static int run_load(const char *host, int port, const char *path, int conns, dou
 }
 
 int main(int argc, char **argv) {
+    /* A peer that goes away while we write must cost its connection, not the process. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc == 3 && strcmp(argv[1], "echo") == 0) return run_echo(atoi(argv[2]));
     if (argc == 10 && strcmp(argv[1], "load") == 0) {
         depth = atoi(argv[6]);
