@@ -49,6 +49,7 @@ from .fleet_cli import FLEET_DEFAULTS, FLEET_KEYS, FleetOptions, add_fleet_flags
 from .logfmt import setup_logging
 from .reload import Loaded, Reloader, ReloadFailed
 from .server import Address, ProxyServer
+from .speedups import tune_malloc
 from .units import parse_address, parse_duration, parse_size
 
 log = logging.getLogger("wspipe")
@@ -431,6 +432,7 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str] | None = None) -> in
         from .workers import run_workers
 
         return run_workers(fleet.workers, argv if argv is not None else sys.argv[1:])
+    tune_malloc()
     try:
         server = ProxyServer(
             options.config, listen=options.listen, plugins=options.plugin_modules,
