@@ -44,17 +44,18 @@ print(applied, before - rss())
 
 
 def freed_kib(mode: str, **env: str) -> tuple[str, int]:
+    """Run FREE_AND_MEASURE without the caller's MALLOC_* settings, plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", FREE_AND_MEASURE, mode], cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+                         env={**base, "PYTHONPATH": str(ROOT), **env},
                          capture_output=True, text=True, timeout=30, check=True)
     applied, freed = out.stdout.split()
     return applied, int(freed)
 
 
 def test_tuned_heap_keeps_freed_memory_for_reuse() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    _, untuned = freed_kib("default", **env)
-    applied, tuned = freed_kib("tuned", **env)
+    _, untuned = freed_kib("default")
+    applied, tuned = freed_kib("tuned")
     assert applied == "True"
     # glibc's default gives the heap's top back at once; tuned, 20 MB stays for reuse.
     assert untuned > 15_000, untuned
